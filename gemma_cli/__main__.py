@@ -1,0 +1,3 @@
+from gemma_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command-line layer: thin commands that parse, call one service, and render."""

@@ -1,0 +1,51 @@
+"""Where gemma-cli keeps things, read lazily from the environment.
+
+Functions rather than module constants so tests (and users) can change
+`GEMMA_MODELS` and friends at any time, as Ollama's envconfig does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "gemma-cli"
+
+#: Environment variables gemma-cli reads itself (huggingface_hub reads HF_*).
+ENVIRONMENT = {
+    "GEMMA_MODELS": "model store directory (manifests and blobs)",
+    "GEMMA_HISTORY": "chat history file",
+    "GEMMA_CPU_REPACK": "1/0: force llama.cpp CPU weight repacking on or off (default: auto, off when the build has AMX)",
+    "NO_COLOR": "disable colour on the terminal",
+    "HF_ENDPOINT": "Hugging Face endpoint (huggingface_hub)",
+    "HF_TOKEN": "Hugging Face token for gated repositories (huggingface_hub)",
+    "HF_HUB_OFFLINE": "1: never touch the network (huggingface_hub)",
+}
+
+
+def models_dir() -> Path:
+    """The model store root: `$GEMMA_MODELS` or the platform's user data dir."""
+    override = os.environ.get("GEMMA_MODELS")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "models"
+
+
+def history_file() -> Path:
+    """Chat REPL history (prompt_toolkit FileHistory)."""
+    override = os.environ.get("GEMMA_HISTORY")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_state_dir(APP_NAME)) / "chat_history"
+
+
+def cpu_repack_override() -> bool | None:
+    """`GEMMA_CPU_REPACK`: True/False to force, None for the automatic choice."""
+    value = os.environ.get("GEMMA_CPU_REPACK", "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    return None

@@ -1,0 +1,73 @@
+"""Adaptive draft length: draft only as far as it pays on *this* machine.
+
+Each step picks k in [0, k_max] maximising expected tokens per second:
+
+    E[tokens | k] = (1 - a^(k+1)) / (1 - a)         (a: per-token acceptance)
+    cost(k)       = t_verify(k + 1) + k * t_draft
+
+`a` is a decayed estimate of the geometric acceptance rate, `t_verify(b)` a
+decayed mean of measured target decode times per batch size, `t_draft` the
+drafter's measured cost per proposed token. When no k > 0 beats plain
+decoding, drafting pauses, with a short probe every few steps so the estimate
+can recover when the text becomes predictable again.
+"""
+
+from __future__ import annotations
+
+DECAY = 0.85
+PROBE_EVERY = 8
+
+
+class DraftController:
+    def __init__(self, k_max: int, *, adaptive: bool = True) -> None:
+        self.k_max = k_max
+        self.adaptive = adaptive
+        self._hits = 2.0  # prior: a = 2/3
+        self._misses = 1.0
+        self._t_verify: dict[int, float] = {}
+        self._t_draft = 0.0
+        self._since_probe = 0
+        self.k = k_max
+
+    @property
+    def acceptance(self) -> float:
+        return self._hits / (self._hits + self._misses)
+
+    def _verify_time(self, batch: int) -> float:
+        known = self._t_verify
+        if batch in known:
+            return known[batch]
+        if not known:
+            return 1.0 + 0.15 * (batch - 1)
+        # nearest measured size, scaled by a mild per-token prior
+        near = min(known, key=lambda b: abs(b - batch))
+        return known[near] * (1.0 + 0.15 * (batch - 1)) / (1.0 + 0.15 * (near - 1))
+
+    def next_k(self) -> int:
+        """Draft length for the next step (0 = decode plainly)."""
+        if not self.adaptive or self.k_max == 0:
+            return self.k_max
+        a = min(self.acceptance, 0.999)
+        best_k, best_rate = 0, 1.0 / self._verify_time(1)
+        for k in range(1, self.k_max + 1):
+            rate = (1.0 - a ** (k + 1)) / (1.0 - a) / (self._verify_time(k + 1) + k * self._t_draft)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        if best_k == 0:
+            self._since_probe += 1
+            if self._since_probe >= PROBE_EVERY:
+                self._since_probe = 0
+                best_k = 1
+        self.k = best_k
+        return best_k
+
+    def record(self, proposed: int, accepted: int, batch: int, verify_s: float, draft_s: float) -> None:
+        """Feed back one step: drafts proposed/accepted and what the passes cost."""
+        verify_s = max(verify_s, 1e-6)
+        prev = self._t_verify.get(batch)
+        self._t_verify[batch] = verify_s if prev is None else DECAY * prev + (1 - DECAY) * verify_s
+        if proposed:
+            self._hits = DECAY * self._hits + accepted
+            self._misses = DECAY * self._misses + (1 if accepted < proposed else 0)
+            per_token = draft_s / proposed
+            self._t_draft = per_token if self._t_draft == 0.0 else DECAY * self._t_draft + (1 - DECAY) * per_token

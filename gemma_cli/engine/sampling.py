@@ -1,0 +1,124 @@
+"""Sampling split into *warp* (logits -> distribution) and *draw*, plus the
+lossless acceptance rules of speculative decoding.
+
+Pure numpy, no llama.cpp: the maths is testable on four-element vectors.
+
+A warped distribution is sparse: `Dist(ids, probs)` with ids sorted ascending,
+probs summing to 1. Speculative verification compares the target's and the
+drafter's distributions *after the same warp*, so rejection sampling is exact
+for the distribution the user asked for (temperature, top-k, top-p, min-p).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What the user asked for. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> "SamplingParams":
+        from gemma_cli.errors import UsageError
+
+        if not (self.temperature >= 0.0):
+            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (0.0 <= self.min_p < 1.0):
+            raise UsageError(f"min_p must be in [0, 1), got {self.min_p}")
+        return self
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A sparse probability distribution over token ids (ids ascending)."""
+
+    ids: np.ndarray
+    probs: np.ndarray
+
+    def prob(self, token: int) -> float:
+        i = int(np.searchsorted(self.ids, token))
+        if i < len(self.ids) and self.ids[i] == token:
+            return float(self.probs[i])
+        return 0.0
+
+
+def warp(logits: np.ndarray, params: SamplingParams) -> Dist:
+    """Temperature, then top-k, top-p (nucleus) and min-p filters, renormalised."""
+    n = logits.shape[0]
+    k = params.top_k if 0 < params.top_k < n else n
+    if k < n:
+        ids = np.argpartition(logits, n - k)[n - k :]
+        z = logits[ids].astype(np.float64)
+    else:
+        ids = np.arange(n)
+        z = logits.astype(np.float64)
+    z = z / params.temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    if params.top_p < 1.0 or params.min_p > 0.0:
+        order = np.argsort(-p, kind="stable")
+        ps = p[order]
+        keep = len(ps)
+        if params.top_p < 1.0:
+            # smallest prefix whose mass reaches top_p (always at least one token)
+            keep = min(keep, int(np.searchsorted(np.cumsum(ps), params.top_p)) + 1)
+        if params.min_p > 0.0:
+            keep = min(keep, max(1, int(np.count_nonzero(ps >= params.min_p * ps[0]))))
+        sel = order[:keep]
+        ids, p = ids[sel], p[sel]
+        p = p / p.sum()
+    srt = np.argsort(ids)
+    return Dist(ids[srt].astype(np.int64), p[srt])
+
+
+def draw(dist: Dist, rng: np.random.Generator) -> int:
+    """One categorical draw (inverse CDF; cheaper than rng.choice)."""
+    c = np.cumsum(dist.probs)
+    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    return int(dist.ids[min(i, len(dist.ids) - 1)])
+
+
+def residual(target: Dist, draft: Dist | None, rejected: int) -> Dist:
+    """Normalised max(0, p_target - p_draft): where to sample after a rejection.
+
+    `draft` None means a deterministic (one-hot) proposal of `rejected`.
+    """
+    if draft is None:
+        q = (target.ids == rejected).astype(np.float64)
+    else:
+        pos = np.searchsorted(draft.ids, target.ids)
+        pos = np.minimum(pos, len(draft.ids) - 1)
+        q = np.where(draft.ids[pos] == target.ids, draft.probs[pos], 0.0)
+    r = np.maximum(target.probs - q, 0.0)
+    total = r.sum()
+    if total <= 0.0:  # p_target == p_draft exactly: any draw from p_target is correct
+        return target
+    return Dist(target.ids, r / total)
+
+
+def accept_draft(target: Dist, draft: Dist | None, token: int, rng: np.random.Generator) -> bool:
+    """Leviathan et al.: accept with probability min(1, p_target(d) / p_draft(d))."""
+    pt = target.prob(token)
+    if pt <= 0.0:
+        return False
+    qd = 1.0 if draft is None else draft.prob(token)
+    if qd <= pt:
+        return True
+    return rng.random() < pt / qd

@@ -1,0 +1,102 @@
+"""Values the engine hands to its callers: streamed pieces, live statistics, results."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+
+
+class StopReason(str, enum.Enum):
+    EOS = "eos"  # an end-of-generation token
+    STOP = "stop"  # a user stop string
+    LENGTH = "length"  # max_tokens reached
+    CONTEXT = "context"  # the context window is full
+    CANCELLED = "cancelled"  # the caller asked to stop
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A chunk of streamed text and where its tokens came from."""
+
+    text: str
+    n_tokens: int
+    n_drafted: int  # how many of those tokens were accepted drafts
+
+
+@dataclass
+class LiveStats:
+    """Statistics updated in place while generating (the REPL reads them live).
+
+    Invariants: draft_accepted <= draft_proposed;
+    generated_tokens == emitted_from_draft + emitted_from_target.
+    """
+
+    draft_source: str = "none"
+    draft_max: int = 0
+    prompt_tokens: int = 0  # prompt length (whole conversation)
+    prompt_evaluated: int = 0  # tokens actually evaluated (the rest came from the KV cache)
+    prompt_eval_s: float = 0.0
+    ttft_s: float = 0.0
+    generated_tokens: int = 0
+    emitted_from_draft: int = 0
+    emitted_from_target: int = 0
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    target_passes: int = 0
+    draft_seconds: float = 0.0
+    n_ctx: int = 0
+    n_past: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+    @property
+    def decode_s(self) -> float:
+        """Time after the first token (the window over which tokens/s is measured)."""
+        return max(self.wall_s - self.ttft_s, 1e-9)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generation rate after the first token (like Ollama's eval rate)."""
+        if self.generated_tokens <= 1:
+            return 0.0
+        return (self.generated_tokens - 1) / self.decode_s
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_evaluated / self.prompt_eval_s if self.prompt_eval_s > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Mean tokens emitted per target forward pass (1.0 = plain decoding)."""
+        return self.generated_tokens / self.target_passes if self.target_passes else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d.pop("started")
+        d.pop("finished")
+        d.update(
+            wall_s=self.wall_s,
+            tokens_per_s=self.tokens_per_s,
+            prompt_tokens_per_s=self.prompt_tokens_per_s,
+            acceptance_rate=self.acceptance_rate,
+            tokens_per_pass=self.tokens_per_pass,
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    stop_reason: StopReason
+    stats: LiveStats

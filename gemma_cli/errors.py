@@ -1,0 +1,57 @@
+"""Domain errors. They carry a one-line message meant for the user and never print.
+
+Only `gemma_cli.cli.app` turns them into stderr lines and exit codes, so library
+callers (tests, benchmarks) get ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class GemmaError(Exception):
+    """Base class: `str(err)` is a complete, one-line message for the user."""
+
+    exit_code: int = 1
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class UsageError(GemmaError):
+    """The command line itself is wrong (exit status 2)."""
+
+    exit_code = 2
+
+
+class ModelFileError(GemmaError):
+    """A model file is missing, not a GGUF, truncated or otherwise unusable."""
+
+
+class IncompatibleModelsError(GemmaError):
+    """A target/drafter pair cannot work together (vocabulary, architecture, widths)."""
+
+
+class EngineError(GemmaError):
+    """llama.cpp refused an operation (context creation, decode)."""
+
+
+class ContextFullError(EngineError):
+    """The prompt alone does not fit into the context window."""
+
+
+class ModelNotFoundError(GemmaError):
+    """A model name is not in the local store or the catalog."""
+
+
+class InvalidModelNameError(UsageError):
+    """A model name contains illegal characters or path traversal."""
+
+
+class DownloadError(GemmaError):
+    """A download failed; what was fetched so far is kept for resume."""
+
+
+class IntegrityError(GemmaError):
+    """A blob's content does not match its recorded sha256."""
