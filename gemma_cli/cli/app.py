@@ -63,7 +63,7 @@ def _error_line(message: str, hint: str | None = None) -> None:
     sys.stderr.flush()
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so interpreter shutdown does not complain."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("\n")
         code = EXIT_INTERRUPT
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
         code = EXIT_OK
     except typer.Abort:
         sys.stderr.write("Aborted.\n")

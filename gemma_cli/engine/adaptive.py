@@ -43,6 +43,11 @@ class DraftController:
         near = min(known, key=lambda b: abs(b - batch))
         return known[near] * (1.0 + 0.15 * (batch - 1)) / (1.0 + 0.15 * (near - 1))
 
+    @property
+    def single_pass_seconds(self) -> float:
+        """Measured (or extrapolated) cost of one plain decode step; 0 before any measurement."""
+        return self._verify_time(1) if self._t_verify else 0.0
+
     def next_k(self) -> int:
         """Draft length for the next step (0 = decode plainly)."""
         if not self.adaptive or self.k_max == 0:

@@ -12,13 +12,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from gemma_cli.engine.adaptive import DraftController
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.speculative import TokenSampler, decode_steps
+from gemma_cli.engine.template import render_chat
 from gemma_cli.engine.textstream import TextStream
 from gemma_cli.engine.types import GenerationResult, LiveStats, Piece, StopReason
 from gemma_cli.errors import ContextFullError, EngineError, UsageError
@@ -133,6 +134,14 @@ class Engine:
         self._cached = []
 
     # -- generation ------------------------------------------------------
+    def chat_tokens(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+        """Render `messages` with the model's chat template (sandboxed) and tokenize."""
+        model = self.target
+        bos = model.token_text(model.bos) if model.bos >= 0 else ""
+        eos = model.token_text(model.eos) if model.eos >= 0 else ""
+        text = render_chat(model.chat_template(), messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
+        return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
+
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
 

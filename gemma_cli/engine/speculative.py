@@ -100,11 +100,14 @@ def decode_steps(
         kept = target.n_past - len(draft) + n_acc  # drop the rejected drafts' KV
         target.trim(kept)
         drafter.after_verify(target, target.last_batch_len - 1 - (len(draft) - n_acc))
-        controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0)
+        if len(pending) == 1:  # prompt evaluation would skew the per-step costs
+            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0)
+            stats.step_seconds += t2 - t0
         stats.draft_proposed += len(draft)
         stats.draft_accepted += n_acc
         stats.target_passes += 1
         stats.draft_seconds += t1 - t0
+        stats.single_pass_seconds = controller.single_pass_seconds
         emitted = draft[:n_acc]
         emitted.append(nxt)
         history.extend(emitted)

@@ -44,7 +44,9 @@ class LiveStats:
     draft_proposed: int = 0
     draft_accepted: int = 0
     target_passes: int = 0
-    draft_seconds: float = 0.0
+    draft_seconds: float = 0.0  # step clock: drafting
+    step_seconds: float = 0.0  # step clock: drafting + target passes during generation
+    single_pass_seconds: float = 0.0  # step clock: estimated cost of one plain decode step
     n_ctx: int = 0
     n_past: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -80,6 +82,13 @@ class LiveStats:
         """Mean tokens emitted per target forward pass (1.0 = plain decoding)."""
         return self.generated_tokens / self.target_passes if self.target_passes else 0.0
 
+    @property
+    def speedup_estimate(self) -> float:
+        """Plain-decoding cost of the emitted tokens over what the steps cost (~1.0 without drafting)."""
+        if not self.step_seconds or not self.single_pass_seconds:
+            return 0.0
+        return max(self.generated_tokens - 1, 0) * self.single_pass_seconds / self.step_seconds
+
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
         d.pop("started")
@@ -90,6 +99,7 @@ class LiveStats:
             prompt_tokens_per_s=self.prompt_tokens_per_s,
             acceptance_rate=self.acceptance_rate,
             tokens_per_pass=self.tokens_per_pass,
+            speedup_estimate=self.speedup_estimate,
         )
         return d
 

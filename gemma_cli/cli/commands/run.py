@@ -1,0 +1,150 @@
+"""`gemma run`: one-shot, pipe-friendly generation.
+
+stdout carries only generated text, flushed per piece; everything else goes to
+stderr. Piped stdin is read fully and placed before the positional prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from gemma_cli.cli import engine_options as opt
+from gemma_cli.cli.app import EXIT_INTERRUPT, app, quiet_stdout
+from gemma_cli.cli.output import render_verbose_summary
+from gemma_cli.errors import UsageError
+
+FORMATS = ("text", "json", "jsonl")
+
+
+def _looks_like_model(arg: str) -> bool:
+    """Is a lone positional argument a model (name or .gguf path) rather than a prompt?"""
+    if arg.endswith(".gguf"):
+        return True
+    if any(c.isspace() for c in arg) or len(arg) > 128:
+        return False
+    try:
+        opt.resolve(arg)
+        return True
+    except Exception:
+        return False
+
+
+def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]:
+    """Combine piped stdin (first) with the positional prompt; pick out the model."""
+    if model is not None and prompt is None and not _looks_like_model(model):
+        model, prompt = None, model
+    parts: list[str] = []
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            parts.append(piped.rstrip("\n"))
+    if prompt:
+        parts.append(prompt)
+    if not parts:
+        raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
+    return model, "\n\n".join(parts)
+
+
+class _CancelOnSigint:
+    """First Ctrl-C stops generation cleanly between steps; a second one interrupts at once."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.fired = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.fired:
+            raise KeyboardInterrupt
+        self.fired = True
+        self.engine.cancel()
+
+    def __enter__(self) -> "_CancelOnSigint":
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+@app.command(no_args_is_help=False)
+def run(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="Prompt text; piped stdin is placed before it.", show_default=False)] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Output: text, json (one object) or jsonl (a line per piece).")] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and draft statistics to stderr.")] = False,
+    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
+    draft: opt.Draft = "auto",
+    draft_tokens: opt.DraftTokens = None,
+    temperature: opt.Temperature = opt.DEFAULT_TEMPERATURE,
+    top_k: opt.TopK = opt.DEFAULT_TOP_K,
+    top_p: opt.TopP = opt.DEFAULT_TOP_P,
+    min_p: opt.MinP = 0.0,
+    seed: opt.Seed = None,
+    max_tokens: opt.MaxTokens = 512,
+    ctx: opt.Ctx = 4096,
+    gpu_layers: opt.GpuLayers = 0,
+    threads: opt.Threads = None,
+) -> None:
+    """Generate once from PROMPT (and/or piped stdin) and print only the text to stdout.
+
+    Examples: gemma run "Why is the sky blue?" | cat notes.txt | gemma run gemma3:270m "Summarize:"
+    """
+    from gemma_cli.engine.sampling import SamplingParams
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if max_tokens <= 0:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
+    model, text = read_prompt(model, prompt)
+    pair = opt.resolve(model)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    engine = opt.open_engine(pair, choice)
+    try:
+        if raw:
+            tokens = engine.tokenize((system + "\n\n" + text) if system else text)
+        else:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            tokens = engine.chat_tokens(messages)
+        generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
+        out = sys.stdout
+        with _CancelOnSigint(engine) as sig:
+            for piece in generation:
+                if fmt == "text":
+                    out.write(piece.text)
+                    out.flush()
+                elif fmt == "jsonl":
+                    out.write(json.dumps({"text": piece.text, "tokens": piece.n_tokens, "drafted": piece.n_drafted}) + "\n")
+                    out.flush()
+        result = generation.result
+        assert result is not None
+        summary = {
+            "model": pair.name,
+            "stop_reason": result.stop_reason.value,
+            "load_s": engine.load_seconds,
+            **result.stats.as_dict(),
+        }
+        if fmt == "text" and out.isatty() and result.text and not result.text.endswith("\n"):
+            out.write("\n")
+        elif fmt == "json":
+            out.write(json.dumps({"text": result.text, **summary}) + "\n")
+        elif fmt == "jsonl":
+            out.write(json.dumps({"done": True, **summary}) + "\n")
+        out.flush()
+        if verbose:
+            render_verbose_summary(result.stats, engine.load_seconds)
+        if sig.fired:
+            raise typer.Exit(EXIT_INTERRUPT)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, successfully
+        quiet_stdout()
+        raise typer.Exit(0)
+    finally:
+        engine.close()

@@ -1,0 +1,90 @@
+"""Options shared by `run`, `chat` and `bench`, and turning them into an Engine.
+
+One definition per option keeps help texts, defaults and validation identical
+across commands (and in the generated man page and completions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Optional
+
+import typer
+
+from gemma_cli.errors import UsageError
+from gemma_cli.pair import ModelPair
+
+DRAFT_CHOICES = ("auto", "mtp", "model", "ngram", "none")
+
+# Gemma's published generation config (as Ollama's gemma3 Modelfile uses).
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 64
+DEFAULT_TOP_P = 0.95
+
+Draft = Annotated[str, typer.Option("--draft", help="Draft source: auto (the pair's drafter), mtp, model, ngram or none.", rich_help_panel="Speculative decoding")]
+DraftTokens = Annotated[Optional[int], typer.Option("--draft-tokens", help="Maximum draft length k (default: tuned or catalog value).", rich_help_panel="Speculative decoding")]
+Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 = greedy.", rich_help_panel="Sampling")]
+TopK = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel="Sampling")]
+MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability (0 = off).", rich_help_panel="Sampling")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output.", rich_help_panel="Sampling")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Stop after this many generated tokens.", rich_help_panel="Sampling")]
+Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens.", rich_help_panel="Hardware")]
+GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU (CUDA/Metal builds; -1 = all).", rich_help_panel="Hardware")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: available cores).", rich_help_panel="Hardware")]
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What the user chose on the command line, before anything is loaded."""
+
+    draft: str = "auto"
+    draft_tokens: int | None = None
+    ctx: int = 4096
+    gpu_layers: int = 0
+    threads: int | None = None
+
+
+def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
+    """Map --draft/--draft-tokens and the pair's drafter onto a DraftConfig."""
+    from gemma_cli.engine.generate import DraftConfig
+
+    if choice.draft not in DRAFT_CHOICES:
+        raise UsageError(f"--draft must be one of {', '.join(DRAFT_CHOICES)}, got {choice.draft!r}")
+    source = pair.draft_source if choice.draft == "auto" else choice.draft
+    if source in ("mtp", "model") and pair.drafter is None:
+        if choice.draft == "auto":
+            source = "ngram"
+        else:
+            raise UsageError(f"{pair.name} has no drafter model for --draft {source}; use --draft ngram or none")
+    if source == "mtp" and pair.draft_source != "mtp":
+        raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use --draft model")
+    tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
+    model_path = pair.drafter if source in ("mtp", "model") else None
+    return DraftConfig(source=source, tokens=tokens, model_path=model_path).validate()
+
+
+def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
+    """Load the pair with the chosen draft source (imports llama.cpp only now)."""
+    from gemma_cli.engine.generate import Engine, EngineConfig
+
+    if choice.ctx <= 0:
+        raise UsageError(f"--ctx must be positive, got {choice.ctx}")
+    if choice.threads is not None and choice.threads <= 0:
+        raise UsageError(f"--threads must be positive, got {choice.threads}")
+    draft = draft_config(pair, choice, workload)
+    config = EngineConfig(n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads)
+    return Engine(pair.target, draft, config)
+
+
+def resolve(model: str | None) -> ModelPair:
+    """A model name, a .gguf path, or None (the default model) -> ModelPair."""
+    try:
+        from gemma_cli.store import resolve_model
+    except ImportError:  # store layer not installed yet: accept plain .gguf paths
+        from pathlib import Path
+
+        if model and model.endswith(".gguf"):
+            return ModelPair(name=model, target=Path(model))
+        raise UsageError("no model store yet: pass a .gguf path")
+    return resolve_model(model)

@@ -1,0 +1,67 @@
+"""Where things are printed: results on stdout, diagnostics on stderr.
+
+Colour only on a terminal and never with NO_COLOR, so pipes and files get
+plain bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+from gemma_cli.engine.types import LiveStats
+
+
+def use_color(stream=None) -> bool:
+    stream = stream or sys.stdout
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, no_color=not use_color(sys.stderr), highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    return Console(no_color=not use_color(sys.stdout), highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.3f}s"
+    return f"{seconds * 1000:.2f}ms"
+
+
+def verbose_summary_lines(stats: LiveStats, load_s: float) -> list[tuple[str, str]]:
+    """Ollama's `--verbose` block plus the speculative decoding figures."""
+    eval_count = max(stats.generated_tokens - 1, 0)
+    rows = [
+        ("total duration", _duration(load_s + stats.wall_s)),
+        ("load duration", _duration(load_s)),
+        ("prompt eval count", f"{stats.prompt_evaluated} token(s) ({stats.prompt_tokens - stats.prompt_evaluated} cached)"),
+        ("prompt eval duration", _duration(stats.prompt_eval_s)),
+        ("prompt eval rate", f"{stats.prompt_tokens_per_s:.2f} tokens/s"),
+        ("eval count", f"{eval_count} token(s)"),
+        ("eval duration", _duration(stats.decode_s)),
+        ("eval rate", f"{stats.tokens_per_s:.2f} tokens/s"),
+        ("draft source", stats.draft_source),
+    ]
+    if stats.draft_source != "none":
+        rows += [
+            ("draft length", f"{stats.draft_max} (adaptive)"),
+            ("draft proposed", f"{stats.draft_proposed} token(s)"),
+            ("draft accepted", f"{stats.draft_accepted} token(s) ({stats.acceptance_rate:.1%})"),
+            ("tokens per pass", f"{stats.tokens_per_pass:.2f}"),
+            ("speedup estimate", f"{stats.speedup_estimate:.2f}x vs plain decoding" if stats.speedup_estimate else "n/a"),
+        ]
+    return rows
+
+
+def render_verbose_summary(stats: LiveStats, load_s: float) -> None:
+    lines = verbose_summary_lines(stats, load_s)
+    width = max(len(k) for k, _ in lines) + 2
+    sys.stderr.write("\n" if sys.stderr.isatty() else "")
+    for key, value in lines:
+        sys.stderr.write(f"{key + ':':<{width}}{value}\n")
+    sys.stderr.flush()
