@@ -52,9 +52,6 @@ def _register() -> None:
                 raise
 
 
-_register()
-
-
 def _error_line(message: str, hint: str | None = None) -> None:
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
     sys.stderr.write(prefix + message.replace("\n", " ") + "\n")
@@ -108,3 +105,6 @@ def main(argv: list[str] | None = None) -> None:
             _error_line(f"{type(exc).__name__}: {exc}", "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
             code = EXIT_ERROR
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_register()  # last: command modules import names defined above
