@@ -17,7 +17,7 @@ APP_NAME = "gemma-cli"
 ENVIRONMENT = {
     "GEMMA_MODELS": "model store directory (manifests and blobs)",
     "GEMMA_HISTORY": "chat history file",
-    "GEMMA_CPU_REPACK": "1/0: force llama.cpp CPU weight repacking on or off (default: auto, off when the build has AMX)",
+    "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
     "NO_COLOR": "disable colour on the terminal",
     "HF_ENDPOINT": "Hugging Face endpoint (huggingface_hub)",
     "HF_TOKEN": "Hugging Face token for gated repositories (huggingface_hub)",
@@ -42,7 +42,7 @@ def history_file() -> Path:
 
 
 def cpu_repack_override() -> bool | None:
-    """`GEMMA_CPU_REPACK`: True/False to force, None for the automatic choice."""
+    """`GEMMA_CPU_REPACK`: True/False when set, None when unset."""
     value = os.environ.get("GEMMA_CPU_REPACK", "").strip().lower()
     if value in {"1", "true", "yes", "on"}:
         return True
