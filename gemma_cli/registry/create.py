@@ -1,0 +1,86 @@
+"""`gemma create`: a custom target/drafter pair from local files or hf:// URIs.
+
+Like an Ollama Modelfile with FROM and DRAFT: files are checked (valid GGUF,
+compatible vocabularies) *before* anything is copied, then copied into
+content-addressed blobs, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gemma_cli.errors import ModelFileError, UsageError
+from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.registry.catalog import FileSpec, load_catalog
+from gemma_cli.registry.compat import check_pair
+from gemma_cli.registry.pull import NullProgress, PullProgress, draft_source_for, fetch_layer
+from gemma_cli.store import blobs
+from gemma_cli.store.atomic import file_lock
+from gemma_cli.store.layout import Layout
+from gemma_cli.store.manifest import Layer, Manifest, now_iso
+from gemma_cli.store.store import load, save
+
+
+def parse_hf_uri(uri: str) -> FileSpec:
+    """hf://owner/repo/path/to/file.gguf[@revision] -> FileSpec."""
+    rest = uri[len("hf://"):]
+    rest, _, revision = rest.partition("@")
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise UsageError(f"invalid Hugging Face URI {uri!r}: expected hf://owner/repo/file.gguf")
+    return FileSpec("/".join(parts[:2]), "/".join(parts[2:]), revision or "main")
+
+
+def _source(src: str, layout: Layout, progress: PullProgress, label: str) -> tuple[GGUFInfo, str, str]:
+    """(header, digest, provenance) for a local path or hf:// URI, the file placed in the store."""
+    if src.startswith("hf://"):
+        layer, _ = fetch_layer(parse_hf_uri(src), layout, progress, label)
+        return read_gguf(layout.blob(layer.digest)), layer.digest, layer.source
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {src}")
+    return read_gguf(path), "", str(path.resolve())
+
+
+def create(name: str, target: str, draft: str | None = None, *, draft_tokens: int | None = None,
+           progress: PullProgress | None = None, layout: Layout | None = None) -> Manifest:
+    """Validate, copy into blobs, write the manifest; refuses incompatible pairs with the reason."""
+    progress = progress or NullProgress()
+    layout = layout or Layout.default()
+    ref = load_catalog().ref(name)
+    draft = draft or "ngram"
+    if draft_tokens is not None and not 1 <= draft_tokens <= 32:
+        raise UsageError(f"draft length must be between 1 and 32, got {draft_tokens}")
+    with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
+        t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target")
+        d_info = d_digest = d_src = None
+        if draft not in ("ngram", "none"):
+            d_info, d_digest, d_src = _source(draft, layout, progress, f"{ref} drafter")
+            check_pair(t_info, d_info)
+        t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
+        d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None
+        old = load(ref, layout)
+        manifest = Manifest(
+            name=str(ref),
+            target=t_layer,
+            drafter=d_layer,
+            draft_source=draft_source_for(d_layer.architecture if d_layer else None, draft),
+            draft_tokens=draft_tokens or 4,
+            quantization=t_info.quantization,
+            tuned=dict(old.tuned) if old and old.target == t_layer else {},
+            created=now_iso(),
+            catalog=False,
+        )
+        save(manifest, ref, layout)
+        return manifest
+
+
+def _store(info: GGUFInfo, digest: str, src: str, layout: Layout, progress: PullProgress, label: str) -> Layer:
+    if not digest:  # a local file: copy it in, hashing as we go
+        progress.start(label, info.file_size, 0)
+        try:
+            digest, _ = blobs.ingest_file(layout, info.path, progress.advance)
+        finally:
+            progress.finish()
+    return Layer(digest, layout.blob(digest).stat().st_size, info.path.name if not src.startswith("hf://") else src.split("/")[-1].split("@")[0],
+                 src, info.architecture)

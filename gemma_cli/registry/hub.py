@@ -1,0 +1,239 @@
+"""Hugging Face Hub access: metadata through huggingface_hub, resumable byte streams.
+
+huggingface_hub owns the endpoint (`HF_ENDPOINT`), tokens, offline mode
+(`HF_HUB_OFFLINE`), metadata (commit, LFS sha256, size) and its error types.
+It does not resume a download across processes (2.4.0 writes a process-unique
+`.incomplete` file and deletes it on error), so the byte stream is ours: a
+`.partial` file in our store, continued with `Range: bytes=N-`, then checked
+against the LFS sha256 and renamed into place by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from gemma_cli.errors import DownloadError, GemmaError
+from gemma_cli.store.blobs import disk_full
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_STALLED_ATTEMPTS = 4
+Progress = Callable[[int], None]
+
+
+class AuthError(DownloadError):
+    """401/403: a gated or private repository."""
+
+
+class NotOnHubError(DownloadError):
+    """404: repository, revision or file does not exist."""
+
+
+class OfflineError(DownloadError):
+    """The Hub cannot be reached (offline mode, no network, server down)."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    repo: str
+    filename: str
+    revision: str
+    url: str  # where to GET the bytes (after Hub redirects)
+    commit: str | None
+    sha256: str | None  # the LFS sha256 when the file is in LFS
+    size: int | None
+
+    @property
+    def source(self) -> str:
+        return f"hf://{self.repo}/{self.filename}@{self.commit or self.revision}"
+
+    @property
+    def key(self) -> str:
+        """What names the partial file: the sha256, or a hash of the URL for non-LFS files."""
+        if self.sha256:
+            return self.sha256
+        return "url-" + hashlib.sha256(f"{self.repo}/{self.filename}@{self.commit}".encode()).hexdigest()[:40]
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None:
+    """Map huggingface_hub / httpx2 exceptions to our one-line errors (None if unknown)."""
+    from huggingface_hub import errors as hf
+
+    what = f"{repo}/{filename}"
+    endpoint = _endpoint()
+    if isinstance(exc, hf.OfflineModeIsEnabled):
+        return OfflineError(
+            f"cannot download {what}: offline mode is on (HF_HUB_OFFLINE=1); unset it to download, models already pulled still work"
+        )
+    if isinstance(exc, hf.GatedRepoError):
+        return AuthError(
+            f"{repo} is gated: accept its license on {endpoint}/{repo} and log in with `hf auth login` (or set HF_TOKEN)"
+        )
+    if isinstance(exc, (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError)):
+        return NotOnHubError(f"file {filename} not found in {repo} on {endpoint} (HTTP 404)")
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return NotOnHubError(f"revision not found for {what} on {endpoint}")
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return NotOnHubError(
+            f"repository {repo} not found on {endpoint}; if it is private or gated, log in with `hf auth login` (or set HF_TOKEN)"
+        )
+    if isinstance(exc, hf.HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            return AuthError(
+                f"access to {repo} denied (HTTP {status}): it may be gated or private; "
+                "log in with `hf auth login` (or set HF_TOKEN) after accepting its license"
+            )
+        if status == 404:
+            return NotOnHubError(f"file {filename} not found in {repo} on {endpoint} (HTTP 404)")
+        return DownloadError(f"the Hub answered HTTP {status} for {what}; try again later")
+    import httpx2
+
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return OfflineError(
+            f"cannot reach the Hugging Face Hub at {endpoint} ({reason}); check your network, "
+            "or set HF_HUB_OFFLINE=1 to use only models already pulled"
+        )
+    return None
+
+
+def file_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
+    """Resolve a repository file to its commit, LFS sha256, size and download URL."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint())
+    try:
+        meta = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
+    except Exception as exc:
+        mapped = hub_error(exc, repo, filename)
+        if mapped is None:
+            raise
+        raise mapped from None
+    etag = (meta.etag or "").lower()
+    return RemoteFile(
+        repo=repo,
+        filename=filename,
+        revision=revision,
+        url=meta.location or url,
+        commit=meta.commit_hash,
+        sha256=etag if _SHA256.match(etag) else None,
+        size=meta.size,
+    )
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlparse(a), urlparse(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def _content_range_start(value: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-", value or "")
+    return int(m.group(1)) if m else None
+
+
+def download(remote: RemoteFile, partial: Path, progress: Progress | None = None) -> None:
+    """Append the rest of `remote` to `partial` (created if missing), resuming with Range.
+
+    Survives dropped connections within the call (retrying from the current
+    length while it keeps making progress); a killed process leaves `partial`
+    for the next call. Handles 206, a 200 that ignores Range, and 416.
+    """
+    import httpx2
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    headers = build_hf_headers()
+    headers["Accept-Encoding"] = "identity"
+    if not _same_origin(remote.url, _endpoint()):
+        headers.pop("authorization", None)  # signed CDN URLs: the token stays on the Hub
+        headers.pop("Authorization", None)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    stalled = 0
+    while True:
+        have = partial.stat().st_size if partial.exists() else 0
+        if remote.size is not None and have == remote.size:
+            return
+        if remote.size is not None and have > remote.size:
+            partial.unlink()
+            have = 0
+        req = dict(headers)
+        if have:
+            req["Range"] = f"bytes={have}-"
+        before = have
+        try:
+            with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=60.0)) as resp:
+                if resp.status_code == 416:  # our partial is not a prefix of anything it has: start over
+                    partial.unlink(missing_ok=True)
+                    stalled += 1
+                    if stalled > MAX_STALLED_ATTEMPTS:
+                        raise DownloadError(f"the server refused every byte range for {remote.repo}/{remote.filename}")
+                    continue
+                if resp.status_code >= 400:
+                    resp.read()
+                    hf_raise_for_status(resp)
+                mode = "ab"
+                if resp.status_code == 206:
+                    if _content_range_start(resp.headers.get("Content-Range")) != have:
+                        mode, have = "wb", 0  # not the range we asked for: restart rather than corrupt
+                        if not resp.headers.get("Content-Range", "").startswith("bytes 0-"):
+                            continue
+                elif have:
+                    mode, have = "wb", 0  # 200: the server ignored Range and sends everything
+                with partial.open(mode) as fh:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        fh.write(chunk)
+                        fh.flush()  # a kill -9 keeps everything written so far
+                        if progress:
+                            progress(len(chunk))
+        except OSError as exc:
+            if isinstance(exc, (ConnectionError, TimeoutError)):
+                raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
+            raise disk_full(partial, exc) or DownloadError(f"cannot write {partial}: {exc.strerror}") from None
+        except httpx2.TransportError as exc:
+            now = partial.stat().st_size if partial.exists() else 0
+            stalled = 0 if now > before else stalled + 1  # a drop mid-file: continue from here
+            if stalled > MAX_STALLED_ATTEMPTS:
+                raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
+            continue
+        except Exception as exc:
+            mapped = hub_error(exc, remote.repo, remote.filename)
+            if mapped is None:
+                raise
+            raise mapped from None
+        if remote.size is None:
+            return
+        now = partial.stat().st_size
+        if now == remote.size:
+            return
+        stalled = stalled + 1 if now == before else 0
+        if stalled > MAX_STALLED_ATTEMPTS:
+            raise DownloadError(
+                f"download of {remote.repo}/{remote.filename} stopped at {now} of {remote.size} bytes; run the command again to resume"
+            )
+
+
+def verify_partial(remote: RemoteFile, partial: Path) -> str:
+    """Hash the finished partial file; raise (and discard it) when it is not what the Hub promised."""
+    from gemma_cli.store.blobs import sha256_file
+
+    actual = sha256_file(partial)
+    if remote.sha256 and actual != remote.sha256:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise DownloadError(
+            f"{remote.repo}/{remote.filename} downloaded with sha256 {actual[:12]}…, but the Hub lists {remote.sha256[:12]}…; "
+            "the corrupt download was discarded, run the command again"
+        )
+    return actual

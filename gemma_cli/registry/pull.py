@@ -1,0 +1,190 @@
+"""Pull orchestration: catalog entry -> blobs (downloaded or bundled) -> manifest last.
+
+Locks: the store lock (shared) for the whole pull so `rm` cannot collect a
+fresh blob before its manifest exists; the model lock so a second
+`gemma pull` of the same model waits and then finds it complete; a blob lock
+around each download so two models sharing a file fetch it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from gemma_cli.errors import DownloadError, GemmaError, ModelFileError
+from gemma_cli.registry import hub
+from gemma_cli.registry.catalog import CatalogEntry, FileSpec, load_catalog
+from gemma_cli.registry.names import ModelRef
+from gemma_cli.store import blobs
+from gemma_cli.store.atomic import file_lock
+from gemma_cli.store.layout import Layout
+from gemma_cli.store.manifest import Layer, Manifest, now_iso
+from gemma_cli.store.store import load, save
+
+
+class PullProgress(Protocol):
+    """Callbacks a renderer implements; the registry never prints."""
+
+    def start(self, label: str, total: int | None, completed: int = 0) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest: Manifest
+    downloaded: int  # bytes fetched over the network by this call
+    up_to_date: bool
+    from_package: str | None = None  # the pip package a bundled model came from
+
+
+def architecture_of(path) -> str:
+    from gemma_cli.gguf_meta import read_gguf
+
+    return read_gguf(path).architecture
+
+
+def draft_source_for(drafter_arch: str | None, fallback: str) -> str:
+    """'mtp' for a gemma4-assistant head, 'model' for any other drafter GGUF, else the catalog's value."""
+    if drafter_arch is None:
+        return fallback if fallback in ("ngram", "none") else "ngram"
+    return "mtp" if drafter_arch in ("gemma4-assistant", "gemma4_assistant") else "model"
+
+
+def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: str) -> tuple[Layer, int]:
+    """Make sure the blob for a Hub file is in the store; returns (layer, bytes downloaded)."""
+    remote = hub.file_info(spec.repo, spec.file, spec.revision)
+    with file_lock(layout.blob_lock(remote.key)):
+        if remote.sha256:
+            digest = "sha256:" + remote.sha256
+            status = blobs.blob_status(layout, digest, remote.size)
+            if status == "ok":
+                return _layer(digest, remote, layout), 0
+            if status != "missing":
+                blobs.remove_blob(layout, digest)  # corrupt or truncated: fetch again
+        partial = layout.partial(remote.key)
+        have = partial.stat().st_size if partial.exists() else 0
+        progress.start(label, remote.size, have)
+        try:
+            hub.download(remote, partial, progress.advance)
+        finally:
+            progress.finish()
+        got = (partial.stat().st_size if partial.exists() else 0) - have
+        actual = hub.verify_partial(remote, partial)
+        digest = "sha256:" + actual
+        blobs.commit(layout, partial, digest)
+        return _layer(digest, remote, layout), max(got, 0)
+
+
+def _layer(digest: str, remote: hub.RemoteFile, layout: Layout) -> Layer:
+    path = layout.blob(digest)
+    try:
+        arch = architecture_of(path)
+    except ModelFileError:
+        blobs.remove_blob(layout, digest)
+        raise ModelFileError(f"{remote.repo}/{remote.filename} is not a valid GGUF file; it was removed from the store") from None
+    return Layer(digest, path.stat().st_size, remote.filename, remote.source, arch)
+
+
+def _complete(manifest: Manifest | None, layout: Layout) -> bool:
+    if manifest is None:
+        return False
+    return all(blobs.blob_status(layout, l.digest, l.size) == "ok" for l in manifest.layers)
+
+
+def _package(entry: CatalogEntry):
+    if not entry.package:
+        return None
+    try:
+        return importlib.import_module(entry.package)
+    except ImportError:
+        return None
+
+
+def materialise_package(ref: ModelRef, entry: CatalogEntry, layout: Layout) -> Manifest | None:
+    """Assemble a bundled model into the store (no network); None when the package is absent."""
+    pkg = _package(entry)
+    if pkg is None:
+        return None
+    with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
+        existing = load(ref, layout)
+        if _complete(existing, layout):
+            return existing
+        expected = str(pkg.EXPECTED_SHA256).lower()
+        digest = "sha256:" + expected
+        with file_lock(layout.blob_lock(expected)):
+            if blobs.blob_status(layout, digest, None) != "ok":
+                try:
+                    pkg.verify_chunks()
+                    sources = list(pkg.chunk_paths())
+                except (FileNotFoundError, ImportError) as exc:
+                    raise ModelFileError(f"the {entry.package} package is incomplete ({exc}); reinstall it") from None
+                blobs.copy_chunks_into(layout, sources, expected)
+        path = layout.blob(digest)
+        target = Layer(digest, path.stat().st_size, str(getattr(pkg, "MODEL_NAME", entry.target.file)),
+                       f"package:{entry.package}", architecture_of(path))
+        manifest = _manifest(ref, entry, target, None, existing)
+        save(manifest, ref, layout)
+        return manifest
+
+
+def _manifest(ref: ModelRef, entry: CatalogEntry, target: Layer, drafter: Layer | None, old: Manifest | None) -> Manifest:
+    return Manifest(
+        name=str(ref),
+        target=target,
+        drafter=drafter,
+        draft_source=draft_source_for(drafter.architecture if drafter else None, entry.draft_source),
+        draft_tokens=entry.draft_tokens,
+        quantization=entry.quantization,
+        tuned=dict(old.tuned) if old else {},
+        created=now_iso(),
+        catalog=True,
+    )
+
+
+def pull(name: str, progress: PullProgress | None = None, layout: Layout | None = None) -> PullResult:
+    """Fetch a catalog model's target and drafter, verify them, then write its manifest."""
+    progress = progress or NullProgress()
+    layout = layout or Layout.default()
+    catalog = load_catalog()
+    entry = catalog.lookup(name)
+    ref = catalog.ref(entry.name)
+    if entry.package and _package(entry) is not None:
+        had = _complete(load(ref, layout), layout)
+        manifest = materialise_package(ref, entry, layout)
+        assert manifest is not None
+        return PullResult(manifest, 0, had, entry.package)
+    with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
+        existing = load(ref, layout)
+        try:
+            target, got_t = fetch_layer(entry.target, layout, progress, f"{ref} target")
+            drafter, got_d = (None, 0)
+            if entry.drafter:
+                drafter, got_d = fetch_layer(entry.drafter, layout, progress, f"{ref} drafter")
+        except hub.OfflineError:
+            if _complete(existing, layout):
+                assert existing is not None
+                return PullResult(existing, 0, True)  # offline but complete: nothing to do
+            raise
+        manifest = _manifest(ref, entry, target, drafter, existing)
+        if existing and existing.layers == manifest.layers:
+            manifest = replace(manifest, created=existing.created)
+        save(manifest, ref, layout)
+        return PullResult(manifest, got_t + got_d, got_t + got_d == 0 and existing is not None)
+
+
+__all__ = ["pull", "PullResult", "PullProgress", "NullProgress", "materialise_package", "fetch_layer",
+           "draft_source_for", "DownloadError", "GemmaError"]

@@ -1,0 +1,63 @@
+"""What `gemma show` reports, read from GGUF headers only (no weights are loaded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.pair import ModelPair
+from gemma_cli.registry.compat import MTP_ARCHS, vocab_problem
+from gemma_cli.store.layout import Layout
+from gemma_cli.store.store import load
+
+
+def _params(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}".replace(".0" + unit, unit)
+    return str(n)
+
+
+def _model_facts(info: GGUFInfo) -> dict[str, Any]:
+    return {
+        "file": str(info.path),
+        "architecture": info.architecture,
+        "parameters": info.n_params,
+        "parameters_human": _params(info.n_params),
+        "context_length": info.arch_key("context_length"),
+        "embedding_length": info.arch_key("embedding_length"),
+        "quantization": info.quantization,
+        "size_bytes": info.file_size,
+        "vocab_size": len(info.tokens),
+        "chat_template": bool(info.get("tokenizer.chat_template")),
+        "license": info.get("general.license"),
+        "name": info.get("general.name"),
+    }
+
+
+def describe(pair: ModelPair) -> dict[str, Any]:
+    """Facts about a resolved pair: target, drafter, compatibility, tuned draft lengths."""
+    target = read_gguf(pair.target)
+    out: dict[str, Any] = {"name": pair.name, "target": _model_facts(target), "draft_source": pair.draft_source,
+                           "draft_tokens": pair.draft_tokens, "drafter": None, "tuned": {}}
+    if pair.drafter is not None:
+        drafter = read_gguf(pair.drafter)
+        facts = _model_facts(drafter)
+        problem = vocab_problem(target, drafter)
+        facts["vocabulary"] = f"incompatible: {problem}" if problem else "compatible (same token list)"
+        if drafter.architecture in MTP_ARCHS:
+            facts["kv_cache"] = "shares the target's KV cache (no KV of its own)"
+            facts["embedding_length_out"] = drafter.arch_key("embedding_length_out")
+        out["drafter"] = facts
+    try:
+        from gemma_cli.registry.catalog import load_catalog
+
+        manifest = load(load_catalog().ref(pair.name), Layout.default())
+    except Exception:  # a path, not a store name
+        manifest = None
+    if manifest is not None:
+        out["tuned"] = manifest.tuned
+        out["id"] = manifest.id
+        out["created"] = manifest.created
+        out["sources"] = [layer.source for layer in manifest.layers]
+    return out

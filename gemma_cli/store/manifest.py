@@ -1,0 +1,103 @@
+"""Manifests: the JSON file that names a model's blobs and how to draft for it.
+
+Manifests are read back from disk, so parsing validates every field and
+turns anything malformed into a one-line error instead of a KeyError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gemma_cli.errors import ModelFileError
+from gemma_cli.store.layout import digest_hex
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One GGUF file of a model: its blob digest, size, and where it came from."""
+
+    digest: str  # "sha256:<hex>"
+    size: int
+    filename: str
+    source: str  # "hf://owner/repo/file@commit", "package:<name>" or a local path
+    architecture: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    target: Layer
+    drafter: Layer | None = None
+    draft_source: str = "ngram"
+    draft_tokens: int = 4
+    quantization: str = "unknown"
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: str = ""
+    catalog: bool = False
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [self.target] + ([self.drafter] if self.drafter else [])
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def id(self) -> str:
+        return digest_hex(self.target.digest)[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema"] = SCHEMA
+        return data
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _layer(data: Any, where: str) -> Layer:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not an object")
+    digest = str(data["digest"])
+    digest_hex(digest)
+    size = data["size"]
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"{where}.size is invalid")
+    return Layer(digest, size, str(data.get("filename", "")), str(data.get("source", "")), str(data.get("architecture", "unknown")))
+
+
+def parse_manifest(path: Path) -> Manifest:
+    """Load and validate a manifest file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        tuned = data.get("tuned") or {}
+        if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+            raise ValueError("tuned is invalid")
+        draft_tokens = data.get("draft_tokens", 4)
+        if not isinstance(draft_tokens, int):
+            raise ValueError("draft_tokens is invalid")
+        return Manifest(
+            name=str(data["name"]),
+            target=_layer(data["target"], "target"),
+            drafter=_layer(data["drafter"], "drafter") if data.get("drafter") else None,
+            draft_source=str(data.get("draft_source", "ngram")),
+            draft_tokens=draft_tokens,
+            quantization=str(data.get("quantization", "unknown")),
+            tuned=tuned,
+            created=str(data.get("created", "")),
+            catalog=bool(data.get("catalog", False)),
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"cannot read manifest {path}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"corrupted manifest {path} ({exc}); remove it with `gemma rm` and pull again") from None

@@ -1,0 +1,126 @@
+"""The model store: list, load, save and remove manifests; garbage-collect blobs.
+
+`rm` deletes manifests first and blobs last, and only blobs that no
+remaining manifest references, under an exclusive store lock that every
+pull holds shared, so a blob a pull just fetched is never collected before
+its manifest exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+from gemma_cli.errors import GemmaError, ModelNotFoundError
+from gemma_cli.registry.names import ModelRef
+from gemma_cli.store import blobs
+from gemma_cli.store.atomic import atomic_write_json, file_lock
+from gemma_cli.store.layout import Layout, digest_hex
+from gemma_cli.store.manifest import Manifest, now_iso, parse_manifest
+
+
+def load(ref: ModelRef, layout: Layout | None = None) -> Manifest | None:
+    layout = layout or Layout.default()
+    path = layout.manifest(ref)
+    if not path.exists():
+        return None
+    return parse_manifest(path)
+
+
+def save(manifest: Manifest, ref: ModelRef, layout: Layout | None = None) -> None:
+    """Write the manifest atomically: it appears complete or not at all."""
+    layout = layout or Layout.default()
+    atomic_write_json(layout.manifest(ref), manifest.to_json())
+
+
+def iter_manifests(layout: Layout | None = None) -> Iterator[tuple[ModelRef, Path]]:
+    layout = layout or Layout.default()
+    if not layout.manifests.is_dir():
+        return
+    for family_dir in sorted(layout.manifests.iterdir()):
+        if not family_dir.is_dir():
+            continue
+        for path in sorted(family_dir.glob("*.json")):
+            yield ModelRef(family_dir.name, path.stem), path
+
+
+def list_models(layout: Layout | None = None) -> list[tuple[ModelRef, Manifest | GemmaError]]:
+    """Every manifest, parsed; a corrupted one is listed with its error rather than hiding the rest."""
+    out: list[tuple[ModelRef, Manifest | GemmaError]] = []
+    for ref, path in iter_manifests(layout):
+        try:
+            out.append((ref, parse_manifest(path)))
+        except GemmaError as exc:
+            out.append((ref, exc))
+    return out
+
+
+def referenced_digests(layout: Layout) -> set[str]:
+    refs: set[str] = set()
+    for _, manifest in list_models(layout):
+        if isinstance(manifest, Manifest):
+            refs.update(digest_hex(layer.digest) for layer in manifest.layers)
+    return refs
+
+
+def collect_garbage(layout: Layout) -> tuple[int, int]:
+    """Delete blobs no manifest references; returns (blobs removed, bytes freed).
+
+    Skipped (0, 0) while any pull holds the store lock: its blobs may not
+    have a manifest yet. The next `rm` collects them.
+    """
+    removed = freed = 0
+    with file_lock(layout.store_lock, blocking=False) as got:
+        if not got or not layout.blobs.is_dir():
+            return 0, 0
+        keep = referenced_digests(layout)
+        for path in layout.blobs.glob("sha256-*"):
+            hexpart = path.name[len("sha256-"):]
+            if path.suffix == ".partial" or len(hexpart) != 64 or hexpart in keep:
+                continue
+            freed += blobs.remove_blob(layout, "sha256:" + hexpart)
+            removed += 1
+    return removed, freed
+
+
+def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, int]]:
+    """Remove models by name; returns [(name, bytes freed in total)] after GC."""
+    from gemma_cli.registry.catalog import load_catalog
+
+    layout = layout or Layout.default()
+    catalog = load_catalog()
+    refs = [catalog.ref(n) for n in names]
+    for name, ref in zip(names, refs):
+        if not layout.manifest(ref).exists():
+            have = [str(r) for r, _ in iter_manifests(layout)]
+            raise ModelNotFoundError(f"model {name!r} is not in the store{catalog.suggest(name, have) if have else ''}")
+    for ref in refs:
+        with file_lock(layout.model_lock(ref)):
+            with contextlib.suppress(FileNotFoundError):
+                layout.manifest(ref).unlink()
+        with contextlib.suppress(OSError):
+            layout.manifest(ref).parent.rmdir()  # only when empty
+    _, freed = collect_garbage(layout)
+    return [(str(ref), freed) for ref in refs]
+
+
+def record_tuned(name: str, workload: str, draft_tokens: int, draft_source: str | None = None) -> None:
+    """Store a `gemma bench --tune` result in the model's manifest (atomically, under its lock)."""
+    from gemma_cli.registry.catalog import load_catalog
+
+    if not isinstance(draft_tokens, int) or not 1 <= draft_tokens <= 32:
+        raise GemmaError(f"tuned draft length must be between 1 and 32, got {draft_tokens!r}")
+    layout = Layout.default()
+    ref = load_catalog().ref(name)
+    with file_lock(layout.model_lock(ref)):
+        manifest = load(ref, layout)
+        if manifest is None:
+            raise ModelNotFoundError(f"model {name!r} is not in the store; run `gemma pull {name}` first")
+        entry = {"draft_tokens": draft_tokens, "at": now_iso()}
+        if draft_source:
+            entry["draft_source"] = draft_source
+        tuned = dict(manifest.tuned)
+        tuned[str(workload)] = entry
+        save(replace(manifest, tuned=tuned), ref, layout)
