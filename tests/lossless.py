@@ -1,0 +1,145 @@
+"""Helpers for losslessness tests: exact target distributions, chi-square, near-tie checks."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from gemma_cli.engine.generate import Engine
+from gemma_cli.engine.sampling import SamplingParams, warp
+from gemma_cli.engine.types import GenerationResult, StopReason
+
+EOS = "EOS"
+NEAR_TIE = 0.5  # logits: batched vs one-token kernels differ by ~0.1 at most
+
+
+def outcome(result: GenerationResult) -> tuple:
+    """A generation as a hashable outcome; an end-of-generation token counts as an outcome."""
+    return tuple(result.tokens) + ((EOS,) if result.stop_reason is StopReason.EOS else ())
+
+
+def next_logits(engine: Engine, tokens: Sequence[int]) -> np.ndarray:
+    """The target's logits after `tokens`, from one-token-at-a-time style plain evaluation."""
+    engine.reset()
+    engine.ctx.decode(list(tokens), n_outputs=1)
+    return engine.ctx.logits()[0].copy()
+
+
+def exact_continuations(engine: Engine, prompt: Sequence[int], length: int, params: SamplingParams) -> dict[tuple, float]:
+    """Enumerate every continuation up to `length` tokens with its exact probability under the warp."""
+    model = engine.target
+    out: dict[tuple, float] = {}
+
+    def walk(prefix: list[int], prob: float) -> None:
+        dist = warp(next_logits(engine, list(prompt) + prefix), params)
+        for tok, p in zip(dist.ids.tolist(), dist.probs.tolist()):
+            if p <= 0:
+                continue
+            if model.is_eog(tok):
+                out[tuple(prefix) + (EOS,)] = out.get(tuple(prefix) + (EOS,), 0.0) + prob * p
+            elif len(prefix) + 1 == length:
+                out[tuple(prefix + [tok])] = out.get(tuple(prefix + [tok]), 0.0) + prob * p
+            else:
+                walk(prefix + [tok], prob * p)
+
+    walk([], 1.0)
+    engine.reset()
+    return out
+
+
+def _upper_gamma_regularized(a: float, x: float) -> float:
+    """Q(a, x), Numerical Recipes style (series below a+1, continued fraction above)."""
+    if x <= 0:
+        return 1.0
+    if x < a + 1:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(10000):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        return 1.0 - total * math.exp(-x + a * math.log(x) - math.lgamma(a))
+    b, c, d = x + 1 - a, 1e300, 1.0 / (x + 1 - a)
+    h = d
+    for i in range(1, 10000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1e-300 if abs(d) < 1e-300 else d
+        c = b + an / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
+
+
+def chi_square_pvalue(observed: Counter, expected_probs: dict[tuple, float]) -> tuple[float, float, int]:
+    """Goodness of fit; bins with expected count < 5 are pooled. Returns (statistic, p, dof)."""
+    n = sum(observed.values())
+    unknown = set(observed) - set(expected_probs)
+    assert not unknown, f"outcomes with zero target probability were sampled: {sorted(unknown)[:5]}"
+    bins: list[tuple[float, float]] = []
+    pool_o = pool_e = 0.0
+    for key, p in sorted(expected_probs.items(), key=lambda kv: -kv[1]):
+        e = p * n
+        if e >= 5:
+            bins.append((observed.get(key, 0), e))
+        else:
+            pool_o += observed.get(key, 0)
+            pool_e += e
+    if pool_e > 0:
+        bins.append((pool_o, pool_e))
+    stat = sum((o - e) ** 2 / e for o, e in bins)
+    dof = len(bins) - 1
+    return stat, _upper_gamma_regularized(dof / 2, stat / 2), dof
+
+
+def first_divergence(a: Sequence, b: Sequence) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def check_greedy_lossless(plain_engine: Engine, prompt: Sequence[int], plain: GenerationResult, spec: GenerationResult) -> str:
+    """'equal', or 'near-tie at i (gap g)' when the only divergence sits on a tiny top-2 logit gap.
+
+    Fails when the divergence is a real difference (gap >= NEAR_TIE) or the
+    speculative token is not even among the target's top two.
+    """
+    a, b = outcome(plain), outcome(spec)
+    j = first_divergence(a, b)
+    if j is None:
+        return "equal"
+    logits = next_logits(plain_engine, list(prompt) + list(plain.tokens[:j]))
+    model = plain_engine.target
+    assert j < len(a) and j < len(b), f"one output stopped early at {j} without a competing token"
+
+    def logit(tok) -> float:
+        if tok == EOS:
+            return max(float(logits[t]) for t in range(len(logits)) if model.is_eog(t))
+        return float(logits[tok])
+
+    gap = float(logits.max()) - min(logit(a[j]), logit(b[j]))
+    assert gap < NEAR_TIE, (
+        f"divergence at token {j} ({a[j]} vs {b[j]}): their logits are {gap:.3f} below the top: not a near-tie, a bug"
+    )
+    return f"near-tie at token {j} (gap {gap:.3f})"
+
+
+def sample_outcomes(engine: Engine, prompt: Sequence[int], length: int, params: SamplingParams, n: int) -> Counter:
+    counts: Counter = Counter()
+    for seed in range(n):
+        g = engine.generate(list(prompt), max_tokens=length, sampling=SamplingParams(
+            params.temperature, params.top_k, params.top_p, params.min_p, seed))
+        g.text()
+        counts[outcome(g.result)] += 1
+    return counts

@@ -1,0 +1,173 @@
+"""Speculative decoding must be lossless: greedy equals the target's greedy; sampling has its distribution."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from gemma_cli.engine import speculative
+from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.engine.sampling import SamplingParams
+from lossless import (
+    check_greedy_lossless,
+    chi_square_pvalue,
+    exact_continuations,
+    sample_outcomes,
+)
+
+GREEDY = SamplingParams(temperature=0.0)
+TINY_PROMPTS = ["abcabcabcab", "hello hello hello hel", "the cat sat on the mat. the cat sat", "x=1; y=2; x=1; y="]
+
+
+def _plain(path, n_ctx=512):
+    return Engine(path, DraftConfig(source="none"), EngineConfig(n_ctx=n_ctx, n_threads=2))
+
+
+@pytest.mark.parametrize("source", ["ngram", "model"])
+def test_greedy_lossless_tiny_all_draft_lengths(tiny_model, tiny_drafter, source):
+    plain = _plain(tiny_model)
+    drafter = tiny_drafter if source == "model" else None
+    spec = Engine(tiny_model, DraftConfig(source=source, tokens=1, model_path=drafter), EngineConfig(n_ctx=512, n_threads=2))
+    verdicts = []
+    for text in TINY_PROMPTS:
+        prompt = plain.tokenize(text)
+        ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)
+        ref.text()
+        for k in range(1, 9):
+            spec.set_draft(DraftConfig(source=source, tokens=k, model_path=drafter, adaptive=False))
+            got = spec.generate(prompt, max_tokens=48, sampling=GREEDY)
+            got.text()
+            verdicts.append(check_greedy_lossless(plain, prompt, ref.result, got.result))
+            ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)  # plain engine was reset by the check
+            ref.text()
+    assert spec.drafter.name == source
+    near = [v for v in verdicts if v != "equal"]
+    print(f"{source}: {len(verdicts) - len(near)} equal, near-ties: {near}")
+    assert len(near) <= len(verdicts) // 4, near
+
+
+def test_self_draft_accepts_everything_and_stops_inside_a_draft(tiny_model):
+    """The target drafting for itself: every draft is accepted, and EOS inside an accepted draft ends output."""
+    plain = _plain(tiny_model)
+    spec = Engine(tiny_model, DraftConfig(source="model", tokens=8, model_path=tiny_model, adaptive=False), EngineConfig(n_ctx=512, n_threads=2))
+    prompt = plain.tokenize("hello world")
+    ref = plain.generate(prompt, max_tokens=200, sampling=GREEDY)
+    ref.text()
+    got = spec.generate(prompt, max_tokens=200, sampling=GREEDY)
+    got.text()
+    assert ref.result.stop_reason.value == "eos", "fixture model is expected to emit EOS"
+    assert got.result.tokens == ref.result.tokens
+    assert got.result.stop_reason == ref.result.stop_reason
+    s = got.result.stats
+    assert s.acceptance_rate > 0.95
+    assert s.emitted_from_draft > s.emitted_from_target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 3, 4, 8])
+def test_greedy_lossless_gemma3_ngram(gemma3_path, k):
+    plain = _plain(gemma3_path, n_ctx=1024)
+    spec = Engine(gemma3_path, DraftConfig(source="ngram", tokens=k, adaptive=False), EngineConfig(n_ctx=1024, n_threads=2))
+    verdicts = []
+    for text in [
+        "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+        "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    ]:
+        prompt = plain.tokenize(text)
+        ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)
+        ref.text()
+        got = spec.generate(prompt, max_tokens=48, sampling=GREEDY)
+        got.text()
+        verdicts.append(check_greedy_lossless(plain, prompt, ref.result, got.result))
+        assert got.result.stats.draft_proposed > 0
+    print(f"gemma3 270M ngram k={k}: {verdicts}")
+
+
+@pytest.mark.slow
+def test_greedy_lossless_gemma3_self_draft(gemma3_path):
+    plain = _plain(gemma3_path, n_ctx=512)
+    spec = Engine(gemma3_path, DraftConfig(source="model", tokens=4, model_path=gemma3_path, adaptive=False), EngineConfig(n_ctx=512, n_threads=2))
+    prompt = plain.tokenize("Here is a list of fruits: apple, banana, cherry,")
+    ref = plain.generate(prompt, max_tokens=32, sampling=GREEDY)
+    ref.text()
+    got = spec.generate(prompt, max_tokens=32, sampling=GREEDY)
+    got.text()
+    verdict = check_greedy_lossless(plain, prompt, ref.result, got.result)
+    print("gemma3 270M self-draft:", verdict)
+    assert got.result.stats.acceptance_rate > 0.8
+
+
+# -- sampling: the output distribution must be the target's --------------------------------
+
+T1 = SamplingParams(temperature=1.0)
+N_SAMPLES = 3000
+PROMPT = [1, 4, 5, 6, 4, 5, 6, 4, 5]  # <s> a b c a b c a b : n-gram lookup proposes "c a"
+
+
+@pytest.fixture(scope="module")
+def exact(small_vocab_model):
+    eng = _plain(small_vocab_model, n_ctx=64)
+    dist = exact_continuations(eng, PROMPT, 2, T1)
+    eng.close()
+    assert abs(sum(dist.values()) - 1) < 1e-6
+    return dist
+
+
+def _spec(model, drafter=None, source="model", k=2):
+    return Engine(model, DraftConfig(source=source, tokens=k, model_path=drafter, adaptive=False), EngineConfig(n_ctx=64, n_threads=1))
+
+
+def test_plain_sampling_matches_exact_distribution(small_vocab_model, exact):
+    counts = sample_outcomes(_plain(small_vocab_model, 64), PROMPT, 2, T1, N_SAMPLES)
+    stat, p, dof = chi_square_pvalue(counts, exact)
+    assert p > 1e-3, (stat, dof)
+
+
+@pytest.mark.parametrize("source", ["ngram", "model"])
+def test_speculative_sampling_matches_exact_distribution(small_vocab_model, small_vocab_drafter, exact, source):
+    eng = _spec(small_vocab_model, small_vocab_drafter if source == "model" else None, source)
+    counts = sample_outcomes(eng, PROMPT, 2, T1, N_SAMPLES)
+    stat, p, dof = chi_square_pvalue(counts, exact)
+    print(f"{source}: chi2={stat:.1f} dof={dof} p={p:.3g}")
+    assert p > 1e-3, (stat, dof)
+
+
+def _wrong_accept_all(target, draft, token, rng):
+    return True
+
+
+def _wrong_resample_from_target(target, draft, rejected):
+    return target
+
+
+@pytest.mark.parametrize("wrong", ["accept_all", "resample_target"])
+def test_chi_square_catches_a_wrong_rule(small_vocab_model, small_vocab_drafter, exact, monkeypatch, wrong):
+    """The test above has power: the same sample size rejects known-wrong acceptance rules."""
+    if wrong == "accept_all":
+        monkeypatch.setattr(speculative, "accept_draft", _wrong_accept_all)
+    else:
+        monkeypatch.setattr(speculative, "residual", _wrong_resample_from_target)
+    eng = _spec(small_vocab_model, small_vocab_drafter)
+    counts = sample_outcomes(eng, PROMPT, 2, T1, N_SAMPLES)
+    stat, p, dof = chi_square_pvalue(counts, exact)
+    assert p < 1e-4, f"wrong rule {wrong} not detected: chi2={stat:.1f} dof={dof} p={p:.3g}"
+
+
+def test_rejection_sampling_accepts_more_than_sample_and_match(small_vocab_model, exact):
+    """Self-drafting at T=1: rejection sampling accepts ~every draft; sample-and-match only sum(p^2)."""
+    eng = _spec(small_vocab_model, small_vocab_model, k=1)
+    accepted = proposed = 0
+    for seed in range(400):
+        g = eng.generate(PROMPT, max_tokens=2, sampling=SamplingParams(temperature=1.0, seed=seed))
+        g.text()
+        accepted += g.stats.draft_accepted
+        proposed += g.stats.draft_proposed
+    first = Counter()
+    for outcome_, p in exact.items():
+        first[outcome_[0]] += p
+    sample_and_match = sum(p * p for p in first.values())
+    rs = accepted / proposed
+    print(f"rejection sampling acceptance {rs:.3f} vs sample-and-match {sample_and_match:.3f}")
+    assert rs > 0.97
+    assert rs > sample_and_match + 0.2
