@@ -1,0 +1,77 @@
+"""`gemma chat`: an interactive conversation with live speed and draft statistics."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from gemma_cli import config
+from gemma_cli.cli import engine_options as opt
+from gemma_cli.cli.app import app
+from gemma_cli.errors import UsageError
+
+
+@app.command()
+def chat(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /set system).")] = None,
+    draft: opt.Draft = "auto",
+    draft_tokens: opt.DraftTokens = None,
+    temperature: opt.Temperature = opt.DEFAULT_TEMPERATURE,
+    top_k: opt.TopK = opt.DEFAULT_TOP_K,
+    top_p: opt.TopP = opt.DEFAULT_TOP_P,
+    min_p: opt.MinP = 0.0,
+    seed: opt.Seed = None,
+    max_tokens: opt.MaxTokens = 1024,
+    ctx: opt.Ctx = 4096,
+    gpu_layers: opt.GpuLayers = 0,
+    threads: opt.Threads = None,
+) -> None:
+    """Chat with a model: streamed replies, a live tokens/s and draft-acceptance line, /help for commands.
+
+    Ctrl-C stops a reply, Ctrl-D or /bye leaves. Example: gemma chat gemma3:270m --system "Be brief."
+    """
+    from gemma_cli.chat import Conversation
+    from gemma_cli.cli.output import use_color
+    from gemma_cli.cli.repl import ChatRepl, ChatSettings, make_reader
+    from gemma_cli.engine.sampling import SamplingParams
+
+    if max_tokens <= 0:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
+    pair = opt.resolve(model)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    color = use_color(sys.stdout) and use_color(sys.stderr)
+    if terminal:
+        sys.stderr.write(f"loading {pair.name}…\r")
+        sys.stderr.flush()
+    engine = opt.open_engine(pair, choice, "chat")
+    try:
+        d = engine.draft
+        draft_desc = d.source if d.source == "none" else f"{d.source} (up to {d.tokens} tokens)"
+        banner = (
+            f"gemma chat · {pair.name} · context {engine.n_ctx} · draft {draft_desc} · "
+            f"loaded in {engine.load_seconds:.2f}s\n/help for commands, Ctrl-C stops a reply, Ctrl-D or /bye exits"
+        )
+        if terminal:
+            sys.stderr.write("\x1b[2K")
+        sys.stderr.write(banner + "\n")
+        sys.stderr.flush()
+        settings = ChatSettings(sampling=sampling, max_tokens=max_tokens, draft=draft, draft_tokens=draft_tokens)
+        repl = ChatRepl(
+            engine,
+            pair,
+            settings,
+            Conversation(system=system or None),
+            reader=make_reader(config.history_file(), lambda msg: sys.stderr.write(msg + "\n")),
+            out=sys.stdout,
+            err=sys.stderr,
+            color=color,
+            live=terminal and sys.stderr.isatty(),
+        )
+        repl.run()
+    finally:
+        engine.close()
