@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class Drafter(Protocol):
     name: str
 
+    relative_cost: float
+
     def attach(self, target: "Context") -> None:
         """Called once the target context exists (MTP links its context here)."""
 
@@ -43,6 +45,7 @@ class NoDrafter:
     """Plain decoding: the baseline every speedup is measured against."""
 
     name = "none"
+    relative_cost = 0.0  # cost of drafting one token, in plain target steps (a prior)
 
     def attach(self, target: "Context") -> None:
         pass
@@ -142,6 +145,7 @@ class ModelDrafter(NoDrafter):
 
         self.model = model
         self.ctx = Context(model, n_ctx=n_ctx, n_batch=512, n_threads=n_threads)
+        self.relative_cost = 0.0
         self._cached: list[int] = []  # tokens whose KV is in self.ctx
         self._confirmed = 0  # _cached[:_confirmed] known equal to history
 

@@ -233,7 +233,12 @@ class Generation:
         stats.prompt_tokens = len(tokens)
         stats.prompt_evaluated = len(pending)
         k_max = 0 if eng.draft.source == "none" else eng.draft.tokens
-        controller = DraftController(k_max, adaptive=eng.draft.adaptive)
+        controller = DraftController(
+            k_max,
+            adaptive=eng.draft.adaptive,
+            measure_time=self.sampling.greedy,  # a seed must reproduce sampled output exactly
+            draft_cost=eng.drafter.relative_cost,
+        )
         sampler = TokenSampler(self.sampling)
         stream = TextStream(self.stop)
         out_tokens: list[int] = []

@@ -1,0 +1,211 @@
+"""Engine behaviour on real llama.cpp inference: statistics, stops, cancellation, KV reuse, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.engine.sampling import SamplingParams
+from gemma_cli.engine.types import StopReason
+from gemma_cli.errors import ContextFullError, GemmaError, IncompatibleModelsError, ModelFileError, UsageError
+from gguf_factory import write_llama_gguf
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture()
+def ngram_engine(tiny_model):
+    eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=4), EngineConfig(n_ctx=512, n_threads=2))
+    yield eng
+    eng.close()
+
+
+def test_statistics_are_consistent(ngram_engine):
+    g = ngram_engine.generate("abcabcabcabc", max_tokens=64, sampling=GREEDY)
+    pieces = list(g)
+    s = g.result.stats
+    assert s is g.stats
+    assert s.draft_accepted <= s.draft_proposed
+    assert s.generated_tokens == len(g.result.tokens) == sum(p.n_tokens for p in pieces)
+    assert s.generated_tokens == s.emitted_from_draft + s.emitted_from_target
+    assert s.emitted_from_draft == sum(p.n_drafted for p in pieces) <= s.draft_accepted
+    assert s.target_passes >= s.emitted_from_target
+    assert s.tokens_per_pass == pytest.approx(s.generated_tokens / s.target_passes)
+    assert s.tokens_per_s == pytest.approx((s.generated_tokens - 1) / max(s.wall_s - s.ttft_s, 1e-9))
+    assert 0.0 <= s.acceptance_rate <= 1.0
+    assert s.prompt_tokens == len(ngram_engine.tokenize("abcabcabcabc"))
+    assert "".join(p.text for p in pieces) == g.result.text
+
+
+def test_live_stats_update_during_generation(ngram_engine):
+    g = ngram_engine.generate("hello hello hello", max_tokens=40, sampling=GREEDY)
+    seen = []
+    for _ in g:
+        seen.append(g.stats.generated_tokens)
+    assert seen == sorted(seen) and seen[0] >= 1 and seen[-1] == g.result.stats.generated_tokens
+
+
+def test_stop_string_inside_an_accepted_draft(tiny_model, ngram_engine):
+    plain = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=512))
+    ref = plain.generate("abcabcabcabc", max_tokens=64, sampling=GREEDY).text()
+    g = ngram_engine.generate("abcabcabcabc", max_tokens=64, sampling=GREEDY)
+    offset, drafted_at = 0, None
+    for piece in g:
+        if piece.n_drafted >= 2 and len(piece.text) >= 3 and drafted_at is None:
+            drafted_at = offset + 1  # a stop string that starts inside this drafted piece
+        offset += len(piece.text)
+    assert g.result.text == ref
+    assert drafted_at is not None, "fixture should produce drafted pieces"
+    stop = ref[drafted_at : drafted_at + 2]
+    cut = ref.find(stop)
+    g2 = ngram_engine.generate("abcabcabcabc", max_tokens=64, sampling=GREEDY, stop=[stop])
+    assert g2.text() == ref[:cut]
+    assert g2.result.stop_reason is StopReason.STOP
+
+
+def test_max_tokens_is_exact_even_with_drafts(ngram_engine):
+    for n in (1, 2, 5, 13):
+        g = ngram_engine.generate("abcabcabcabc", max_tokens=n, sampling=GREEDY)
+        g.text()
+        if g.result.stop_reason is StopReason.LENGTH:
+            assert len(g.result.tokens) == n
+
+
+def test_same_seed_same_output(ngram_engine):
+    sp = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=42)
+    a = ngram_engine.generate("hello world", max_tokens=30, sampling=sp).text()
+    b = ngram_engine.generate("hello world", max_tokens=30, sampling=sp).text()
+    assert a == b
+
+
+def test_cancel_keeps_kv_consistent(tiny_model, ngram_engine):
+    g = ngram_engine.generate("the cat sat on the mat", max_tokens=200, sampling=GREEDY)
+    for i, _ in enumerate(g):
+        if i == 3:
+            g.cancel()
+    assert g.result.stop_reason is StopReason.CANCELLED
+    assert ngram_engine.ctx.pos_max() + 1 == ngram_engine.ctx.n_past
+    after = ngram_engine.generate("abcabcabcabc", max_tokens=30, sampling=GREEDY).text()
+    fresh = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=512))
+    assert after == fresh.generate("abcabcabcabc", max_tokens=30, sampling=GREEDY).text()
+
+
+def test_kv_cache_reused_across_calls(ngram_engine):
+    first = ngram_engine.tokenize("the quick brown fox jumps")
+    ngram_engine.generate(first, max_tokens=8, sampling=GREEDY).text()
+    second = first + ngram_engine.tokenize(" over the lazy dog", add_special=False)
+    g = ngram_engine.generate(second, max_tokens=8, sampling=GREEDY)
+    g.text()
+    assert g.stats.prompt_evaluated == len(second) - len(first)
+    assert ngram_engine.ctx.pos_max() + 1 == ngram_engine.ctx.n_past
+
+
+def test_kv_holds_exactly_the_accepted_positions(tiny_model, tiny_drafter):
+    eng = Engine(tiny_model, DraftConfig(source="model", tokens=6, model_path=tiny_drafter, adaptive=False), EngineConfig(n_ctx=512))
+    g = eng.generate("hello there, general", max_tokens=100, sampling=SamplingParams(temperature=1.0, seed=3))
+    g.text()
+    s = g.stats
+    assert s.draft_proposed > s.draft_accepted, "need rejections for this test"
+    assert eng.ctx.pos_max() + 1 == eng.ctx.n_past == eng.cached_tokens
+
+
+def test_context_full_stops_generation(tiny_model):
+    eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=8), EngineConfig(n_ctx=32))
+    g = eng.generate("abcabcabc", max_tokens=500, sampling=GREEDY)
+    g.text()
+    assert g.result.stop_reason in (StopReason.CONTEXT, StopReason.EOS)
+    if g.result.stop_reason is StopReason.CONTEXT:
+        assert eng.ctx.n_past <= eng.n_ctx  # llama.cpp pads n_ctx up (here to 256)
+
+
+def test_utf8_is_never_split(ngram_engine):
+    """Byte-level pieces are held until the character is complete."""
+    from gemma_cli.engine.textstream import TextStream
+
+    s = TextStream()
+    euro = "€".encode()
+    assert s.feed(euro[:1]) == "" and s.feed(euro[1:2]) == "" and s.feed(euro[2:]) == "€"
+
+
+# -- bad input: a clear exception, no crash, no hang -----------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        Engine(tmp_path / "nope.gguf")
+
+
+def test_not_a_gguf(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 10)
+    with pytest.raises(ModelFileError, match="not a GGUF"):
+        Engine(bad)
+
+
+def test_truncated_gguf(tmp_path, tiny_model):
+    data = tiny_model.read_bytes()
+    for cut in (10, 200, len(data) // 2, len(data) - 7):
+        trunc = tmp_path / f"trunc{cut}.gguf"
+        trunc.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError) as exc:
+            Engine(trunc)
+        assert str(trunc) in str(exc.value)
+
+
+def test_vocabulary_mismatch_names_both_files(tiny_model, small_vocab_model):
+    with pytest.raises(IncompatibleModelsError) as exc:
+        Engine(tiny_model, DraftConfig(source="model", tokens=4, model_path=small_vocab_model))
+    assert tiny_model.name in str(exc.value) and small_vocab_model.name in str(exc.value)
+
+
+def test_prompt_longer_than_context(tiny_model):
+    eng = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=16))
+    with pytest.raises(ContextFullError, match=f"context holds {eng.n_ctx}"):
+        eng.generate("a" * (eng.n_ctx + 10))
+
+
+@pytest.mark.parametrize("n_ctx", [0, -5])
+def test_bad_context_size(tiny_model, n_ctx):
+    with pytest.raises(UsageError, match="context size"):
+        Engine(tiny_model, config=EngineConfig(n_ctx=n_ctx))
+
+
+@pytest.mark.parametrize("k", [0, -1, 33, 10_000])
+def test_bad_draft_length(tiny_model, k):
+    with pytest.raises(UsageError, match="draft length"):
+        Engine(tiny_model, DraftConfig(source="ngram", tokens=k))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=-1), SamplingParams(top_p=0), SamplingParams(top_k=-2), SamplingParams(min_p=1.5)],
+)
+def test_bad_sampling_params(ngram_engine, params):
+    with pytest.raises(UsageError):
+        ngram_engine.generate("abc", sampling=params)
+
+
+def test_every_engine_error_is_a_gemma_error():
+    assert issubclass(ContextFullError, GemmaError) and issubclass(IncompatibleModelsError, GemmaError)
+
+
+@pytest.mark.slow
+def test_default_settings_decode_without_crashing(gemma3_path):
+    """The AMX crash: our defaults must decode on this machine (run in a child so a segfault shows as -11)."""
+    code = textwrap.dedent(
+        f"""
+        from gemma_cli.engine.generate import Engine, DraftConfig
+        from gemma_cli.engine.sampling import SamplingParams
+        eng = Engine({str(gemma3_path)!r}, DraftConfig(source="ngram"))
+        assert eng.target.cpu_repack is False
+        text = eng.generate("The capital of France is", max_tokens=16, sampling=SamplingParams(temperature=0)).text()
+        print("OK", len(text))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "GEMMA_CPU_REPACK": ""})
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.startswith("OK")

@@ -1,0 +1,85 @@
+"""Pure maths: warping, acceptance, residuals, the adaptive controller, the text stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gemma_cli.engine.adaptive import DraftController
+from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, residual, warp
+from gemma_cli.engine.textstream import TextStream
+
+LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.10], dtype=np.float32))
+
+
+def test_warp_temperature_one_is_softmax():
+    d = warp(LOGITS, SamplingParams(temperature=1.0))
+    assert d.ids.tolist() == [0, 1, 2, 3]
+    assert np.allclose(d.probs, [0.5, 0.25, 0.15, 0.10], atol=1e-6)
+
+
+def test_warp_filters():
+    assert warp(LOGITS, SamplingParams(temperature=1.0, top_k=2)).ids.tolist() == [0, 1]
+    d = warp(LOGITS, SamplingParams(temperature=1.0, top_p=0.7))  # 0.5 + 0.25 reaches 0.7
+    assert d.ids.tolist() == [0, 1] and np.allclose(d.probs, [2 / 3, 1 / 3])
+    assert warp(LOGITS, SamplingParams(temperature=1.0, min_p=0.4)).ids.tolist() == [0, 1]
+
+
+def test_draw_follows_the_distribution():
+    rng = np.random.default_rng(0)
+    d = Dist(np.array([3, 7]), np.array([0.2, 0.8]))
+    draws = [draw(d, rng) for _ in range(20000)]
+    assert abs(draws.count(7) / len(draws) - 0.8) < 0.02
+
+
+def test_residual_is_normalised_positive_part():
+    p = Dist(np.array([0, 1, 2]), np.array([0.5, 0.3, 0.2]))
+    q = Dist(np.array([0, 1]), np.array([0.8, 0.2]))
+    r = residual(p, q, 0)
+    assert np.allclose(r.probs, [0.0, 0.1 / 0.3, 0.2 / 0.3])
+    one_hot = residual(p, None, 0)
+    assert np.allclose(one_hot.probs, [0.0, 0.6, 0.4])
+
+
+def test_acceptance_probability_is_min_ratio():
+    p = Dist(np.array([0, 1]), np.array([0.3, 0.7]))
+    q = Dist(np.array([0, 1]), np.array([0.6, 0.4]))
+    rng = np.random.default_rng(1)
+    acc0 = np.mean([accept_draft(p, q, 0, rng) for _ in range(20000)])
+    assert abs(acc0 - 0.5) < 0.02  # 0.3 / 0.6
+    assert all(accept_draft(p, q, 1, rng) for _ in range(100))  # p >= q: always
+    assert not accept_draft(p, q, 5, rng)  # outside the target's support
+
+
+def test_controller_pauses_on_low_acceptance_and_probes():
+    c = DraftController(6, measure_time=False)
+    for _ in range(30):
+        c.record(4, 0, 5, 0.0, 0.0)
+    ks = [c.next_k() for _ in range(16)]
+    assert ks.count(0) >= 14 and 1 in ks  # paused, with probes
+
+
+def test_controller_drafts_long_on_high_acceptance():
+    c = DraftController(6, measure_time=False)
+    for _ in range(30):
+        c.record(6, 6, 7, 0.0, 0.0)
+    assert c.next_k() == 6
+
+
+def test_controller_uses_measured_costs():
+    c = DraftController(6)
+    for _ in range(20):  # verifying 7 tokens costs 7x one token: drafting cannot pay off
+        c.record(0, 0, 1, 0.010, 0.0)
+        c.record(6, 3, 7, 0.070, 0.0)
+    assert c.next_k() <= 1
+
+
+@pytest.mark.parametrize("stops,chunks,expected", [
+    (["END"], ["ab", "cE", "N", "Dxyz"], "abc"),
+    (["END"], ["ab", "E", "x"], "abEx"),
+    (["\n\n", "###"], ["line", "\n", "\n", "more"], "line"),
+])
+def test_text_stream_never_prints_part_of_a_stop(stops, chunks, expected):
+    s = TextStream(stops)
+    out = "".join(s.feed(c.encode()) for c in chunks) + s.flush()
+    assert out == expected
