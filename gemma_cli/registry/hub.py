@@ -116,7 +116,7 @@ def file_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
 
     url = hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint())
     try:
-        meta = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
+        meta = get_hf_file_metadata(url, endpoint=_endpoint())  # fail fast: no silent 30 s of retries
     except Exception as exc:
         mapped = hub_error(exc, repo, filename)
         if mapped is None:
@@ -192,7 +192,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
                 elif have:
                     mode, have = "wb", 0  # 200: the server ignored Range and sends everything
                 with partial.open(mode) as fh:
-                    for chunk in resp.iter_bytes(1 << 20):
+                    for chunk in resp.iter_raw():  # as received: nothing buffered is lost on a drop
                         fh.write(chunk)
                         fh.flush()  # a kill -9 keeps everything written so far
                         if progress:

@@ -1,0 +1,252 @@
+"""`gemma pull` against a real local HTTP server that imitates the Hub (HF_ENDPOINT)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gemma4_factory import write_gemma4_pair
+from gguf_factory import write_llama_gguf
+from hub_server import (ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma,
+                        write_catalog)
+
+REPO = "test-org/tiny-GGUF"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    d = tmp_path_factory.mktemp("hubfiles")
+    big = write_llama_gguf(d / "big.gguf", seed=5, n_embd=128, n_ff=512, n_layer=3)
+    draft = write_llama_gguf(d / "draft.gguf", seed=6, n_layer=1)
+    target4, assistant4 = write_gemma4_pair(d / "g4")
+    return {
+        "big.gguf": big.read_bytes(),
+        "draft.gguf": draft.read_bytes(),
+        "g4-target.gguf": target4.read_bytes(),
+        "mtp-g4-Q8_0.gguf": assistant4.read_bytes(),
+        "junk.gguf": b"<html>this is not a model</html>" * 100,
+    }
+
+
+@pytest.fixture()
+def hub(files: dict[str, bytes]):
+    with HubServer() as server:
+        for name, data in files.items():
+            server.add(REPO, name, data)
+        server.add("gated-org/model", "big.gguf", files["big.gguf"])
+        server.state.gated.add("gated-org/model")
+        server.add("private-org/model", "big.gguf", files["big.gguf"])
+        server.state.private.add("private-org/model")
+        server.add("forbidden-org/model", "big.gguf", files["big.gguf"])
+        server.state.forbidden.add("forbidden-org/model")
+        yield server
+
+
+@pytest.fixture()
+def catalog(tmp_path: Path) -> Path:
+    return write_catalog(tmp_path / "catalog.json", {
+        "tiny:big": {"target": (REPO, "big.gguf"), "drafter": (REPO, "draft.gguf"), "draft_source": "model", "draft_tokens": 3},
+        "tiny:solo": {"target": (REPO, "big.gguf"), "draft_source": "ngram"},
+        "g4:mtp": {"target": (REPO, "g4-target.gguf"), "drafter": (REPO, "mtp-g4-Q8_0.gguf"), "draft_tokens": 2},
+        "bad:junk": {"target": (REPO, "junk.gguf")},
+        "bad:gated": {"target": ("gated-org/model", "big.gguf")},
+        "bad:private": {"target": ("private-org/model", "big.gguf")},
+        "bad:forbidden": {"target": ("forbidden-org/model", "big.gguf")},
+        "bad:missing-file": {"target": (REPO, "nope.gguf")},
+        "bad:missing-repo": {"target": ("nobody/nothing", "big.gguf")},
+    }, default_tags={"tiny": "big"})
+
+
+@pytest.fixture()
+def env(tmp_path: Path, hub: HubServer, catalog: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    e = gemma_env(tmp_path / "models", hub.endpoint, catalog)
+    for key in ("GEMMA_MODELS", "HF_ENDPOINT", "GEMMA_CATALOG", "HF_HOME"):
+        monkeypatch.setenv(key, e[key])
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return e
+
+
+def _manifest(models: Path, family: str, tag: str) -> dict:
+    return json.loads((models / "manifests" / family / f"{tag}.json").read_text())
+
+
+def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_path):
+    from gemma_cli.registry.pull import pull
+    from gemma_cli.store import resolve_model
+
+    result = pull("tiny")  # default tag from the catalog
+    assert result.downloaded == len(files["big.gguf"]) + len(files["draft.gguf"])
+    pair = resolve_model("tiny:big")
+    assert pair.target.read_bytes() == files["big.gguf"]
+    assert pair.drafter is not None and pair.drafter.read_bytes() == files["draft.gguf"]
+    assert pair.draft_source == "model" and pair.draft_tokens == 3
+    served = hub.served("big.gguf")
+    again = pull("tiny:big")
+    assert again.downloaded == 0 and again.up_to_date
+    assert hub.served("big.gguf") == served  # HEAD only, no body
+    # a second model sharing the target blob fetches nothing either
+    assert pull("tiny:solo").downloaded == 0
+    assert hub.served("big.gguf") == served
+    assert not list((tmp_path / "models" / "blobs").glob("*.partial"))
+
+
+def test_pull_mtp_pair_detects_gemma4_assistant(env, hub):
+    from gemma_cli.registry.pull import pull
+    from gemma_cli.store import resolve_model
+
+    pull("g4:mtp")
+    pair = resolve_model("g4:mtp")
+    assert pair.draft_source == "mtp" and pair.draft_tokens == 2
+
+
+def test_dropped_connection_resumes_within_one_pull(env, hub, files):
+    from gemma_cli.registry.pull import pull
+
+    size = len(files["big.gguf"])
+    hub.state.drop_after["big.gguf"] = size // 3
+    pull("tiny:solo")
+    gets = hub.gets("big.gguf")
+    assert len(gets) == 2 and gets[1].range == f"bytes={size // 3}-"
+    assert hub.served("big.gguf") == size
+
+
+def test_server_ignoring_range_restarts_cleanly(env, hub, files, tmp_path):
+    import hashlib
+
+    from gemma_cli.registry.pull import pull
+
+    data = files["big.gguf"]
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = tmp_path / "models" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"sha256-{sha}.partial").write_bytes(data[:1000])
+    hub.state.ignore_range = True
+    pull("tiny:solo")
+    assert (blobs / f"sha256-{sha}").read_bytes() == data
+
+
+def test_corrupt_partial_is_discarded_then_repulled(env, hub, files, tmp_path):
+    import hashlib
+
+    data = files["big.gguf"]
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = tmp_path / "models" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"sha256-{sha}.partial").write_bytes(b"\0" * len(data))  # right size, wrong bytes
+    proc = run_gemma(env, "pull", "tiny:solo")
+    assert_one_line_error(proc, "sha256")
+    assert not (tmp_path / "models" / "manifests" / "tiny" / "solo.json").exists()
+    assert run_gemma(env, "pull", "tiny:solo").returncode == 0
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_pull_resumes_and_serves_each_byte_once(env, hub, files, tmp_path, sig):
+    import hashlib
+
+    data = files["big.gguf"]
+    stall = len(data) // 2
+    partial = tmp_path / "models" / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}.partial"
+    hub.state.stall_after["big.gguf"] = stall
+    proc = subprocess.Popen(gemma_cmd("pull", "tiny:solo"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: partial.exists() and partial.stat().st_size >= stall)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Traceback" not in err
+    assert partial.stat().st_size == stall  # kept for the next run
+    assert not (tmp_path / "models" / "manifests" / "tiny" / "solo.json").exists()
+    hub.release()
+    done = run_gemma(env, "pull", "tiny:solo")
+    assert done.returncode == 0, done.stderr
+    assert hub.gets("big.gguf")[-1].range == f"bytes={stall}-"
+    # every byte once across both runs (+ at most a chunk the stalled server wrote to the dead socket)
+    assert len(data) <= hub.served("big.gguf") <= len(data) + 16384
+    assert not partial.exists()
+
+
+def test_concurrent_pulls_of_one_model_download_once(env, hub, files, tmp_path):
+    hub.state.throttle = 0.002  # ~2 MB/s: the two processes overlap
+    procs = [subprocess.Popen(gemma_cmd("pull", "tiny:big"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert hub.served("big.gguf") == len(files["big.gguf"])
+    assert hub.served("draft.gguf") == len(files["draft.gguf"])
+    manifest = _manifest(tmp_path / "models", "tiny", "big")
+    blob = tmp_path / "models" / "blobs" / ("sha256-" + manifest["target"]["digest"].split(":")[1])
+    assert blob.read_bytes() == files["big.gguf"]
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("bad:gated", ["gated", "hf auth login"]),
+    ("bad:private", ["not found", "log in"]),
+    ("bad:forbidden", ["403", "log in"]),
+    ("bad:missing-file", ["nope.gguf", "not found"]),
+    ("bad:missing-repo", ["nobody/nothing", "not found"]),
+    ("bad:junk", ["not a valid gguf"]),
+    ("tiny:nonexistent", ["unknown model", "tiny:big"]),
+    ("../../etc/passwd", ["invalid model name"]),
+    ("tiny:../x", ["invalid model name"]),
+    ("a\\b", ["invalid model name"]),
+])
+def test_pull_errors_are_one_line(env, name, needles, tmp_path):
+    proc = run_gemma(env, "pull", name)
+    assert_one_line_error(proc, *needles)
+    assert not list((tmp_path / "models").glob("manifests/*/*.json"))
+
+
+def test_unreachable_hub_and_offline_mode(env, tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    down = dict(env, HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    assert_one_line_error(run_gemma(down, "pull", "tiny:big"), "cannot reach", "HF_HUB_OFFLINE")
+    offline = dict(env, HF_HUB_OFFLINE="1")
+    assert_one_line_error(run_gemma(offline, "pull", "tiny:big"), "offline mode")
+
+
+def test_pull_of_complete_model_works_offline(env):
+    assert run_gemma(env, "pull", "tiny:solo").returncode == 0
+    proc = run_gemma(dict(env, HF_HUB_OFFLINE="1"), "pull", "tiny:solo")
+    assert proc.returncode == 0 and "up to date" in proc.stdout
+
+
+def test_disk_full_keeps_partial_and_writes_no_manifest(env, hub, files, tmp_path):
+    import resource
+
+    limit = len(files["big.gguf"]) // 2
+
+    def small_disk() -> None:  # file size limit: writes past it fail with EFBIG, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = run_gemma(env, "pull", "tiny:solo", preexec=small_disk)
+    assert_one_line_error(proc, "no space left", "resume")
+    partials = list((tmp_path / "models" / "blobs").glob("*.partial"))
+    assert len(partials) == 1 and 0 < partials[0].stat().st_size <= limit
+    assert not (tmp_path / "models" / "manifests" / "tiny" / "solo.json").exists()
+    kept = partials[0].stat().st_size
+    before = hub.served("big.gguf")
+    assert run_gemma(env, "pull", "tiny:solo").returncode == 0  # space is back: resumes
+    assert hub.gets("big.gguf")[-1].range == f"bytes={kept}-"
+    assert hub.served("big.gguf") - before == len(files["big.gguf"]) - kept
