@@ -107,7 +107,9 @@ class GGUFInfo:
     @property
     def quantization(self) -> str:
         ft = self.metadata.get("general.file_type")
-        return FILE_TYPES.get(ft, f"type {ft}") if ft is not None else "unknown"
+        if ft is None:
+            return "unknown"
+        return FILE_TYPES.get(ft, f"type {ft}") if isinstance(ft, int) else f"type {ft!r}"[:40]
 
     @property
     def n_params(self) -> int:
@@ -115,7 +117,8 @@ class GGUFInfo:
 
     @property
     def tokens(self) -> list[str]:
-        return list(self.metadata.get("tokenizer.ggml.tokens") or [])
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        return list(tokens) if isinstance(tokens, list) else []  # untrusted: may be any type
 
     @property
     def expected_size(self) -> int | None:
