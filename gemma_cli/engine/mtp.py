@@ -167,6 +167,8 @@ class MTPDrafter:
             )
         self.target_model = target_model
         self.assistant = assistant_model
+        # prior for the adaptive draft length: one draft row streams the assistant's weights once
+        self.relative_cost = assistant_model.size_bytes / max(target_model.size_bytes, 1)
         self.target_ctx = target_ctx
         self.mtp: MTPContext | None = None
         self._ready = False  # h_in holds the hidden row for the pending token's predecessor
