@@ -96,17 +96,19 @@ class Conversation:
         """
         n_ctx = engine.n_ctx
         room = max(1, min(reply_room, n_ctx // 2))
-        dropped = 0
-        tokens = engine.chat_tokens(self.messages)
-        while len(tokens) + room > n_ctx and len(self.turns) > 1:
-            del self.turns[:2]  # one user message and its reply
-            dropped += 1
-            tokens = engine.chat_tokens(self.messages)
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        turns = list(self.turns)
+        tokens = engine.chat_tokens(head + turns)
+        while len(tokens) + room > n_ctx and len(turns) > 1:
+            del turns[:2]  # one user message and its reply
+            tokens = engine.chat_tokens(head + turns)
         if len(tokens) >= n_ctx:
             raise ContextFullError(
                 f"this message needs {len(tokens)} tokens but the context holds {n_ctx}; "
                 "shorten it, shorten the system prompt, or restart with a larger --ctx"
             )
+        dropped = (len(self.turns) - len(turns)) // 2
+        self.turns[:] = turns
         return Fitted(tokens, dropped)
 
     # -- persistence -----------------------------------------------------
