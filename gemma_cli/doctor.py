@@ -136,7 +136,10 @@ def probe_llama(timeout: float = 120.0) -> dict[str, Any]:
     except OSError as exc:
         return {"error": f"cannot start {sys.executable}: {exc.strerror}"}
     if proc.returncode < 0:
-        sig = signal.Signals(-proc.returncode).name if -proc.returncode in signal.Signals._value2member_map_ else str(-proc.returncode)
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
         return {"error": f"llama.cpp crashed the process on import ({sig})", "signal": sig}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

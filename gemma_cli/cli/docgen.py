@@ -613,6 +613,11 @@ def _fq(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _fdesc(text: str) -> str:
+    first = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0] if text else ""
+    return first.rstrip(".;") or " "
+
+
 def _fish_condition(cmd: Cmd, tree: Cmd) -> str:
     if not cmd.path:
         return "__fish_use_subcommand"
@@ -660,9 +665,9 @@ def render_fish(tree: Cmd) -> str:
                     flags += ["-x", "-a", _fq(f"(__gemma_models{extra}) (__gemma_gguf)")]
                 else:
                     flags += ["-x"]
-            out.append(f"complete -c gemma -n {cond} {' '.join(flags)} -d {_fq(_zdesc(p.help))}")
+            out.append(f"complete -c gemma -n {cond} {' '.join(flags)} -d {_fq(_fdesc(p.help))}")
         for s in cmd.subcommands:
-            out.append(f"complete -c gemma -n {cond} -a {s.path[-1]} -d {_fq(_zdesc(s.short))}")
+            out.append(f"complete -c gemma -n {cond} -a {s.path[-1]} -d {_fq(_fdesc(s.short))}")
         kinds = {a.complete for a in cmd.arguments} - {"none"}
         for kind in sorted(kinds):
             if kind in ("model", "catalog"):
