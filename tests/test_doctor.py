@@ -248,3 +248,23 @@ def test_a_build_needing_instructions_the_cpu_lacks_is_a_failure() -> None:
 def test_llama_probe_failure_is_reported_not_raised() -> None:
     check = doctor.check_llama({"error": "llama.cpp crashed the process on import (SIGILL)", "signal": "SIGILL"})
     assert check.status == FAIL and "GGML_NATIVE=OFF" in check.hint
+
+
+def test_llama_crashing_on_import_is_reported_and_the_doctor_survives(tmp_path: Path, store: Path) -> None:
+    """A llama.cpp built for a newer CPU dies with SIGILL on import; the probe child takes the hit."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "if sys.argv[-1:] == ['--probe-llama']:\n"
+        "    os.kill(os.getpid(), signal.SIGILL)\n"
+    )
+    proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", PYTHONPATH=str(hook))
+    assert proc.returncode == 1
+    checks = checks_of(proc)
+    assert list(checks) == CHECKS
+    llama = checks["llama.cpp"]
+    assert llama["status"] == FAIL and "SIGILL" in llama["summary"]
+    assert "GGML_NATIVE=OFF" in llama["hint"]
+    assert checks["store"]["status"] == OK  # the other checks still ran
+    assert "llama.cpp" in proc.stderr
