@@ -51,10 +51,9 @@ def live_text(stats: LiveStats, frame: int = 0) -> str:
     return " │ ".join(parts)
 
 
-def waiting_text(prompt_tokens: int, cached: int) -> str:
-    """The status before the first token: what the prompt costs."""
-    new = max(prompt_tokens - cached, 0)
-    return f"{SPINNER[0]} evaluating {new} new prompt token(s) ({cached} cached)…"
+def waiting_text(prompt_tokens: int) -> str:
+    """The status before the first token (the summary says how much came from the cache)."""
+    return f"{SPINNER[0]} evaluating the prompt ({prompt_tokens} tokens, reusing the cached prefix)…"
 
 
 def summary_text(stats: LiveStats, stop: StopReason) -> str:
@@ -165,7 +164,7 @@ class ReplyRenderer:
         self.refresh_s = refresh_s
         self.clock = clock
 
-    def stream(self, pieces: Iterable[Piece], stats: LiveStats, *, prompt_tokens: int, cached: int) -> None:
+    def stream(self, pieces: Iterable[Piece], stats: LiveStats, *, prompt_tokens: int) -> None:
         """Write every piece as it arrives; the status row shows `stats` (updated by the engine)."""
         bar = StatusBar(self.err, self.color) if self.live else None
         out = self.out
@@ -174,7 +173,7 @@ class ReplyRenderer:
         wrote = False
         try:
             if bar is not None and bar.open():
-                bar.draw(waiting_text(prompt_tokens, cached))
+                bar.draw(waiting_text(prompt_tokens))
             last = -1e9
             for piece in pieces:
                 if piece.text:

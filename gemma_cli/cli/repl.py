@@ -16,7 +16,6 @@ starts over.
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import sys
@@ -225,6 +224,9 @@ class ChatRepl:
                     self.turn(unwrap_block(line))
             except GemmaError as exc:
                 self.hint(str(exc))
+            except KeyboardInterrupt:  # Ctrl-C just before or after a reply's own handler
+                self.conv.pop_user()
+                self.hint("(interrupted)")
 
     # one turn
     def turn(self, text: str) -> None:
@@ -246,7 +248,7 @@ class ChatRepl:
         renderer = ReplyRenderer(self.out, self.err, live=self.live, color=self.color, highlight=s.highlight)
         try:
             with _CancelOnInterrupt(engine) as sig:
-                renderer.stream(generation, generation.stats, prompt_tokens=len(fitted.tokens), cached=engine.cached_tokens)
+                renderer.stream(generation, generation.stats, prompt_tokens=len(fitted.tokens))
         except GemmaError:
             conv.pop_user()
             raise
@@ -455,6 +457,3 @@ def make_reader(history_path: Path, warn: Callable[[str], None]):
         return TerminalReader(history_path, warn)
     return PlainReader(sys.stdin)
 
-
-def interactive() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
