@@ -17,6 +17,8 @@ APP_NAME = "gemma-cli"
 ENVIRONMENT = {
     "GEMMA_MODELS": "model store directory (manifests and blobs)",
     "GEMMA_HISTORY": "chat history file",
+    "GEMMA_CATALOG": "a model catalog JSON file replacing the built-in one (mirrors, tests)",
+    "GEMMA_DEBUG": "1: show llama.cpp logs and Python tracebacks",
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
     "NO_COLOR": "disable colour on the terminal",
     "HF_ENDPOINT": "Hugging Face endpoint (huggingface_hub)",

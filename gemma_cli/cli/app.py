@@ -69,6 +69,22 @@ def quiet_stdout() -> None:
         pass
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Typer >= 0.2x vendors its own click; accept both copies' exception types."""
+    import click
+
+    usage: tuple[type, ...] = (click.exceptions.UsageError,)
+    errors: tuple[type, ...] = (click.ClickException,)
+    try:
+        from typer._click import exceptions as vendored
+
+        usage += (vendored.UsageError,)
+        errors += (vendored.ClickException,)
+    except ImportError:
+        pass
+    return usage, errors
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, map every known failure to one line and an exit code."""
     try:
@@ -85,19 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.stderr.write("Aborted.\n")
         code = EXIT_INTERRUPT
+    except typer.Exit as exc:
+        code = exc.exit_code
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
+        usage_errors, click_errors = _click_exceptions()
+        if isinstance(exc, usage_errors):
             exc.show()
-            code = EXIT_USAGE
-        elif isinstance(exc, click.ClickException):
+            code = 0 if type(exc).__name__ == "NoArgsIsHelpError" else EXIT_USAGE
+        elif isinstance(exc, click_errors):
             exc.show()
             code = exc.exit_code
-        elif isinstance(exc, click.exceptions.Exit):
-            code = exc.exit_code
-        elif isinstance(exc, OSError) and exc.errno == 28:
-            _error_line(f"no space left on device: {exc.filename or ''}".strip())
+        elif isinstance(exc, OSError) and exc.errno in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+            _error_line(f"no space left for {exc.filename or 'the output'}: {exc.strerror}")
             code = EXIT_ERROR
         else:
             if os.environ.get("GEMMA_DEBUG"):

@@ -364,3 +364,39 @@ class Context:
             self.close()
         except Exception:
             pass
+
+
+_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+def backend_devices() -> list[dict[str, object]]:
+    """ggml's compute devices (CPU, CUDA0, Metal, ...) with their memory, for `gemma doctor`."""
+    lib()
+    from llama_cpp._ggml import libggml as g
+
+    g.ggml_backend_dev_count.argtypes = []
+    g.ggml_backend_dev_count.restype = ctypes.c_size_t
+    g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    g.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for fn in (g.ggml_backend_dev_name, g.ggml_backend_dev_description):
+        fn.argtypes = [ctypes.c_void_p]
+        fn.restype = ctypes.c_char_p
+    g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    g.ggml_backend_dev_type.restype = ctypes.c_int
+    g.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    g.ggml_backend_dev_memory.restype = None
+    out: list[dict[str, object]] = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(
+            {
+                "name": (g.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
+                "description": (g.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
+                "type": _DEVICE_TYPES.get(g.ggml_backend_dev_type(dev), "unknown"),
+                "free_bytes": int(free.value),
+                "total_bytes": int(total.value),
+            }
+        )
+    return out
