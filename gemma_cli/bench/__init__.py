@@ -1,0 +1,1 @@
+"""`gemma bench`: measure speculative vs plain decoding on this machine, and tune it."""

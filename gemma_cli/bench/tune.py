@@ -1,0 +1,107 @@
+"""`gemma bench --tune`: find the draft settings that pay on this machine, per workload class.
+
+The best maximum draft length depends on the hardware (how much a batched
+verification pass costs over a single-token one) and on the text (how long the
+accepted runs are). Both are measured here rather than guessed: every
+candidate (draft source x maximum length) runs alternately with plain decoding
+and the one with the highest median speedup is recorded in the model's
+manifest, where `run` and `chat` pick it up as their default.
+
+The best candidate is recorded even when it does not beat plain decoding: the
+engine's adaptive controller already pauses drafting when it stops paying, so
+the recorded length is only an upper bound on what it tries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from gemma_cli.bench.harness import Progress, Variant, WorkloadReport, compare
+from gemma_cli.bench.workloads import Workload
+from gemma_cli.errors import UsageError
+from gemma_cli.pair import ModelPair
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gemma_cli.engine.generate import Engine
+
+DEFAULT_SWEEP = (2, 3, 4, 6, 8)
+
+
+@dataclass(frozen=True)
+class TuneChoice:
+    """The winner for one workload class and how much it beat plain decoding by."""
+
+    workload: str
+    kind: str
+    draft_source: str
+    draft_tokens: int
+    speedup: float
+    report: WorkloadReport
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "workload": self.workload,
+            "kind": self.kind,
+            "draft_source": self.draft_source,
+            "draft_tokens": self.draft_tokens,
+            "speedup": self.speedup,
+            "beats_plain": self.speedup > 1.0,
+        }
+
+
+def available_sources(pair: ModelPair, requested: str = "auto") -> list[str]:
+    """Draft sources the pair can use: n-gram always, plus its drafter model when it has one."""
+    own = [pair.draft_source] if pair.drafter is not None and pair.draft_source in ("model", "mtp") else []
+    if requested == "auto":
+        return own + ["ngram"]
+    if requested == "none":
+        raise UsageError("--tune compares draft sources; --draft none leaves nothing to tune")
+    if requested in ("model", "mtp") and requested not in own:
+        raise UsageError(f"{pair.name} has no {requested} drafter to tune; use --draft ngram or auto")
+    return [requested]
+
+
+def candidates(pair: ModelPair, sources: Sequence[str], lengths: Sequence[int]) -> list[Variant]:
+    """Every (source, maximum draft length) pair to measure."""
+    from gemma_cli.engine.generate import DraftConfig
+
+    out = []
+    for source in sources:
+        model_path = pair.drafter if source in ("model", "mtp") else None
+        for k in lengths:
+            out.append(Variant(f"{source} k<={k}", DraftConfig(source=source, tokens=k, model_path=model_path).validate()))
+    return out
+
+
+def tune_workload(
+    engine: "Engine",
+    workload: Workload,
+    variants: Sequence[Variant],
+    *,
+    runs: int,
+    max_tokens: int,
+    progress: Progress | None = None,
+) -> TuneChoice:
+    """Measure every candidate against plain decoding; the highest median speedup wins."""
+    report = compare(engine, workload, variants, runs=runs, max_tokens=max_tokens, progress=progress)
+    # Ties go to the shorter draft: the same speed for less wasted work.
+    best = max(report.variants, key=lambda v: (round(v.speedup, 3), -v.draft_tokens))
+    return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report)
+
+
+def record(pair: ModelPair, choices: Sequence[TuneChoice]) -> None:
+    """Write the winners into the model's manifest (the store owns the file format)."""
+    from gemma_cli.store import record_tuned
+
+    for choice in choices:
+        record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)
+
+
+def check_tunable(pair: ModelPair) -> None:
+    """Tuning results live in a manifest: a bare .gguf path has none."""
+    if pair.target.name == pair.name and pair.name.endswith(".gguf"):
+        raise UsageError(
+            f"--tune records results in the model's manifest, and {pair.name} is a bare file; "
+            "add it to the store first (gemma create NAME --target FILE) and tune NAME"
+        )

@@ -1,0 +1,172 @@
+"""`gemma bench`: does speculative decoding pay on this machine, for these prompts?
+
+Parse, call the harness (or the tuner), render: a table per workload on
+stdout, or every figure as one JSON object with --json. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from gemma_cli.cli import engine_options as opt
+from gemma_cli.cli.app import app
+from gemma_cli.cli.output import stderr_console, stdout_console
+from gemma_cli.errors import UsageError
+
+
+def parse_lengths(spec: str | None) -> list[int] | None:
+    """`--draft-tokens 2,4,6` -> [2, 4, 6]; None when not given."""
+    if spec is None:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise UsageError(f"--draft-tokens takes comma-separated integers, e.g. 2,4,6; got {spec!r}") from None
+        if not 1 <= k <= 32:
+            raise UsageError(f"--draft-tokens values must be between 1 and 32, got {k}")
+        if k not in out:
+            out.append(k)
+    if not out:
+        raise UsageError("--draft-tokens is empty; give lengths such as 2,4,6")
+    return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _ratio(d: dict) -> str:
+    return f"{d['speedup']:.2f}x ({d['speedup_min']:.2f}–{d['speedup_max']:.2f})"
+
+
+def render_tables(data: dict) -> None:
+    """One rich table per workload (colour only on a terminal, never with NO_COLOR)."""
+    from rich.table import Table
+
+    console = stdout_console()
+    m = data["machine"]
+    console.print(f"{data['model']} · {m['cpu']} · {m['threads'] or 'all'} threads · greedy, {data['max_tokens']} tokens, {data['runs']} alternating rounds")
+    for w in data["workloads"]:
+        plain = w["plain"]
+        table = Table(title=f"{w['workload']} ({w['prompt_tokens']} prompt tokens)", title_justify="left")
+        for col in ("draft", "plain tok/s", "spec tok/s", "speedup (min–max)", "acceptance", "mean accepted", "TTFT plain/spec", "peak memory"):
+            table.add_column(col, justify="left" if col == "draft" else "right")
+        for v in w["speculative"]:
+            table.add_row(
+                v["label"],
+                f"{plain['tokens_per_s']:.1f}",
+                f"{v['tokens_per_s']:.1f}",
+                _ratio(v),
+                f"{v['acceptance_rate']:.0%}",
+                f"{v['mean_accepted_length']:.2f}",
+                f"{plain['ttft_s'] * 1000:.0f}/{v['ttft_s'] * 1000:.0f} ms",
+                _mib(w["peak_rss_bytes"]),
+            )
+        console.print(table)
+        notes = []
+        if not all(v["timing_reliable"] for v in [plain, *w["speculative"]]):
+            notes.append("runs were shorter than 2 s: raise --max-tokens for trustworthy timings")
+        if any(v["stop_reasons"] != ["length"] for v in [plain, *w["speculative"]]):
+            notes.append("some runs ended early at an end-of-generation token (rates use the tokens generated)")
+        for note in notes:
+            console.print(f"  note: {note}")
+    for t in data.get("tuned", []):
+        verdict = "faster than plain" if t["beats_plain"] else "no faster than plain; adaptive drafting will pause"
+        console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict})")
+
+
+@app.command()
+def bench(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
+    workload: Annotated[
+        Optional[List[str]],
+        typer.Option("--workload", "-w", help="code, prose, chat, summarize, or a text file with your prompt (repeatable; default: all four)."),
+    ] = None,
+    draft: opt.Draft = "auto",
+    draft_tokens: Annotated[
+        Optional[str],
+        typer.Option("--draft-tokens", help="Maximum draft lengths to compare, e.g. 2,4,6 (default: tuned or catalog value; --tune: 2,3,4,6,8).", rich_help_panel="Speculative decoding"),
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Alternating plain/speculative rounds per workload.")] = 3,
+    max_tokens: opt.MaxTokens = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every figure as one JSON object.")] = False,
+    tune: Annotated[bool, typer.Option("--tune", help="Sweep draft lengths and sources; record the best per workload in the model's manifest.")] = False,
+    ctx: opt.Ctx = 4096,
+    gpu_layers: opt.GpuLayers = 0,
+    threads: opt.Threads = None,
+) -> None:
+    """Measure plain vs speculative decoding side by side on this machine (and tune it with --tune).
+
+    Examples: gemma bench | gemma bench gemma3:270m -w code --draft-tokens 2,4,8 --json | gemma bench --tune
+    """
+    from gemma_cli.bench import harness, tune as tuner
+    from gemma_cli.bench.workloads import resolve_workloads
+
+    if runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {runs}")
+    if max_tokens <= 0:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    lengths = parse_lengths(draft_tokens)
+    workloads = resolve_workloads(workload)  # bad files fail before the model loads
+    pair = opt.resolve(model)
+    if tune:
+        tuner.check_tunable(pair)
+        sources = tuner.available_sources(pair, draft)
+        candidates = tuner.candidates(pair, sources, lengths or tuner.DEFAULT_SWEEP)
+    else:
+        base = opt.EngineChoice(draft, None, ctx, gpu_layers, threads)
+        opt.draft_config(pair, base)  # validate --draft for this pair before loading anything
+
+    def variants_for(w):
+        if tune:
+            return candidates
+        out = []
+        for k in lengths or [None]:
+            cfg = opt.draft_config(pair, opt.EngineChoice(draft, k, ctx, gpu_layers, threads), w.kind)
+            out.append(harness.Variant(f"{cfg.source} k<={cfg.tokens}", cfg))
+        return out
+
+    err = stderr_console()
+    progress = (lambda line: err.print(line)) if sys.stderr.isatty() else None
+    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads))
+    try:
+        choices = []
+        if tune:
+            choices = [tuner.tune_workload(engine, w, candidates, runs=runs, max_tokens=max_tokens, progress=progress) for w in workloads]
+            reports = [c.report for c in choices]
+        else:
+            reports = harness.bench(engine, workloads, variants_for, runs=runs, max_tokens=max_tokens, progress=progress)
+    finally:
+        engine.close()
+    if tune:
+        tuner.record(pair, choices)
+    data = {
+        "model": pair.name,
+        "target": str(pair.target),
+        "machine": harness.machine_description(threads or _default_threads()),
+        "runs": runs,
+        "max_tokens": max_tokens,
+        "workloads": [r.as_dict() for r in reports],
+    }
+    if tune:
+        data["tuned"] = [c.as_dict() for c in choices]
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+    else:
+        render_tables(data)
+
+
+def _default_threads() -> int:
+    from gemma_cli.engine.llama import default_threads
+
+    return default_threads()
