@@ -90,9 +90,19 @@ MID = Gemma4PairSpec(
 )
 
 
+BYTES = [f"<0x{b:02X}>" for b in range(256)]
+_BYTE_SET = frozenset(BYTES)
+
+
 def make_vocab(n_vocab: int) -> list[str]:
-    """Specials + characters, padded with synthetic word pieces up to n_vocab."""
-    base = char_vocab()
+    """Specials + characters + the 256 byte-fallback tokens, padded with synthetic word pieces up to n_vocab.
+
+    The byte tokens matter: llama.cpp's SentencePiece tokenizer looks up
+    `<0xNN>` for any character outside the vocabulary (a newline in a chat
+    template) and terminates the process if it is missing. Vocabularies
+    smaller than the base are truncated (no bytes: token-id prompts only).
+    """
+    base = char_vocab() + BYTES
     if n_vocab <= 0:
         return base
     if n_vocab < len(base):
@@ -111,7 +121,10 @@ def _write_tokenizer(wr: gguf.GGUFWriter, vocab: list[str]) -> None:
     wr.add_token_list(vocab)
     wr.add_token_scores([0.0] * 3 + [-float(i) for i in range(n - 3)])
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    types += [gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.NORMAL for t in vocab[3:]]
+    types += [
+        gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.BYTE if t in _BYTE_SET else gguf.TokenType.NORMAL
+        for t in vocab[3:]
+    ]
     wr.add_token_types(types)
     wr.add_unk_token_id(0)
     wr.add_bos_token_id(1)
@@ -166,7 +179,7 @@ def write_gemma4_pair(
     f32 = np.float32
 
     # Planted structure: succ is a permutation of the ordinary tokens.
-    ordinary = np.arange(N_SPECIAL, V)
+    ordinary = np.array([i for i in range(N_SPECIAL, V) if vocab[i] not in _BYTE_SET])
     succ = np.arange(V)
     succ[ordinary] = rng.permutation(ordinary)
     Et, Ea = s.n_embd, s.a_n_embd

@@ -114,7 +114,7 @@ class MTPContext:
         self.h_in = np.ctypeslib.as_array(b.embd, shape=(self.n_embd_in,))  # the row the next decode reads
         self._logits = _FloatRows(assistant.n_vocab, 1)
         self._h_out = _FloatRows(self.n_embd_in, 1)
-        self._decode = ll.llama_decode
+        self._ll = ll  # llama_decode looked up per call: benchmarks wrap it to time it
         self._get_logits = ll.llama_get_logits
         self._get_h = ext.llama_get_embeddings_nextn
 
@@ -122,7 +122,7 @@ class MTPContext:
         """Decode (token, self.h_in) at `pos`; return the logits row (a view)."""
         self._tok[0] = token
         self._pos[0] = pos
-        rc = self._decode(self.ptr, self._batch)
+        rc = self._ll.llama_decode(self.ptr, self._batch)
         if rc != 0:
             raise EngineError(f"MTP draft decode failed (code {rc}): {last_log_line() or 'no detail'}")
         return self._logits.view(self._get_logits(self.ptr))[0]
