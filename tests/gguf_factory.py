@@ -14,6 +14,7 @@ import numpy as np
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<start_of_turn>", "<end_of_turn>"]
 CHARS = ["▁"] + list(string.ascii_letters + string.digits + string.punctuation.replace("▁", ""))
+BYTES = [f"<0x{b:02X}>" for b in range(256)]  # SentencePiece byte fallback: any text encodes
 
 # A minimal Gemma-style template, so `gemma run` without --raw works on tiny models.
 CHAT_TEMPLATE = (
@@ -23,8 +24,8 @@ CHAT_TEMPLATE = (
 
 
 def char_vocab() -> list[str]:
-    """Specials + one token per printable ASCII character (SentencePiece style, ▁ = space)."""
-    return SPECIALS + CHARS
+    """Specials + byte fallback + one token per printable ASCII character (SentencePiece style, ▁ = space)."""
+    return SPECIALS + BYTES + CHARS
 
 
 def write_llama_gguf(
@@ -69,7 +70,10 @@ def write_llama_gguf(
     wr.add_token_list(vocab)
     wr.add_token_scores([0.0] * 3 + [-float(i) for i in range(n_vocab - 3)])
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    types += [gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.NORMAL for t in vocab[3:]]
+    types += [
+        gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.BYTE if t.startswith("<0x") else gguf.TokenType.NORMAL
+        for t in vocab[3:]
+    ]
     wr.add_token_types(types)
     wr.add_unk_token_id(0)
     wr.add_bos_token_id(1)

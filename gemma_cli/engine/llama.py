@@ -134,6 +134,7 @@ class Model:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
         self._eog_cache: dict[int, bool] = {}
+        self._encodable: bool | set[str] | None = None
 
     # -- metadata ---------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -181,8 +182,41 @@ class Model:
         raw = lib().llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", "replace") if raw else ""
 
+    def _spm_byte_fallback(self) -> bool:
+        """Does this SentencePiece vocabulary have the 256 `<0xXX>` byte tokens?
+
+        llama.cpp's SPM tokenizer looks a missing character's bytes up with
+        `unordered_map::at` and aborts the process when they are absent. Byte
+        tokens sit near the start of every SPM vocabulary we know (llama at 3,
+        Gemma at 238), so only the first ids are scanned.
+        """
+        texts = [self.token_text(i) for i in range(min(self.n_vocab, 2048))]
+        try:
+            first = texts.index("<0x00>")
+        except ValueError:
+            return False
+        return all(self.token_text(first + b) == f"<0x{b:02X}>" for b in range(256) if first + b < self.n_vocab)
+
+    def _check_encodable(self, text: str) -> None:
+        """Refuse text llama.cpp would abort on (an SPM vocabulary without byte fallback)."""
+        if self._encodable is None:
+            ll = lib()
+            if ll.llama_vocab_type(self.vocab) != 1 or self._spm_byte_fallback():  # 1 = SPM
+                self._encodable = True
+            else:
+                self._encodable = {self.token_text(i) for i in range(self.n_vocab)}
+        if self._encodable is True:
+            return
+        pieces = self._encodable
+        for ch in text.replace(" ", "▁"):
+            if ch in pieces:
+                continue
+            if not all(f"<0x{b:02X}>" in pieces or chr(b) in pieces for b in ch.encode("utf-8")):
+                raise ModelFileError(f"{self.path.name} cannot encode the character {ch!r}: its vocabulary has no byte fallback")
+
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Text to token ids; `parse_special` lets templates' control tokens through."""
+        self._check_encodable(text)
         ll = lib()
         data = text.encode("utf-8")
         cap = len(data) + 16
@@ -299,6 +333,8 @@ class Context:
         for i in range(self.n_batch):
             b.seq_id[i][0] = 0
         self._ar = np.arange(self.n_batch, dtype=np.int32)
+        self._logits_addr: int | None = None
+        self._logits_view = np.empty((0, model.n_vocab), dtype=np.float32)
 
     def decode(self, tokens: Sequence[int], n_outputs: int = 1) -> None:
         """Append `tokens` at `n_past`; the last `n_outputs` rows get logits.
@@ -334,9 +370,18 @@ class Context:
         self.n_outputs = n_outputs
 
     def logits(self) -> np.ndarray:
-        """(n_outputs, n_vocab) float32 view over llama.cpp's logits buffer. Valid until the next decode."""
+        """(n_outputs, n_vocab) float32 view over llama.cpp's logits buffer. Valid until the next decode.
+
+        The view is rebuilt only when llama.cpp moved its buffer: building a
+        ctypes array type per step would cost more than the rest of the step.
+        """
         ptr = lib().llama_get_logits(self.ptr)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_outputs, self.model.n_vocab))
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        if addr != self._logits_addr or self.n_outputs > self._logits_view.shape[0]:
+            rows = max(self.n_outputs, 1)
+            self._logits_view = np.ctypeslib.as_array(ptr, shape=(rows, self.model.n_vocab))
+            self._logits_addr = addr
+        return self._logits_view[: self.n_outputs]
 
     def trim(self, n_keep: int) -> None:
         """Drop KV positions >= n_keep (rollback of rejected drafts)."""
