@@ -264,7 +264,7 @@ class Generation:
                 stats.n_past = eng.ctx.n_past
                 done = False
                 piece_text: list[str] = []
-                n_tok = n_draft = 0
+                n_tok = n_draft = draft_chars = 0
                 for j, tok in enumerate(step.tokens):
                     if model.is_eog(tok):
                         reason, done = StopReason.EOS, True
@@ -274,6 +274,8 @@ class Generation:
                     if j < step.n_drafted:
                         n_draft += 1
                     piece_text.append(stream.feed(model.piece(tok)))
+                    if j < step.n_drafted:
+                        draft_chars += len(piece_text[-1])
                     if stream.stopped:
                         reason, done = StopReason.STOP, True
                         break
@@ -286,7 +288,7 @@ class Generation:
                 text = "".join(piece_text)
                 if text or n_tok:
                     texts.append(text)
-                    yield Piece(text, n_tok, n_draft)
+                    yield Piece(text, n_tok, n_draft, draft_chars)
                 if done:
                     break
                 if eng.ctx.n_past + 1 >= eng.ctx.n_ctx:

@@ -22,6 +22,7 @@ class Piece:
     text: str
     n_tokens: int
     n_drafted: int  # how many of those tokens were accepted drafts
+    draft_chars: int = 0  # length of the text prefix that came from accepted draft tokens
 
 
 @dataclass
