@@ -14,7 +14,7 @@ import typer
 
 from gemma_cli.cli import engine_options as opt
 from gemma_cli.cli.app import app
-from gemma_cli.cli.output import stderr_console, stdout_console
+from gemma_cli.cli.output import stderr_console, use_color
 from gemma_cli.errors import UsageError
 
 
@@ -50,9 +50,12 @@ def _ratio(d: dict) -> str:
 
 def render_tables(data: dict) -> None:
     """One rich table per workload (colour only on a terminal, never with NO_COLOR)."""
+    from rich.console import Console
     from rich.table import Table
 
-    console = stdout_console()
+    # A pipe or file gets the full table rather than 80 columns of wrapped cells.
+    tty = sys.stdout.isatty()
+    console = Console(no_color=not use_color(sys.stdout), highlight=False, width=None if tty else 160)
     m = data["machine"]
     console.print(f"{data['model']} · {m['cpu']} · {m['threads'] or 'all'} threads · greedy, {data['max_tokens']} tokens, {data['runs']} alternating rounds")
     for w in data["workloads"]:

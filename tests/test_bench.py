@@ -1,0 +1,160 @@
+"""`gemma bench` through the real CLI on a tiny synthetic GGUF (real llama.cpp inference).
+
+Timings are never asserted (the wall clock here is coarse and shared); the
+figures must be present, consistent with each other and within their ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gguf_factory import write_llama_gguf
+
+# Repetitive text: the n-gram drafter finds matches, so acceptance is exercised.
+WORKLOAD = "abc def abc def abc def ghi abc def abc def abc def ghi abc def abc " * 3
+
+
+@pytest.fixture(scope="module")
+def bench_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny model (its vocabulary has byte fallback, so any workload text tokenizes)."""
+    return write_llama_gguf(tmp_path_factory.mktemp("bench") / "bench-tiny.gguf", seed=5)
+
+
+@pytest.fixture()
+def workload_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompt.txt"
+    path.write_text(WORKLOAD)
+    return path
+
+
+def gemma(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gemma_cli", *args], capture_output=True, text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL
+    )
+
+
+def assert_sane_variant(v: dict, runs: int) -> None:
+    assert v["tokens_per_s"] > 0
+    assert len(v["tokens_per_s_runs"]) == runs and all(r > 0 for r in v["tokens_per_s_runs"])
+    assert 0.0 <= v["acceptance_rate"] <= 1.0
+    assert v["draft_accepted"] <= v["draft_proposed"]
+    assert v["generated_tokens"] > runs  # every run produced tokens to time
+    assert v["tokens_per_pass"] >= 1.0
+    # Emitted tokens per pass <= accepted drafts + 1 (the length limit can cut an accepted draft).
+    assert v["mean_accepted_length"] >= v["tokens_per_pass"] - 1.0 - 1e-9
+    assert v["ttft_s"] >= 0  # can read 0 where the wall clock ticks coarsely
+    assert v["overhead_ms_per_step"] >= 0
+    assert len(v["runs"]) == runs
+
+
+def test_bench_json_has_every_figure(bench_model: Path, workload_file: Path) -> None:
+    runs = 2
+    proc = gemma(
+        "bench", str(bench_model), "--workload", str(workload_file), "--draft", "ngram", "--draft-tokens", "2,5",
+        "--runs", str(runs), "--max-tokens", "48", "--threads", "1", "--ctx", "1024", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["model"] == bench_model.name and data["runs"] == runs and data["max_tokens"] == 48
+    assert data["machine"]["threads"] == 1 and data["machine"]["cpu"]
+    (w,) = data["workloads"]
+    assert w["workload"] == workload_file.name and w["kind"] == "default"
+    assert w["prompt_tokens"] > len(WORKLOAD) // 2
+    assert w["peak_rss_bytes"] > 10 * 2**20
+    plain = w["plain"]
+    assert plain["draft_source"] == "none" and plain["draft_proposed"] == 0 and plain["tokens_per_pass"] == 1.0
+    assert_sane_variant(plain, runs)
+    assert [(v["draft_source"], v["draft_tokens"]) for v in w["speculative"]] == [("ngram", 2), ("ngram", 5)]
+    for v in w["speculative"]:
+        assert_sane_variant(v, runs)
+        assert len(v["ratios"]) == runs and all(r > 0 for r in v["ratios"])
+        assert v["speedup_min"] <= v["speedup"] <= v["speedup_max"]
+        assert v["mean_accepted_length"] <= v["draft_tokens"]
+    # The repetitive prompt gives the n-gram drafter something to propose and accept.
+    assert sum(v["draft_accepted"] for v in w["speculative"]) > 0
+
+
+def test_bench_table_for_a_builtin_workload(bench_model: Path) -> None:
+    proc = gemma("bench", str(bench_model), "-w", "chat", "--runs", "1", "--max-tokens", "16", "--threads", "1", "--ctx", "1024")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "chat (" in out and "speedup" in out and "ngram k<=4" in out
+    assert "\x1b[" not in out  # NO_COLOR and a pipe: plain bytes
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "workload file not found"), ("", "workload file is empty"), ("  \n\t\n", "workload file is empty"), (b"\xff\xfe\x00", "not UTF-8")],
+)
+def test_bad_workload_file_is_one_clear_line(bench_model: Path, tmp_path: Path, content, message: str) -> None:
+    path = tmp_path / "work.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    proc = gemma("bench", str(bench_model), "--workload", str(path), "--runs", "1")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workload", "poetry"], "unknown workload 'poetry'"),
+        (["--draft-tokens", "2,x"], "comma-separated integers"),
+        (["--draft-tokens", "0"], "between 1 and 32"),
+        (["--runs", "0"], "--runs must be at least 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(bench_model: Path, args: list[str], message: str) -> None:
+    proc = gemma("bench", str(bench_model), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tune_needs_a_stored_model(bench_model: Path, workload_file: Path) -> None:
+    proc = gemma("bench", str(bench_model), "-w", str(workload_file), "--tune", "--runs", "1")
+    assert proc.returncode == 2
+    assert "gemma create" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tune_writes_the_manifest_and_run_uses_it(
+    bench_model: Path, workload_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"GEMMA_MODELS": str(tmp_path / "models")}
+    created = gemma("create", "benchtiny", "--target", str(bench_model), "--quiet", env=env)
+    assert created.returncode == 0, created.stderr
+
+    def run_draft_max() -> int:
+        proc = gemma("run", "benchtiny", "abc def abc", "--format", "json", "--max-tokens", "4", "--temperature", "0", "--ctx", "512", env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["draft_max"]
+
+    before = run_draft_max()
+    tuned_k = 3 if before != 3 else 5
+    proc = gemma(
+        "bench", "benchtiny", "-w", str(workload_file), "--tune", "--draft-tokens", str(tuned_k),
+        "--runs", "1", "--max-tokens", "24", "--threads", "1", "--ctx", "1024", "--json", env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (choice,) = json.loads(proc.stdout)["tuned"]
+    assert (choice["kind"], choice["draft_source"], choice["draft_tokens"]) == ("default", "ngram", tuned_k)
+    assert choice["speedup"] > 0
+
+    from gemma_cli.registry.catalog import load_catalog
+    from gemma_cli.store.store import load
+
+    monkeypatch.setenv("GEMMA_MODELS", env["GEMMA_MODELS"])
+    manifest = load(load_catalog().ref("benchtiny"))
+    assert manifest is not None
+    assert manifest.tuned["default"]["draft_tokens"] == tuned_k and manifest.tuned["default"]["draft_source"] == "ngram"
+    assert run_draft_max() == tuned_k
