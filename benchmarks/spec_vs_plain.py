@@ -45,7 +45,10 @@ def gemma3_270m() -> Path:
 
 def machine_line(threads: int) -> str:
     m = machine_description(threads)
-    return f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {threads} threads, {m['system']}, Python {m['python']}"
+    return (
+        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {threads} threads, {m['system']}, Python {m['python']}, "
+        f"load average {m['load_average_1m']:.1f}"
+    )
 
 
 def fmt_ratio(d: dict) -> str:
@@ -69,7 +72,7 @@ def print_table(reports: list[WorkloadReport]) -> None:
                 f"{v['ttft_s'] * 1000:>5.0f}ms {v['overhead_ms_per_step']:>10.3f}"
             )
             if not v["same_output_as_plain"]:
-                print(f"{'':<10} {'':<14} note: output differs from plain greedy (batched-vs-single numerics at a near-tie)")
+                print(f"{'':<10} {'':<14} note: output differs from plain greedy in some round (batched verification vs single-token numerics)")
         print()
 
 
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             reports.append(rep)
     print()
+    print(f"finished; {machine_line(args.threads)}")
     print_table(reports)
     worst = max(v["overhead_ms_per_step"] for r in reports for v in [r.as_dict()["plain"], *r.as_dict()["speculative"]])
     verdict = "ok" if worst < OVERHEAD_LIMIT_MS else "OVER"

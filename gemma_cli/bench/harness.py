@@ -337,6 +337,8 @@ def machine_description(threads: int | None) -> dict[str, object]:
         "threads": threads,
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        # Other busy processes make llama.cpp's spinning threads collapse: say so with the figures.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
