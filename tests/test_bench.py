@@ -158,3 +158,26 @@ def test_tune_writes_the_manifest_and_run_uses_it(
     assert manifest is not None
     assert manifest.tuned["default"]["draft_tokens"] == tuned_k and manifest.tuned["default"]["draft_source"] == "ngram"
     assert run_draft_max() == tuned_k
+
+
+def test_tuning_builtins_also_sets_the_default_run_uses(bench_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` cannot classify a prompt, so tuning built-in workloads also records `default`."""
+    env = {"GEMMA_MODELS": str(tmp_path / "models")}
+    assert gemma("create", "benchtiny2", "--target", str(bench_model), "--quiet", env=env).returncode == 0
+    proc = gemma(
+        "bench", "benchtiny2", "-w", "chat", "--tune", "--draft-tokens", "6", "--runs", "1", "--max-tokens", "16",
+        "--threads", "1", "--ctx", "1024", "--json", env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tuned = {t["kind"]: (t["draft_source"], t["draft_tokens"]) for t in json.loads(proc.stdout)["tuned"]}
+    assert tuned == {"chat": ("ngram", 6), "default": ("ngram", 6)}
+
+    from gemma_cli.registry.catalog import load_catalog
+    from gemma_cli.store.store import load
+
+    monkeypatch.setenv("GEMMA_MODELS", env["GEMMA_MODELS"])
+    manifest = load(load_catalog().ref("benchtiny2"))
+    assert manifest is not None and set(manifest.tuned) == {"chat", "default"}
+    out = gemma("run", "benchtiny2", "hello", "--format", "json", "--max-tokens", "2", "--temperature", "0", "--ctx", "512", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["draft_max"] == 6

@@ -14,11 +14,12 @@ the recorded length is only an upper bound on what it tries.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from gemma_cli.bench.harness import Progress, Variant, WorkloadReport, compare
-from gemma_cli.bench.workloads import Workload
+from gemma_cli.bench.workloads import FILE_CLASS, Workload
 from gemma_cli.errors import UsageError
 from gemma_cli.pair import ModelPair
 
@@ -37,7 +38,7 @@ class TuneChoice:
     draft_source: str
     draft_tokens: int
     speedup: float
-    report: WorkloadReport
+    report: WorkloadReport | None = None  # None for the combined `default` choice
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -88,6 +89,25 @@ def tune_workload(
     # Ties go to the shorter draft: the same speed for less wasted work.
     best = max(report.variants, key=lambda v: (round(v.speedup, 3), -v.draft_tokens))
     return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report)
+
+
+def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
+    """The candidate with the best geometric-mean speedup over the tuned built-in workloads.
+
+    `run` and `chat` cannot know what class a prompt is, so they use the
+    `default` entry: without it, tuning only the built-ins would change nothing
+    for them. A prompt file is tuned as `default` directly and wins over this.
+    """
+    reports = [c.report for c in choices if c.report is not None]
+    if not reports or any(c.kind == FILE_CLASS for c in choices):
+        return None
+    variants = reports[0].variants
+
+    def gmean(i: int) -> float:
+        return math.exp(sum(math.log(max(r.variants[i].speedup, 1e-9)) for r in reports) / len(reports))
+
+    best = max(range(len(variants)), key=lambda i: (round(gmean(i), 3), -variants[i].draft_tokens))
+    return TuneChoice("all", FILE_CLASS, variants[best].source, variants[best].draft_tokens, gmean(best))
 
 
 def record(pair: ModelPair, choices: Sequence[TuneChoice]) -> None:

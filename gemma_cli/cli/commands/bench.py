@@ -146,6 +146,9 @@ def bench(
         if tune:
             choices = [tuner.tune_workload(engine, w, candidates, runs=runs, max_tokens=max_tokens, progress=progress) for w in workloads]
             reports = [c.report for c in choices]
+            combined = tuner.overall_default(choices)
+            if combined is not None:
+                choices.append(combined)
         else:
             reports = harness.bench(engine, workloads, variants_for, runs=runs, max_tokens=max_tokens, progress=progress)
     finally:
