@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, compare, machine_description  # noqa: E402
+from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, busy_warning, compare, machine_description  # noqa: E402
 from gemma_cli.bench.workloads import BUILTIN, builtin  # noqa: E402
 
 DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "ok" if worst < OVERHEAD_LIMIT_MS else "OVER"
     print(f"Python overhead per step outside llama_decode: worst median {worst:.3f} ms (limit {OVERHEAD_LIMIT_MS} ms): {verdict}")
     print("MTP-synthetic: see benchmarks/mtp_vs_plain.py")
+    warning = busy_warning(machine_description(args.threads))
+    if warning:
+        print(f"WARNING: {warning}")
     if args.json:
         args.json.write_text(
             json.dumps({"model": str(model), "machine": machine, "command": " ".join(sys.argv), "workloads": [r.as_dict() for r in reports]}, indent=2)

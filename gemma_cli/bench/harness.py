@@ -342,6 +342,18 @@ def machine_description(threads: int | None) -> dict[str, object]:
     }
 
 
+def busy_warning(machine: dict[str, object]) -> str | None:
+    """A line to print when other processes compete for the cores (figures become noise).
+
+    The benchmark's own threads account for up to one unit of load per CPU;
+    anything a full unit beyond that is someone else.
+    """
+    load, cpus = machine.get("load_average_1m"), machine.get("logical_cpus")
+    if isinstance(load, float) and isinstance(cpus, int) and load > cpus + 1.0:
+        return f"the machine was busy (load average {load:.1f} on {cpus} CPUs): timings are unreliable; rerun when it is idle"
+    return None
+
+
 def bench(
     engine: "Engine",
     workloads: Sequence[Workload],

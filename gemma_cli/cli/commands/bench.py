@@ -53,6 +53,8 @@ def render_tables(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gemma_cli.bench import harness
+
     # A pipe or file gets the full table rather than 80 columns of wrapped cells.
     tty = sys.stdout.isatty()
     console = Console(no_color=not use_color(sys.stdout), highlight=False, width=None if tty else 160)
@@ -82,6 +84,9 @@ def render_tables(data: dict) -> None:
             notes.append("some runs ended early at an end-of-generation token (rates use the tokens generated)")
         for note in notes:
             console.print(f"  note: {note}")
+    warning = harness.busy_warning(m)
+    if warning:
+        console.print(f"note: {warning}")
     for t in data.get("tuned", []):
         verdict = "faster than plain" if t["beats_plain"] else "no faster than plain; adaptive drafting will pause"
         console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict})")
