@@ -101,8 +101,10 @@ def make_vocab(n_vocab: int) -> list[str]:
     `<0xNN>` for any character outside the vocabulary (a newline in a chat
     template) and terminates the process if it is missing. Vocabularies
     smaller than the base are truncated (no bytes: token-id prompts only).
+    Ids: specials 0-4, then characters, then bytes, then word pieces.
     """
-    base = char_vocab() + BYTES
+    chars = [t for t in char_vocab() if t not in _BYTE_SET]  # specials + characters, whatever the shared factory adds
+    base = chars + BYTES
     if n_vocab <= 0:
         return base
     if n_vocab < len(base):
