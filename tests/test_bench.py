@@ -50,7 +50,7 @@ def assert_sane_variant(v: dict, runs: int) -> None:
     # Emitted tokens per pass <= accepted drafts + 1 (the length limit can cut an accepted draft).
     assert v["mean_accepted_length"] >= v["tokens_per_pass"] - 1.0 - 1e-9
     assert v["ttft_s"] >= 0  # can read 0 where the wall clock ticks coarsely
-    assert v["overhead_ms_per_step"] >= 0
+    assert v["overhead_ms_per_step"] is not None and v["overhead_ms_per_step"] >= 0
     assert len(v["runs"]) == runs
 
 
@@ -181,3 +181,20 @@ def test_tuning_builtins_also_sets_the_default_run_uses(bench_model: Path, tmp_p
     out = gemma("run", "benchtiny2", "hello", "--format", "json", "--max-tokens", "2", "--temperature", "0", "--ctx", "512", env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["draft_max"] == 6
+
+
+def test_benchmark_script_runs_end_to_end(bench_model: Path, tmp_path: Path) -> None:
+    """benchmarks/spec_vs_plain.py (the README table) on the tiny model: every variant measured."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "spec_vs_plain.py"
+    out = tmp_path / "table.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", str(bench_model), "--workloads", "chat", "--runs", "1",
+         "--max-tokens", "12", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Python overhead per step outside llama_decode" in proc.stdout and "mtp_vs_plain.py" in proc.stdout
+    (w,) = json.loads(out.read_text())["workloads"]
+    assert [v["draft_source"] for v in w["speculative"]] == ["ngram", "model"]
+    for v in w["speculative"]:
+        assert v["ratios"] and all(r > 0 for r in v["ratios"]) and 0.0 <= v["acceptance_rate"] <= 1.0

@@ -125,7 +125,7 @@ class RunResult:
     target_passes: int
     draft_proposed: int
     draft_accepted: int
-    overhead_ms_per_step: float  # main-thread CPU outside llama_decode, per target pass
+    overhead_ms_per_step: float | None  # main-thread CPU outside llama_decode per target pass (None: unmeasurable)
     stop_reason: str
     timing_reliable: bool
     tokens: tuple[int, ...] = field(repr=False, default=())
@@ -166,7 +166,8 @@ def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int) -> RunRes
         target_passes=s.target_passes,
         draft_proposed=s.draft_proposed,
         draft_accepted=s.draft_accepted,
-        overhead_ms_per_step=max(cpu - timer.inside, 0.0) / passes * 1000.0,
+        # No wrapped call seen means the engine bound llama_decode early: say so rather than guess.
+        overhead_ms_per_step=max(cpu - timer.inside, 0.0) / passes * 1000.0 if timer.calls else None,
         stop_reason=result.stop_reason.value,
         timing_reliable=decode_s >= max(RELIABLE_SECONDS, 100 * CLOCK_TICK),
         tokens=tuple(result.tokens),
@@ -175,6 +176,11 @@ def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int) -> RunRes
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return _median(known) if known else None
 
 
 @dataclass
@@ -232,7 +238,7 @@ class VariantReport:
             "target_passes": sum(r.target_passes for r in self.runs),
             "generated_tokens": sum(r.generated_tokens for r in self.runs),
             "ttft_s": _median([r.ttft_s for r in self.runs]),
-            "overhead_ms_per_step": _median([r.overhead_ms_per_step for r in self.runs]),
+            "overhead_ms_per_step": _median_or_none([r.overhead_ms_per_step for r in self.runs]),
             "stop_reasons": sorted({r.stop_reason for r in self.runs}),
             "timing_reliable": all(r.timing_reliable for r in self.runs),
             "same_output_as_plain": all(self.same_output) if self.same_output else True,
