@@ -228,3 +228,31 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     if expected is not None and expected > size:
         raise ModelFileError(f"truncated GGUF file {path}: {size} bytes, tensors need {expected}")
     return info
+
+
+def read_architecture(path: str | Path, max_keys: int = 16) -> str | None:
+    """`general.architecture` without parsing the whole header (it is among the first keys).
+
+    Cheap enough to call before every load; None when it is not among the
+    first `max_keys` keys (then callers fall back to `read_gguf`).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            r = _Reader(fh, size, path)
+            if size < 4 or fh.read(4) != MAGIC:
+                raise ModelFileError(f"not a GGUF file: {path}")
+            r.u32()
+            r.u64()
+            n_kv = r.u64()
+            for _ in range(min(n_kv, max_keys)):
+                key = r.string()
+                value = r.value(r.u32())
+                if key == "general.architecture":
+                    return str(value)
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
+    return None

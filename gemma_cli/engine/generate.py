@@ -58,6 +58,22 @@ class EngineConfig:
     cpu_repack: bool | None = None  # None: automatic (see llama.choose_cpu_repack)
 
 
+def check_before_load(target: Path, draft: DraftConfig) -> None:
+    """Header checks for files llama.cpp would abort the process on (Gemma 4 layouts, MTP pairs)."""
+    from gemma_cli.engine.llama import check_gguf_file
+    from gemma_cli.gguf_meta import read_architecture
+
+    check_gguf_file(target)
+    if draft.source == "mtp":
+        from gemma_cli.engine.mtp_pair import check_mtp_pair
+
+        check_mtp_pair(target, draft.model_path)
+    elif read_architecture(target) == "gemma4":
+        from gemma_cli.engine.mtp_pair import check_gemma4_target
+
+        check_gemma4_target(target)
+
+
 class Engine:
     """Owns the target model and context, the drafter, and the KV cache between calls."""
 
@@ -67,6 +83,7 @@ class Engine:
             raise UsageError(f"context size must be positive, got {config.n_ctx}")
         t0 = time.perf_counter()
         self.config = config
+        check_before_load(Path(target_path), draft)
         self.target = Model(target_path, n_gpu_layers=config.n_gpu_layers, cpu_repack=config.cpu_repack)
         self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self._cached: list[int] = []  # tokens whose KV is in self.ctx (sequence 0)
@@ -100,6 +117,7 @@ class Engine:
             return NoDrafter()
         if draft.source == "ngram":
             return NgramDrafter(draft.ngram_max, draft.ngram_min)
+        check_before_load(self.target.path, draft)
         model = Model(draft.model_path, n_gpu_layers=self.config.n_gpu_layers, cpu_repack=self.config.cpu_repack)
         try:
             if draft.source == "model":

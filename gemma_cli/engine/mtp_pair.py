@@ -60,6 +60,18 @@ def _positive_int(info: GGUFInfo, suffix: str) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
+def check_gemma4_target(target_path: str | os.PathLike[str]) -> None:
+    """A gemma4 target without a sliding-window layer aborts llama.cpp at context creation."""
+    tp = Path(target_path)
+    t = _read(tp)
+    layers = _positive_int(t, "block_count")
+    pattern = _pattern(t, layers) if layers else None
+    if pattern is None or not any(pattern):
+        raise IncompatibleModelsError(
+            f"{tp.name} is a malformed Gemma 4 model: it needs a per-layer attention.sliding_window_pattern with at least one sliding-window layer"
+        )
+
+
 def check_mtp_pair(target_path: str | os.PathLike[str], assistant_path: str | os.PathLike[str]) -> None:
     """Raise IncompatibleModelsError unless llama.cpp can safely run this MTP pair.
 
