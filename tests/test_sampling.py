@@ -67,11 +67,37 @@ def test_controller_drafts_long_on_high_acceptance():
 
 
 def test_controller_uses_measured_costs():
+    """Verifying b tokens costs b plain steps (measured): no draft length can pay off."""
     c = DraftController(6)
-    for _ in range(20):  # verifying 7 tokens costs 7x one token: drafting cannot pay off
+    for _ in range(20):
+        for b in range(1, 8):
+            c.record(b - 1, (b - 1) // 2, b, 0.010 * b, 0.0)
+    assert c.next_k() == 0
+
+
+def test_controller_tries_an_unmeasured_length_once_then_trusts_the_measurement():
+    c = DraftController(4)
+    for _ in range(10):
         c.record(0, 0, 1, 0.010, 0.0)
-        c.record(6, 3, 7, 0.070, 0.0)
-    assert c.next_k() <= 1
+        c.record(1, 1, 2, 0.011, 0.0)
+    k = c.next_k()
+    assert k > 1  # longer drafts look cheap until measured
+    for _ in range(10):
+        c.record(k, k // 2, k + 1, 0.010 * (k + 1) * 3, 0.0)  # ...and turn out expensive
+    assert c.next_k() < k
+
+
+def test_failed_probes_back_off():
+    c = DraftController(4)
+    for _ in range(10):
+        c.record(0, 0, 1, 0.010, 0.0)
+        for b in range(2, 6):
+            c.record(b - 1, 0, b, 0.010 * b, 0.0)
+    ks = [c.next_k() for _ in range(8)]
+    assert ks.count(1) == 1  # one probe in the first 8 steps
+    c.record(1, 0, 2, 0.020, 0.0)  # the probe failed
+    ks = [c.next_k() for _ in range(15)]
+    assert ks.count(1) == 0  # the next probe waits 16 steps
 
 
 @pytest.mark.parametrize("stops,chunks,expected", [

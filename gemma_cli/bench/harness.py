@@ -273,8 +273,8 @@ Progress = Callable[[str], None]
 
 
 def prompt_tokens(engine: "Engine", workload: Workload) -> list[int]:
-    """The workload as one user turn, rendered as `gemma run` would (the model's template or Gemma's)."""
-    return engine.chat_tokens([{"role": "user", "content": workload.prompt}])
+    """The workload exactly as `gemma run` would send it (chat template, or raw for base models)."""
+    return engine.prompt_tokens(workload.prompt)
 
 
 def compare(

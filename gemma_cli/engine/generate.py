@@ -160,6 +160,14 @@ class Engine:
         text = render_chat(model.chat_template(), messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
+    def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+        """A one-shot prompt: through the chat template, or as is for `raw` and for
+        base models whose GGUF has no template (they continue text, they do not chat)."""
+        if raw or self.target.chat_template() is None:
+            return self.tokenize(f"{system}\n\n{text}" if system else text)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return self.chat_tokens(messages)
+
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
 

@@ -53,13 +53,12 @@ def verify(
     Greedy: accept while the draft equals the target's argmax. Sampling:
     rejection sampling, with the residual distribution after a rejection.
     """
-    if sampler.greedy:
-        n = len(draft)
-        if n:
-            top = rows[:n].argmax(axis=1)
-            miss = np.flatnonzero(top != np.asarray(draft))
-            n = int(miss[0]) if miss.size else n
-        return n, int(rows[n].argmax())
+    if sampler.greedy:  # row by row: stop reading 262k-wide rows at the first miss
+        for i, d in enumerate(draft):
+            top = int(rows[i].argmax())
+            if top != d:
+                return i, top
+        return len(draft), int(rows[len(draft)].argmax())
     rng = sampler.rng
     for i, d in enumerate(draft):
         target = warp(rows[i], sampler.params)

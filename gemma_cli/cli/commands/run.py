@@ -77,7 +77,7 @@ def run(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt text; piped stdin is placed before it.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template (always so for models without one).")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Output: text, json (one object) or jsonl (a line per piece).")] = "text",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and draft statistics to stderr.")] = False,
     stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
@@ -109,11 +109,7 @@ def run(
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     engine = opt.open_engine(pair, choice)
     try:
-        if raw:
-            tokens = engine.tokenize((system + "\n\n" + text) if system else text)
-        else:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-            tokens = engine.chat_tokens(messages)
+        tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
         out = sys.stdout
         with _CancelOnSigint(engine) as sig:
