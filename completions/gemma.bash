@@ -5,13 +5,14 @@
 
 _gemma_subcommands() {
     case "$1" in
-        "") echo "chat create doctor list pull rm run show verify" ;;
+        "") echo "bench chat create doctor list pull rm run show verify" ;;
     esac
 }
 
 _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
+        "bench") echo "-w --workload --runs --json --tune --draft --draft-tokens -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
@@ -26,6 +27,7 @@ _gemma_options() {
 
 _gemma_value_options() {
     case "$1" in
+        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens --ctx --gpu-layers --threads" ;;
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;
@@ -41,6 +43,7 @@ _gemma_option_values() {
 
 _gemma_arguments() {
     case "$1" in
+        "bench") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "chat") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "create") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "doctor") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;

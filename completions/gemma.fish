@@ -20,6 +20,7 @@ complete -c gemma -f
 # gemma
 complete -c gemma -n '__fish_use_subcommand' -s V -l version -d 'Print the version and exit'
 complete -c gemma -n '__fish_use_subcommand' -s h -l help -d 'Show help for the command and exit'
+complete -c gemma -n '__fish_use_subcommand' -a bench -d 'Measure plain vs speculative decoding side by side on this machine (and tune it with --tune)'
 complete -c gemma -n '__fish_use_subcommand' -a chat -d 'Chat with a model: streamed replies, a live tokens/s and draft-acceptance line, /help for commands'
 complete -c gemma -n '__fish_use_subcommand' -a create -d 'Create a custom target/drafter pair'
 complete -c gemma -n '__fish_use_subcommand' -a doctor -d 'Check llama.cpp, GPU, CPU features, the model store, disk, the Hub and memory'
@@ -29,6 +30,21 @@ complete -c gemma -n '__fish_use_subcommand' -a rm -d 'Remove models'
 complete -c gemma -n '__fish_use_subcommand' -a run -d 'Generate once from PROMPT (and/or piped stdin) and print only the text to stdout'
 complete -c gemma -n '__fish_use_subcommand' -a show -d 'Show a model\'s architecture, size, quantization, drafter and tuning (from GGUF headers)'
 complete -c gemma -n '__fish_use_subcommand' -a verify -d 'Re-hash blobs against their sha256 and report corruption'
+
+# gemma bench
+complete -c gemma -n '__fish_seen_subcommand_from bench' -s w -l workload -x -d 'code, prose, chat, summarize, or a text file with your prompt (repeatable'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l runs -x -d 'Alternating plain/speculative rounds per workload'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l json -d 'Print every figure as one JSON object'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l tune -d 'Sweep draft lengths and sources'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l draft -x -d 'Draft source: auto (the pair\'s drafter), mtp, model, ngram or none'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l draft-tokens -x -d 'Maximum draft lengths to compare, e.g'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -s n -l max-tokens -x -d 'Stop after this many generated tokens'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -s h -l help -d 'Show help for the command and exit'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_models)' -d model
+complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_gguf)'
 
 # gemma chat
 complete -c gemma -n '__fish_seen_subcommand_from chat' -s s -l system -x -d 'System prompt (change it later with /set system)'
@@ -82,7 +98,7 @@ complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_gguf)'
 
 # gemma run
 complete -c gemma -n '__fish_seen_subcommand_from run' -s s -l system -x -d 'System prompt'
-complete -c gemma -n '__fish_seen_subcommand_from run' -l raw -d 'Send the prompt as is, without the chat template'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l raw -d 'Send the prompt as is, without the chat template (always so for models without one)'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s f -l format -x -d 'Output: text, json (one object) or jsonl (a line per piece)'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s v -l verbose -d 'Print timings and draft statistics to stderr'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l stop -x -d 'Stop at this string (repeatable)'

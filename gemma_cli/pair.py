@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+NGRAM_DRAFT_TOKENS = 16  # n-gram drafts cost nothing to propose: let the adaptive controller go long
+
+
 @dataclass(frozen=True)
 class ModelPair:
     """A runnable target/drafter pair, as the store or a path resolves it.

@@ -87,7 +87,9 @@ def write_llama_gguf(
 
     wr.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=1.0))
     wr.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    wr.add_tensor("output.weight", w(n_vocab, n_embd, scale=logit_scale / np.sqrt(n_embd) * 4))
+    out = w(n_vocab, n_embd, scale=logit_scale / np.sqrt(n_embd) * 4)
+    out[[i for i, t in enumerate(vocab) if t.startswith("<0x")]] = 0.0  # byte fallback encodes input; rarely emitted
+    wr.add_tensor("output.weight", out)
     for i in range(n_layer):
         p = f"blk.{i}."
         wr.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))

@@ -85,7 +85,7 @@ def test_bench_table_for_a_builtin_workload(bench_model: Path) -> None:
     proc = gemma("bench", str(bench_model), "-w", "chat", "--runs", "1", "--max-tokens", "16", "--threads", "1", "--ctx", "1024")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "chat (" in out and "speedup" in out and "ngram k<=4" in out
+    assert "chat (" in out and "speedup" in out and "ngram k<=" in out
     assert "\x1b[" not in out  # NO_COLOR and a pipe: plain bytes
 
 

@@ -34,7 +34,7 @@ def reply_text(raw: str) -> str:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # char vocabulary + "\n" (the chat template's newlines must tokenize)
-    return write_llama_gguf(tmp_path_factory.mktemp("repl") / "chat-tiny.gguf", seed=1, vocab=char_vocab() + ["\n"])
+    return write_llama_gguf(tmp_path_factory.mktemp("repl") / "chat-tiny.gguf", seed=11, vocab=char_vocab() + ["\n"])
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,9 @@ def test_corrupted_and_truncated_blobs_fail_on_resolve(store, ggufs):
         byte = fh.read(1)
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0xFF]))
+    # A write moves mtime; this VM's clock ticks in ~20 ms steps, so make the move visible.
+    st = blob.stat()
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     with pytest.raises(IntegrityError, match="corrupted"):
         resolve_model("pair:one")
     with blob.open("r+b") as fh:

@@ -104,7 +104,11 @@ class NgramDrafter(NoDrafter):
                 continue
             end = self._index.get(tuple(history[L - n :]))
             if end is not None:
-                return list(history[end : end + k]), None
+                draft = list(history[end : end + k])
+                period = L - end
+                while len(draft) < k:  # the match runs into the present: the text repeats with this period
+                    draft.append(draft[len(draft) - period])
+                return draft, None
         return [], None
 
 

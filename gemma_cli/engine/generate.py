@@ -35,7 +35,7 @@ class DraftConfig:
     source: str = "ngram"
     tokens: int = 4  # maximum draft length k
     model_path: Path | None = None  # for "model" and "mtp"
-    ngram_max: int = 3
+    ngram_max: int = 6
     ngram_min: int = 1
     adaptive: bool = True
 

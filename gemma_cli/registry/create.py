@@ -13,6 +13,7 @@ from gemma_cli.errors import ModelFileError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.registry.catalog import FileSpec, load_catalog
 from gemma_cli.registry.compat import check_pair
+from gemma_cli.pair import NGRAM_DRAFT_TOKENS
 from gemma_cli.registry.pull import NullProgress, PullProgress, draft_source_for, fetch_layer
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
@@ -60,12 +61,13 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
         t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
         d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None
         old = load(ref, layout)
+        source = draft_source_for(d_layer.architecture if d_layer else None, draft)
         manifest = Manifest(
             name=str(ref),
             target=t_layer,
             drafter=d_layer,
-            draft_source=draft_source_for(d_layer.architecture if d_layer else None, draft),
-            draft_tokens=draft_tokens or 4,
+            draft_source=source,
+            draft_tokens=draft_tokens or (NGRAM_DRAFT_TOKENS if source in ("ngram", "none") else 4),
             quantization=t_info.quantization,
             tuned=dict(old.tuned) if old and old.target == t_layer else {},
             created=now_iso(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_cli.errors import ModelFileError, ModelNotFoundError
-from gemma_cli.pair import ModelPair
+from gemma_cli.pair import NGRAM_DRAFT_TOKENS, ModelPair
 from gemma_cli.registry.catalog import DEFAULT_MODEL, load_catalog
 from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout
@@ -46,7 +46,7 @@ def resolve_model(name: str | None) -> ModelPair:
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if path.suffix == ".gguf" and path.is_file():
-            return ModelPair(name=path.name, target=path, draft_source="ngram")
+            return ModelPair(name=path.name, target=path, draft_source="ngram", draft_tokens=NGRAM_DRAFT_TOKENS)
         if path.suffix == ".gguf" or not path.exists():
             raise ModelFileError(f"model file not found: {name}")
         raise ModelFileError(f"not a .gguf file: {name}")
