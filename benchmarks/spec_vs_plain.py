@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="alternating rounds per workload")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ngram-tokens", type=int, default=8, help="maximum n-gram draft length")
+    ap.add_argument("--ngram-tokens", type=int, default=16, help="maximum n-gram draft length")
     ap.add_argument("--self-tokens", type=int, default=4, help="maximum self-draft length")
     ap.add_argument("--no-self", action="store_true", help="skip self-drafting (halves the run time)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")

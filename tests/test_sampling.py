@@ -95,7 +95,7 @@ def test_failed_probes_back_off():
             c.record(b - 1, 0, b, 0.010 * b, 0.0)
     ks = [c.next_k() for _ in range(8)]
     assert ks.count(1) == 1  # one probe in the first 8 steps
-    c.record(1, 0, 2, 0.020, 0.0)  # the probe failed
+    c.record(1, 0, 2, 0.020, 0.0)  # the probe did not pay
     ks = [c.next_k() for _ in range(15)]
     assert ks.count(1) == 0  # the next probe waits 16 steps
 

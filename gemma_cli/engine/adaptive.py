@@ -14,8 +14,9 @@ so each batch size is measured, not modelled. A size not measured yet is
 assumed cheap (optimism: trying it once costs one step, and corrects it).
 
 When no k > 0 beats plain decoding, drafting pauses, probing with k=1 at
-exponentially growing intervals, so a prompt that turns predictable is noticed
-while an unpredictable one costs almost nothing.
+exponentially growing intervals (8, 16, ... 128 steps) for as long as the
+measurements keep saying drafting does not pay, so a prompt that turns
+predictable is noticed while a losing drafter costs almost nothing.
 
 With a seed, output must not depend on timing noise (k changes how many random
 numbers are drawn), so sampled generations run with `measure_time=False`: the
@@ -43,7 +44,6 @@ class DraftController:
         self._t_draft: float | None = None  # measured seconds per drafted token
         self._probe_every = PROBE_MIN
         self._since_probe = 0
-        self._probing = False
         self.k = k_max
 
     @property
@@ -86,6 +86,9 @@ class DraftController:
         """Draft length for the next step (0 = decode plainly)."""
         if not self.adaptive or self.k_max == 0:
             return self.k_max
+        if self.measure_time and 1 not in self._t_verify:
+            self.k = 0  # measure one plain step first: everything is judged against it
+            return 0
         a = min(self.acceptance, 0.999)
         best_k, best_rate = 0, 1.0 / self._verify_time(1)
         t_draft = self._draft_time()
@@ -93,12 +96,11 @@ class DraftController:
             rate = (1.0 - a ** (k + 1)) / (1.0 - a) / (self._verify_time(k + 1) + k * t_draft)
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        self._probing = False
         if best_k == 0:
             self._since_probe += 1
-            if self._since_probe >= self._probe_every:
+            if self._since_probe >= self._probe_every:  # probe; while drafting keeps not paying, ever more rarely
                 self._since_probe = 0
-                self._probing = True
+                self._probe_every = min(self._probe_every * 2, PROBE_MAX)
                 best_k = 1
         else:
             self._probe_every = PROBE_MIN
@@ -110,8 +112,6 @@ class DraftController:
         if proposed:
             self._hits = DECAY * self._hits + accepted
             self._misses = DECAY * self._misses + (1 if accepted < proposed else 0)
-            if self._probing and accepted < proposed:  # a failed probe: wait longer next time
-                self._probe_every = min(self._probe_every * 2, PROBE_MAX)
         if not self.measure_time:
             return
         verify_s = max(verify_s, 1e-9)

@@ -153,6 +153,10 @@ class ModelDrafter(NoDrafter):
         self._cached: list[int] = []  # tokens whose KV is in self.ctx
         self._confirmed = 0  # _cached[:_confirmed] known equal to history
 
+    def attach(self, target: "Context") -> None:
+        # Decoding is memory-bound: a drafter step costs about its weight size relative to the target's.
+        self.relative_cost = self.model.size_bytes / max(target.model.size_bytes, 1)
+
     def begin(self, history: Sequence[int]) -> None:
         self._confirmed = 0
 
