@@ -39,6 +39,7 @@ class DraftController:
         self.measure_time = measure_time
         self._hits = 2.0  # prior: a = 2/3
         self._misses = 1.0
+        self._by_key: dict[object, list[float]] = {}  # per match class: [hits, misses]
         self._t_verify: dict[int, float] = {}  # batch size -> decayed mean seconds
         self._draft_cost = draft_cost  # prior, in plain-step units
         self._t_draft: float | None = None  # measured seconds per drafted token
@@ -49,6 +50,13 @@ class DraftController:
     @property
     def acceptance(self) -> float:
         return self._hits / (self._hits + self._misses)
+
+    def _acceptance(self, key: object) -> float:
+        """Acceptance for proposals of one class (e.g. the n-gram match length), else overall."""
+        if key is None:
+            return self.acceptance
+        h, m = self._by_key.get(key, (2.0, 1.0))
+        return h / (h + m)
 
     def _verify_time(self, batch: int) -> float:
         """t(b): measured when known, else optimistic from the nearest measured smaller batch."""
@@ -82,14 +90,19 @@ class DraftController:
             return self._t_draft
         return self._draft_cost * self._verify_time(1)
 
-    def next_k(self) -> int:
-        """Draft length for the next step (0 = decode plainly)."""
+    def next_k(self, key: object = None) -> int:
+        """Draft length for the next step (0 = decode plainly).
+
+        `key` names the class of the proposal at hand when the drafter could
+        look before the decision (n-gram: the matched n-gram length), so a
+        6-token match and a 1-token match are judged by their own records.
+        """
         if not self.adaptive or self.k_max == 0:
             return self.k_max
         if self.measure_time and 1 not in self._t_verify:
             self.k = 0  # measure one plain step first: everything is judged against it
             return 0
-        a = min(self.acceptance, 0.999)
+        a = min(self._acceptance(key), 0.999)
         best_k, best_rate = 0, 1.0 / self._verify_time(1)
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
@@ -107,11 +120,15 @@ class DraftController:
         self.k = best_k
         return best_k
 
-    def record(self, proposed: int, accepted: int, batch: int, verify_s: float, draft_s: float) -> None:
+    def record(self, proposed: int, accepted: int, batch: int, verify_s: float, draft_s: float, key: object = None) -> None:
         """Feed back one step: drafts proposed/accepted and what the passes cost."""
         if proposed:
+            miss = 1 if accepted < proposed else 0
             self._hits = DECAY * self._hits + accepted
-            self._misses = DECAY * self._misses + (1 if accepted < proposed else 0)
+            self._misses = DECAY * self._misses + miss
+            if key is not None:
+                h, m = self._by_key.get(key, (2.0, 1.0))
+                self._by_key[key] = [DECAY * h + accepted, DECAY * m + miss]
         if not self.measure_time:
             return
         verify_s = max(verify_s, 1e-9)

@@ -46,6 +46,7 @@ class NoDrafter:
 
     name = "none"
     relative_cost = 0.0  # cost of drafting one token, in plain target steps (a prior)
+    last_key: object = None  # class of the last proposal (n-gram: matched length), for the controller
 
     def attach(self, target: "Context") -> None:
         pass
@@ -104,6 +105,7 @@ class NgramDrafter(NoDrafter):
                 continue
             end = self._index.get(tuple(history[L - n :]))
             if end is not None:
+                self.last_key = n
                 draft = list(history[end : end + k])
                 period = L - end
                 while len(draft) < k:  # the match runs into the present: the text repeats with this period

@@ -88,10 +88,17 @@ def decode_steps(
         room = target.n_ctx - target.n_past - len(pending)
         if room < 0:
             return
-        k = min(controller.next_k(), room)
         t0 = step_clock()
-        draft, dists = drafter.propose(history, k, sampler) if k > 0 else ([], None)
-        draft = draft[:k]
+        key = None
+        if drafter.relative_cost == 0.0 and room > 0:  # free proposals: look first, then decide
+            draft, dists = drafter.propose(history, min(controller.k_max, room), sampler)
+            key = drafter.last_key if draft else None
+            k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
+            draft = draft[:k]
+        else:
+            k = min(controller.next_k(), room)
+            draft, dists = drafter.propose(history, k, sampler) if k > 0 else ([], None)
+            draft = draft[:k]
         t1 = step_clock()
         target.decode(pending + draft, n_outputs=len(draft) + 1)
         n_acc, nxt = verify(target.logits(), draft, dists, sampler)
@@ -100,7 +107,7 @@ def decode_steps(
         target.trim(kept)
         drafter.after_verify(target, target.last_batch_len - 1 - (len(draft) - n_acc))
         if len(pending) == 1:  # prompt evaluation would skew the per-step costs
-            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0)
+            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0, key)
             stats.step_seconds += t2 - t0
         stats.draft_proposed += len(draft)
         stats.draft_accepted += n_acc
