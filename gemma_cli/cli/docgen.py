@@ -339,7 +339,7 @@ def render_man(tree: Cmd) -> str:
         lines += [".PP", _roff(text), ".PP", ".RS", ".nf"] + [_roff(c) for c in commands_] + [".fi", ".RE"]
     lines += [
         ".SH SEE ALSO",
-        _roff("gemma doctor for troubleshooting; the README and docs/ecosystem.md of gemma-cli; "
+        _roff("gemma doctor for troubleshooting; the README of gemma-cli; "
               "llama.cpp at https://github.com/ggml-org/llama.cpp; the huggingface_hub documentation "
               "(environment variables) at https://huggingface.co/docs/huggingface_hub"),
     ]
