@@ -79,12 +79,6 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
 
 def resolve(model: str | None) -> ModelPair:
     """A model name, a .gguf path, or None (the default model) -> ModelPair."""
-    try:
-        from gemma_cli.store import resolve_model
-    except ImportError:  # store layer not installed yet: accept plain .gguf paths
-        from pathlib import Path
+    from gemma_cli.store import resolve_model
 
-        if model and model.endswith(".gguf"):
-            return ModelPair(name=model, target=Path(model))
-        raise UsageError("no model store yet: pass a .gguf path")
     return resolve_model(model)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class Drafter(Protocol):
     name: str
-
-    relative_cost: float
+    relative_cost: float  # drafting one token, in plain target steps; 0 = free to propose before deciding k
+    last_key: object  # class of the last proposal (n-gram: matched length), read when relative_cost is 0
 
     def attach(self, target: "Context") -> None:
         """Called once the target context exists (MTP links its context here)."""

@@ -59,11 +59,12 @@ class EngineConfig:
 
 
 def check_before_load(target: Path, draft: DraftConfig) -> None:
-    """Header checks for files llama.cpp would abort the process on (Gemma 4 layouts, MTP pairs)."""
-    from gemma_cli.engine.llama import check_gguf_file
+    """Header checks for files llama.cpp would abort the process on (Gemma 4 layouts, MTP pairs).
+
+    Reading the header also refuses a missing, non-GGUF or truncated file with a clear error.
+    """
     from gemma_cli.gguf_meta import read_architecture
 
-    check_gguf_file(target)
     if draft.source == "mtp":
         from gemma_cli.engine.mtp_pair import check_mtp_pair
 
@@ -117,7 +118,10 @@ class Engine:
             return NoDrafter()
         if draft.source == "ngram":
             return NgramDrafter(draft.ngram_max, draft.ngram_min)
-        check_before_load(self.target.path, draft)
+        if draft.source == "mtp":  # the target itself was checked when it loaded
+            from gemma_cli.engine.mtp_pair import check_mtp_pair
+
+            check_mtp_pair(self.target.path, draft.model_path)
         model = Model(draft.model_path, n_gpu_layers=self.config.n_gpu_layers, cpu_repack=self.config.cpu_repack)
         try:
             if draft.source == "model":

@@ -150,6 +150,7 @@ class MTPDrafter:
     """Drafter protocol implementation for a Gemma 4 target + its MTP assistant."""
 
     name = "mtp"
+    last_key = None  # proposals are costly: k is decided before proposing, no per-class record
 
     def __init__(self, target_model: Model, assistant_model: Model, target_ctx: Context) -> None:
         # Header checks (cached, so repeating the engine's pre-load call is free):
