@@ -143,3 +143,28 @@ def sample_outcomes(engine: Engine, prompt: Sequence[int], length: int, params: 
         g.text()
         counts[outcome(g.result)] += 1
     return counts
+
+
+def check_sampled_coupling(
+    plain_engine: Engine, prompt: Sequence[int], params: SamplingParams, plain: GenerationResult, spec: GenerationResult
+) -> str:
+    """Same seed, deterministic drafts: 'equal', or 'boundary at i' when the only divergence
+    is a uniform that sits on the edge between the two tokens' slices of the CDF.
+
+    Each output token is inverse_cdf(warp(logits), u_position), so batched and
+    one-token logits can only disagree where u is within the rounding of a
+    slice boundary; anything else is a bug in the coupling.
+    """
+    from gemma_cli.engine.speculative import TokenSampler
+
+    a, b = outcome(plain), outcome(spec)
+    j = first_divergence(a, b)
+    if j is None:
+        return "equal"
+    assert j < len(a) and j < len(b), f"one output stopped early at {j} without a competing token"
+    dist = warp(next_logits(plain_engine, list(prompt) + list(plain.tokens[:j])), params)
+    u = TokenSampler(params).uniform(j)
+    edges = np.cumsum(dist.probs)
+    gap = float(np.min(np.abs(edges - u * edges[-1])))
+    assert gap < 1e-2, f"divergence at token {j} ({a[j]} vs {b[j]}) with u {gap:.4f} away from any slice edge: a bug"
+    return f"boundary at token {j} (u within {gap:.4f} of an edge)"

@@ -11,6 +11,7 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from lossless import (
     check_greedy_lossless,
+    check_sampled_coupling,
     chi_square_pvalue,
     exact_continuations,
     sample_outcomes,
@@ -99,6 +100,47 @@ def test_greedy_lossless_gemma3_self_draft(gemma3_path):
 
 
 # -- sampling: the output distribution must be the target's --------------------------------
+
+
+@pytest.mark.parametrize("k,adaptive", [(1, False), (4, False), (8, True)])
+def test_sampled_ngram_reproduces_plain_sampling_token_for_token(tiny_model, k, adaptive):
+    """One uniform per output position: with the same seed, drafting changes the speed, not the text."""
+    plain = _plain(tiny_model)
+    spec = Engine(tiny_model, DraftConfig(source="ngram", tokens=k, adaptive=adaptive), EngineConfig(n_ctx=512, n_threads=2))
+    params = SamplingParams(temperature=0.5, top_k=40, top_p=0.95)
+    accepted = rejected = 0
+    for seed in range(6):
+        for text in TINY_PROMPTS:
+            p = SamplingParams(params.temperature, params.top_k, params.top_p, params.min_p, seed)
+            prompt = plain.tokenize(text)
+            ref = plain.generate(prompt, max_tokens=40, sampling=p)
+            ref.text()
+            got = spec.generate(prompt, max_tokens=40, sampling=p)
+            got.text()
+            assert check_sampled_coupling(plain, prompt, p, ref.result, got.result) == "equal"
+            s = got.result.stats
+            accepted += s.draft_accepted
+            rejected += s.draft_proposed - s.draft_accepted
+    assert accepted > 20 and rejected > 20  # both branches of the verification ran
+
+
+@pytest.mark.slow
+def test_sampled_ngram_reproduces_plain_sampling_gemma3(gemma3_path):
+    plain = _plain(gemma3_path, n_ctx=1024)
+    spec = Engine(gemma3_path, DraftConfig(source="ngram", tokens=8), EngineConfig(n_ctx=1024, n_threads=2))
+    prompt = plain.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n")
+    verdicts, accepted = [], 0
+    for seed in range(3):
+        p = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=seed)
+        ref = plain.generate(prompt, max_tokens=64, sampling=p)
+        ref.text()
+        got = spec.generate(prompt, max_tokens=64, sampling=p)
+        got.text()
+        verdicts.append(check_sampled_coupling(plain, prompt, p, ref.result, got.result))
+        accepted += got.result.stats.draft_accepted
+    print("gemma3 270M sampled n-gram:", verdicts, "accepted drafts:", accepted)
+    assert accepted > 0
+
 
 T1 = SamplingParams(temperature=1.0)
 N_SAMPLES = 3000

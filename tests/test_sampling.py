@@ -88,16 +88,27 @@ def test_controller_tries_an_unmeasured_length_once_then_trusts_the_measurement(
 
 
 def test_failed_probes_back_off():
+    """Drafts would pay if accepted (a b-token pass costs 1 + 0.6(b-1) steps), but none are."""
     c = DraftController(4)
     for _ in range(10):
         c.record(0, 0, 1, 0.010, 0.0)
         for b in range(2, 6):
-            c.record(b - 1, 0, b, 0.010 * b, 0.0)
+            c.record(b - 1, 0, b, 0.010 * (1 + 0.6 * (b - 1)), 0.0)
     ks = [c.next_k() for _ in range(8)]
     assert ks.count(1) == 1  # one probe in the first 8 steps
     c.record(1, 0, 2, 0.020, 0.0)  # the probe did not pay
     ks = [c.next_k() for _ in range(15)]
     assert ks.count(1) == 0  # the next probe waits 16 steps
+
+
+def test_a_drafter_that_cannot_pay_even_when_always_right_is_never_probed():
+    """Self-drafting: each proposed token costs a full target step, so even 100% acceptance loses."""
+    c = DraftController(8, draft_cost=1.0)
+    c.record(0, 0, 1, 0.010, 0.0)
+    assert [c.next_k() for _ in range(300)] == [0] * 300
+    cheap = DraftController(8, draft_cost=0.05)  # a drafter 20x smaller than the target
+    cheap.record(0, 0, 1, 0.010, 0.0)
+    assert cheap.next_k() > 0
 
 
 @pytest.mark.parametrize("stops,chunks,expected", [

@@ -12,16 +12,25 @@ measured cost per proposed token. Verification cost is far from flat on a CPU
 pass 5.7x, because every row pays for the 262k-vocabulary output projection),
 so each batch size is measured, not modelled. A size not measured yet is
 assumed cheap (optimism: trying it once costs one step, and corrects it).
+Costs are facts about the machine and the loaded models, not the text, so
+they live in a `PassCosts` the engine keeps across generations: only the
+first generation pays for measuring them. Acceptance is the text's, and
+starts afresh with every generation.
 
 When no k > 0 beats plain decoding, drafting pauses, probing with k=1 at
 exponentially growing intervals (8, 16, ... 128 steps) for as long as the
 measurements keep saying drafting does not pay, so a prompt that turns
-predictable is noticed while a losing drafter costs almost nothing.
+predictable is noticed while a losing drafter costs almost nothing. A drafter
+too slow to pay even at 100% acceptance (a model as big as the target) is
+not probed at all: it never even evaluates the prompt.
 
-With a seed, output must not depend on timing noise (k changes how many random
-numbers are drawn), so sampled generations run with `measure_time=False`: the
-costs stay at the fixed prior and only the acceptance estimate adapts, which
-is a function of the seed.
+A seed must reproduce sampled output exactly, so timing may only steer k
+where k cannot change the output. It cannot for deterministic proposals
+(n-gram, and any drafter when greedy): the target draws every token with a
+fixed uniform per position (see `speculative.verify`). A drafter that samples
+its proposals draws more or fewer random numbers as k varies, so such
+generations run with `measure_time=False`: costs stay at a fixed prior and
+only the acceptance estimate (a function of the seed) adapts.
 """
 
 from __future__ import annotations
@@ -29,20 +38,59 @@ from __future__ import annotations
 DECAY = 0.85
 OPTIMISTIC_PER_TOKEN = 0.15  # unmeasured extra verified token, in plain steps
 PRIOR_PER_TOKEN = 0.5  # fixed cost model when timing is off
+PRIOR_WEIGHT = 3.0  # an unseen proposal class starts from the overall acceptance, worth 3 observations
 PROBE_MIN, PROBE_MAX = 8, 128
 
 
+class PassCosts:
+    """Measured seconds per target pass by batch size, and per drafted token.
+
+    Owned by the engine and shared by its generations; `forget_drafter` when
+    the draft source changes (the target's pass costs stay true).
+    """
+
+    def __init__(self) -> None:
+        self.verify: dict[int, float] = {}  # batch size -> decayed mean seconds
+        self.draft_per_token: float | None = None
+
+    def observe(self, batch: int, verify_s: float, proposed: int, draft_s: float) -> None:
+        verify_s = max(verify_s, 1e-9)
+        prev = self.verify.get(batch)
+        self.verify[batch] = verify_s if prev is None else DECAY * prev + (1 - DECAY) * verify_s
+        if proposed:
+            per_token = draft_s / proposed
+            prev_d = self.draft_per_token
+            self.draft_per_token = per_token if prev_d is None else DECAY * prev_d + (1 - DECAY) * per_token
+
+    def forget_drafter(self) -> None:
+        self.draft_per_token = None
+
+
 class DraftController:
-    def __init__(self, k_max: int, *, adaptive: bool = True, measure_time: bool = True, draft_cost: float = 0.0) -> None:
+    """Chooses k for each step from the acceptance so far and what passes cost.
+
+    `costs` None with `measure_time` means a private `PassCosts`;
+    `measure_time=False` ignores timing altogether (fixed prior costs).
+    """
+
+    def __init__(
+        self,
+        k_max: int,
+        *,
+        adaptive: bool = True,
+        measure_time: bool = True,
+        draft_cost: float = 0.0,
+        costs: PassCosts | None = None,
+    ) -> None:
         self.k_max = k_max
         self.adaptive = adaptive
         self.measure_time = measure_time
         self._hits = 2.0  # prior: a = 2/3
         self._misses = 1.0
-        self._by_key: dict[object, list[float]] = {}  # per match class: [hits, misses]
-        self._t_verify: dict[int, float] = {}  # batch size -> decayed mean seconds
+        self._by_key: dict[object, list[float]] = {}  # per proposal class: [hits, misses]
+        self._costs = (costs if costs is not None else PassCosts()) if measure_time else PassCosts()
+        self._t_verify = self._costs.verify  # stays empty when timing is off
         self._draft_cost = draft_cost  # prior, in plain-step units
-        self._t_draft: float | None = None  # measured seconds per drafted token
         self._probe_every = PROBE_MIN
         self._since_probe = 0
         self.k = k_max
@@ -51,11 +99,18 @@ class DraftController:
     def acceptance(self) -> float:
         return self._hits / (self._hits + self._misses)
 
+    def _key_record(self, key: object) -> list[float]:
+        rec = self._by_key.get(key)
+        if rec is None:  # an unseen class starts where the text as a whole stands
+            a = self.acceptance
+            rec = self._by_key[key] = [PRIOR_WEIGHT * a, PRIOR_WEIGHT * (1.0 - a)]
+        return rec
+
     def _acceptance(self, key: object) -> float:
         """Acceptance for proposals of one class (e.g. the n-gram match length), else overall."""
         if key is None:
             return self.acceptance
-        h, m = self._by_key.get(key, (2.0, 1.0))
+        h, m = self._key_record(key)
         return h / (h + m)
 
     def _verify_time(self, batch: int) -> float:
@@ -86,9 +141,8 @@ class DraftController:
         return self._verify_time(1) if self._t_verify else 0.0
 
     def _draft_time(self) -> float:
-        if self._t_draft is not None:
-            return self._t_draft
-        return self._draft_cost * self._verify_time(1)
+        measured = self._costs.draft_per_token
+        return measured if measured is not None else self._draft_cost * self._verify_time(1)
 
     def next_k(self, key: object = None) -> int:
         """Draft length for the next step (0 = decode plainly).
@@ -103,20 +157,23 @@ class DraftController:
             self.k = 0  # measure one plain step first: everything is judged against it
             return 0
         a = min(self._acceptance(key), 0.999)
-        best_k, best_rate = 0, 1.0 / self._verify_time(1)
+        plain_rate = 1.0 / self._verify_time(1)
+        best_k, best_rate, ceiling = 0, plain_rate, 0.0
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
-            rate = (1.0 - a ** (k + 1)) / (1.0 - a) / (self._verify_time(k + 1) + k * t_draft)
+            cost = self._verify_time(k + 1) + k * t_draft
+            ceiling = max(ceiling, (k + 1) / cost)  # the rate if every draft were accepted
+            rate = (1.0 - a ** (k + 1)) / (1.0 - a) / cost
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        if best_k == 0:
+        if best_k > 0:
+            self._probe_every = PROBE_MIN
+        elif ceiling > plain_rate:  # would pay if acceptance rose: probe, ever more rarely while it does not
             self._since_probe += 1
-            if self._since_probe >= self._probe_every:  # probe; while drafting keeps not paying, ever more rarely
+            if self._since_probe >= self._probe_every:
                 self._since_probe = 0
                 self._probe_every = min(self._probe_every * 2, PROBE_MAX)
                 best_k = 1
-        else:
-            self._probe_every = PROBE_MIN
         self.k = best_k
         return best_k
 
@@ -124,17 +181,11 @@ class DraftController:
         """Feed back one step: drafts proposed/accepted and what the passes cost."""
         if proposed:
             miss = 1 if accepted < proposed else 0
+            if key is not None:
+                rec = self._key_record(key)
+                rec[0] = DECAY * rec[0] + accepted
+                rec[1] = DECAY * rec[1] + miss
             self._hits = DECAY * self._hits + accepted
             self._misses = DECAY * self._misses + miss
-            if key is not None:
-                h, m = self._by_key.get(key, (2.0, 1.0))
-                self._by_key[key] = [DECAY * h + accepted, DECAY * m + miss]
-        if not self.measure_time:
-            return
-        verify_s = max(verify_s, 1e-9)
-        prev = self._t_verify.get(batch)
-        self._t_verify[batch] = verify_s if prev is None else DECAY * prev + (1 - DECAY) * verify_s
-        if proposed:
-            per_token = draft_s / proposed
-            prev_d = self._t_draft
-            self._t_draft = per_token if prev_d is None else DECAY * prev_d + (1 - DECAY) * per_token
+        if self.measure_time:
+            self._costs.observe(batch, verify_s, proposed, draft_s)

@@ -22,6 +22,7 @@ class Drafter(Protocol):
     name: str
     relative_cost: float  # drafting one token, in plain target steps; 0 = free to propose before deciding k
     last_key: object  # class of the last proposal (n-gram: matched length), read when relative_cost is 0
+    samples_proposals: bool  # sampled generations draw proposals from the drafter's own distribution
 
     def attach(self, target: "Context") -> None:
         """Called once the target context exists (MTP links its context here)."""
@@ -47,6 +48,7 @@ class NoDrafter:
     name = "none"
     relative_cost = 0.0  # cost of drafting one token, in plain target steps (a prior)
     last_key: object = None  # class of the last proposal (n-gram: matched length), for the controller
+    samples_proposals = False  # proposals are deterministic (one-hot) even when the user samples
 
     def attach(self, target: "Context") -> None:
         pass
@@ -145,6 +147,7 @@ class ModelDrafter(NoDrafter):
     """
 
     name = "model"
+    samples_proposals = True
 
     def __init__(self, model: "Model", *, n_ctx: int, n_threads: int | None = None) -> None:
         from gemma_cli.engine.llama import Context

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from gemma_cli.engine.adaptive import DraftController
+from gemma_cli.engine.adaptive import DraftController, PassCosts
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
@@ -89,6 +89,7 @@ class Engine:
         self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self._cached: list[int] = []  # tokens whose KV is in self.ctx (sequence 0)
         self._cancel = threading.Event()
+        self.costs = PassCosts()  # what passes cost here, measured once and kept across generations
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
         self._drafter_model: Model | None = None
@@ -111,6 +112,7 @@ class Engine:
                 self._drafter_model.close()
                 self._drafter_model = None
             self.drafter = self._make_drafter(draft)
+            self.costs.forget_drafter()
         self.draft = draft
 
     def _make_drafter(self, draft: DraftConfig) -> Drafter:
@@ -266,8 +268,10 @@ class Generation:
         controller = DraftController(
             k_max,
             adaptive=eng.draft.adaptive,
-            measure_time=self.sampling.greedy,  # a seed must reproduce sampled output exactly
+            # Timing may steer k only where k cannot change the output (see adaptive.py).
+            measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
             draft_cost=eng.drafter.relative_cost,
+            costs=eng.costs,
         )
         sampler = TokenSampler(self.sampling)
         stream = TextStream(self.stop)

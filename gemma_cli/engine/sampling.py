@@ -90,8 +90,17 @@ def warp(logits: np.ndarray, params: SamplingParams) -> Dist:
 
 def draw(dist: Dist, rng: np.random.Generator) -> int:
     """One categorical draw (inverse CDF; cheaper than rng.choice)."""
+    return inverse_cdf(dist, rng.random())
+
+
+def inverse_cdf(dist: Dist, u: float) -> int:
+    """The token whose slice of [0, 1) (ids in ascending order) holds `u`.
+
+    A fixed uniform per output position makes sampling a function of the
+    logits and the seed alone: the coupling behind `speculative.verify`.
+    """
     c = np.cumsum(dist.probs)
-    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    i = int(np.searchsorted(c, u * c[-1], side="right"))
     return int(dist.ids[min(i, len(dist.ids) - 1)])
 
 

@@ -15,24 +15,47 @@ from gemma_cli.engine.adaptive import DraftController
 from gemma_cli.engine.clock import step_clock
 from gemma_cli.engine.drafters import Drafter
 from gemma_cli.engine.llama import Context
-from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, residual, warp
+from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, inverse_cdf, residual, warp
 from gemma_cli.engine.types import LiveStats
 
 
 class TokenSampler:
-    """The user's sampling settings plus the seeded RNG every draw comes from."""
+    """The user's sampling settings plus the seeded random streams every draw comes from.
+
+    The target's own draws use one fixed uniform per output position
+    (`uniform`), so the token at position j depends on the logits and the
+    seed only, never on how many drafts were tried before it. Drafters that
+    sample their proposals use the separate `rng` stream.
+    """
+
+    CHUNK = 256
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.greedy = params.greedy
-        self.rng = np.random.default_rng(params.seed)
+        positions, drafts = np.random.SeedSequence(params.seed).spawn(2)
+        self.rng = np.random.default_rng(drafts)
+        self._position_rng = np.random.default_rng(positions)
+        self._uniforms = self._position_rng.random(self.CHUNK)
+
+    def uniform(self, position: int) -> float:
+        """The uniform that decides the target's token at output `position`."""
+        while position >= len(self._uniforms):
+            self._uniforms = np.concatenate([self._uniforms, self._position_rng.random(self.CHUNK)])
+        return float(self._uniforms[position])
 
     def sample(self, logits: np.ndarray) -> tuple[int, Dist | None]:
-        """One token from a logits row; greedy returns no distribution."""
+        """A drafter's proposal from a logits row; greedy returns no distribution."""
         if self.greedy:
             return int(logits.argmax()), None
         dist = warp(logits, self.params)
         return draw(dist, self.rng), dist
+
+    def sample_at(self, logits: np.ndarray, position: int) -> int:
+        """The target's token at output `position` (greedy: the argmax)."""
+        if self.greedy:
+            return int(logits.argmax())
+        return inverse_cdf(warp(logits, self.params), self.uniform(position))
 
 
 @dataclass
@@ -44,28 +67,40 @@ class Step:
 
 
 def verify(
-    rows: np.ndarray, draft: Sequence[int], draft_dists: list[Dist] | None, sampler: TokenSampler
+    rows: np.ndarray, draft: Sequence[int], draft_dists: list[Dist] | None, sampler: TokenSampler, position: int
 ) -> tuple[int, int]:
     """Accept a prefix of `draft` against the target's rows; return (n_accepted, next_token).
 
-    Row i holds the target's logits for the position of draft[i]; the row
-    after the last accepted draft yields the correction (or bonus) token.
-    Greedy: accept while the draft equals the target's argmax. Sampling:
-    rejection sampling, with the residual distribution after a rejection.
+    Row i holds the target's logits for output `position + i`; the row after
+    the last accepted draft yields the correction (or bonus) token.
+
+    Deterministic drafts (n-gram; any draft when greedy): the target draws
+    its own token at every position, with that position's fixed uniform, and
+    accepts while it equals the draft. That is Leviathan et al.'s rule for a
+    one-hot proposal (accept with probability p(d), else draw from p without
+    d), and more: the output is token for token what plain decoding with the
+    same seed produces. Sampled drafts (a drafter model): rejection sampling
+    against the draft distributions, with the residual after a rejection.
     """
+    n = len(draft)
     if sampler.greedy:  # one vectorised argmax over all rows: drafts are mostly accepted
-        top = rows[: len(draft) + 1].argmax(axis=1).tolist()
+        top = rows[: n + 1].argmax(axis=1).tolist()
         for i, d in enumerate(draft):
             if top[i] != d:
                 return i, top[i]
-        return len(draft), top[len(draft)]
+        return n, top[n]
+    if draft_dists is None:
+        for i, d in enumerate(draft):
+            tok = sampler.sample_at(rows[i], position + i)
+            if tok != d:
+                return i, tok
+        return n, sampler.sample_at(rows[n], position + n)
     rng = sampler.rng
     for i, d in enumerate(draft):
         target = warp(rows[i], sampler.params)
-        q = draft_dists[i] if draft_dists is not None else None
-        if not accept_draft(target, q, d, rng):
-            return i, draw(residual(target, q, d), rng)
-    return len(draft), draw(warp(rows[len(draft)], sampler.params), rng)
+        if not accept_draft(target, draft_dists[i], d, rng):
+            return i, draw(residual(target, draft_dists[i], d), rng)
+    return n, sampler.sample_at(rows[n], position + n)
 
 
 def decode_steps(
@@ -84,6 +119,7 @@ def decode_steps(
     (the prompt suffix at first, then the last emitted token).
     """
     drafter.begin(history)
+    n_prompt = len(history)
     while True:
         room = target.n_ctx - target.n_past - len(pending)
         if room < 0:
@@ -101,7 +137,7 @@ def decode_steps(
             draft = draft[:k]
         t1 = step_clock()
         target.decode(pending + draft, n_outputs=len(draft) + 1)
-        n_acc, nxt = verify(target.logits(), draft, dists, sampler)
+        n_acc, nxt = verify(target.logits(), draft, dists, sampler, len(history) - n_prompt)
         t2 = step_clock()
         kept = target.n_past - len(draft) + n_acc  # drop the rejected drafts' KV
         target.trim(kept)
