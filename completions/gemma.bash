@@ -12,7 +12,7 @@ _gemma_subcommands() {
 _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
-        "bench") echo "-w --workload --runs --json --tune --draft --draft-tokens -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "bench") echo "-w --workload --runs --json --tune --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
@@ -27,7 +27,7 @@ _gemma_options() {
 
 _gemma_value_options() {
     case "$1" in
-        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads" ;;
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;

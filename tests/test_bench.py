@@ -81,6 +81,23 @@ def test_bench_json_has_every_figure(bench_model: Path, workload_file: Path) -> 
     assert sum(v["draft_accepted"] for v in w["speculative"]) > 0
 
 
+def test_sampled_bench_gives_both_sides_the_same_seed_and_the_same_text(bench_model: Path, workload_file: Path) -> None:
+    runs = 2
+    proc = gemma(
+        "bench", str(bench_model), "--workload", str(workload_file), "--draft", "ngram", "--draft-tokens", "4",
+        "--temperature", "0.7", "--top-k", "20", "--runs", str(runs), "--max-tokens", "40", "--threads", "1", "--ctx", "1024", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["sampling"] == {"temperature": 0.7, "top_k": 20, "top_p": 0.95}
+    (w,) = data["workloads"]
+    (v,) = w["speculative"]
+    assert_sane_variant(v, runs)
+    assert v["draft_proposed"] > 0
+    # Deterministic drafts and one uniform per position: drafting changes the speed, not the text.
+    assert v["same_output_as_plain"] is True
+
+
 def test_bench_table_for_a_builtin_workload(bench_model: Path) -> None:
     proc = gemma("bench", str(bench_model), "-w", "chat", "--runs", "1", "--max-tokens", "16", "--threads", "1", "--ctx", "1024")
     assert proc.returncode == 0, proc.stderr

@@ -7,8 +7,11 @@ decoding and each speculative variant back to back on the same prompt with
 the same loaded `Engine` (switching with `engine.set_draft`), and the speedup
 is the median of the per-round ratios, reported with its min-max spread.
 
-Runs are greedy (lossless verification is then token-exact, so both sides
-produce the same text) with stop strings disabled and a fixed token budget;
+Runs are greedy by default; sampled runs use the same seed for both sides
+of a round. Either way verification is lossless and the engine couples the
+target's draws to output positions, so both sides produce the same text
+(up to near-ties in batched arithmetic). Stop strings are disabled and the
+token budget fixed;
 an end-of-generation token can still end a run early, so rates always use the
 tokens actually generated. The wall clock on some VMs ticks in steps of
 milliseconds: runs should last seconds, and `timing_reliable` says whether
@@ -22,13 +25,14 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from gemma_cli.bench.workloads import Workload
 
 if TYPE_CHECKING:  # pragma: no cover
     from gemma_cli.engine.generate import DraftConfig, Engine
+    from gemma_cli.engine.sampling import SamplingParams
 
 #: A run is trusted when it lasts this long: some VMs' wall clock ticks in steps
 #: of up to 50 ms (and switches between fine and coarse), so seconds are needed.
@@ -139,13 +143,13 @@ class RunResult:
         return self.generated_tokens / self.target_passes if self.target_passes else 0.0
 
 
-def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int) -> RunResult:
-    """One greedy generation from a cold KV cache (so TTFT includes the prompt)."""
+def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int, sampling: "SamplingParams | None" = None) -> RunResult:
+    """One generation (greedy unless `sampling` says otherwise) from a cold KV cache, so TTFT includes the prompt."""
     from gemma_cli.engine.sampling import SamplingParams
 
     engine.reset()
     timer = DecodeTimer()
-    generation = engine.generate(list(prompt), max_tokens=max_tokens, sampling=SamplingParams(temperature=0.0), stop=())
+    generation = engine.generate(list(prompt), max_tokens=max_tokens, sampling=sampling or SamplingParams(), stop=())
     with timer.installed():
         cpu0 = time.thread_time()
         for _ in generation:
@@ -286,11 +290,13 @@ def compare(
     max_tokens: int = 256,
     warmup: bool = True,
     progress: Progress | None = None,
+    sampling: "SamplingParams | None" = None,
 ) -> WorkloadReport:
     """Alternate plain decoding with each variant for `runs` rounds on one workload.
 
     The order within a round flips every round (plain first, then last), so a
-    steady drift of the machine's speed biases no side.
+    steady drift of the machine's speed biases no side. Sampled rounds use
+    seed r in round r for every side.
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
@@ -306,9 +312,10 @@ def compare(
         if r % 2:
             order.reverse()
         results: dict[str, RunResult] = {}
+        params = replace(sampling, seed=r) if sampling is not None and not sampling.greedy else None
         for variant, report in order:
             engine.set_draft(variant.draft)
-            res = run_once(engine, tokens, max_tokens)
+            res = run_once(engine, tokens, max_tokens, params)
             report.runs.append(res)
             results[variant.label] = res
             if progress:
@@ -368,6 +375,10 @@ def bench(
     runs: int,
     max_tokens: int,
     progress: Progress | None = None,
+    sampling: "SamplingParams | None" = None,
 ) -> list[WorkloadReport]:
     """`compare` every workload against its variants (which may depend on its tuning class)."""
-    return [compare(engine, w, variants_for(w), runs=runs, max_tokens=max_tokens, progress=progress) for w in workloads]
+    return [
+        compare(engine, w, variants_for(w), runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
+        for w in workloads
+    ]

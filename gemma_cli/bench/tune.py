@@ -25,6 +25,7 @@ from gemma_cli.pair import ModelPair
 
 if TYPE_CHECKING:  # pragma: no cover
     from gemma_cli.engine.generate import Engine
+    from gemma_cli.engine.sampling import SamplingParams
 
 DEFAULT_SWEEP = (2, 3, 4, 6, 8)
 
@@ -83,9 +84,10 @@ def tune_workload(
     runs: int,
     max_tokens: int,
     progress: Progress | None = None,
+    sampling: "SamplingParams | None" = None,
 ) -> TuneChoice:
     """Measure every candidate against plain decoding; the highest median speedup wins."""
-    report = compare(engine, workload, variants, runs=runs, max_tokens=max_tokens, progress=progress)
+    report = compare(engine, workload, variants, runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
     # Ties go to the shorter draft: the same speed for less wasted work.
     best = max(report.variants, key=lambda v: (round(v.speedup, 3), -v.draft_tokens))
     return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report)

@@ -59,7 +59,9 @@ def render_tables(data: dict) -> None:
     tty = sys.stdout.isatty()
     console = Console(no_color=not use_color(sys.stdout), highlight=False, width=None if tty else 160)
     m = data["machine"]
-    console.print(f"{data['model']} · {m['cpu']} · {m['threads'] or 'all'} threads · greedy, {data['max_tokens']} tokens, {data['runs']} alternating rounds")
+    sp = data["sampling"]
+    mode = "greedy" if sp["temperature"] <= 0 else f"sampled (temperature {sp['temperature']:g}, top-k {sp['top_k']}, top-p {sp['top_p']:g}; seed r in round r)"
+    console.print(f"{data['model']} · {m['cpu']} · {m['threads'] or 'all'} threads · {mode}, {data['max_tokens']} tokens, {data['runs']} alternating rounds")
     for w in data["workloads"]:
         plain = w["plain"]
         table = Table(title=f"{w['workload']} ({w['prompt_tokens']} prompt tokens)", title_justify="left")
@@ -106,6 +108,9 @@ def bench(
     ] = None,
     runs: Annotated[int, typer.Option("--runs", help="Alternating plain/speculative rounds per workload.")] = 3,
     max_tokens: opt.MaxTokens = 256,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 = greedy (the default here: exact, comparable runs).", rich_help_panel="Sampling")] = 0.0,
+    top_k: opt.TopK = opt.DEFAULT_TOP_K,
+    top_p: opt.TopP = opt.DEFAULT_TOP_P,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as one JSON object.")] = False,
     tune: Annotated[bool, typer.Option("--tune", help="Sweep draft lengths and sources; record the best per workload in the model's manifest.")] = False,
     ctx: opt.Ctx = 4096,
@@ -114,7 +119,7 @@ def bench(
 ) -> None:
     """Measure plain vs speculative decoding side by side on this machine (and tune it with --tune).
 
-    Examples: gemma bench | gemma bench gemma3:270m -w code --draft-tokens 2,4,8 --json | gemma bench --tune
+    Examples: gemma bench | gemma bench gemma3:270m -w code --draft-tokens 2,4,8 --json | gemma bench --tune | gemma bench -w chat -t 1
     """
     from gemma_cli.bench import harness, tune as tuner
     from gemma_cli.bench.workloads import resolve_workloads
@@ -123,6 +128,9 @@ def bench(
         raise UsageError(f"--runs must be at least 1, got {runs}")
     if max_tokens <= 0:
         raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    from gemma_cli.engine.sampling import SamplingParams
+
+    sampling = SamplingParams(temperature, top_k, top_p).validate()
     lengths = parse_lengths(draft_tokens)
     workloads = resolve_workloads(workload)  # bad files fail before the model loads
     pair = opt.resolve(model)
@@ -149,13 +157,16 @@ def bench(
     try:
         choices = []
         if tune:
-            choices = [tuner.tune_workload(engine, w, candidates, runs=runs, max_tokens=max_tokens, progress=progress) for w in workloads]
+            choices = [
+                tuner.tune_workload(engine, w, candidates, runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
+                for w in workloads
+            ]
             reports = [c.report for c in choices]
             combined = tuner.overall_default(choices)
             if combined is not None:
                 choices.append(combined)
         else:
-            reports = harness.bench(engine, workloads, variants_for, runs=runs, max_tokens=max_tokens, progress=progress)
+            reports = harness.bench(engine, workloads, variants_for, runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
     finally:
         engine.close()
     if tune:
@@ -166,6 +177,7 @@ def bench(
         "machine": harness.machine_description(threads or _default_threads()),
         "runs": runs,
         "max_tokens": max_tokens,
+        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         "workloads": [r.as_dict() for r in reports],
     }
     if tune:
