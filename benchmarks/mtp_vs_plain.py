@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from gemma4_factory import MID, set_target_noise, write_gemma4_pair  # noqa: E402
 
-from gemma_cli.bench.harness import CLOCK_TICK, Variant, compare  # noqa: E402
+from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, compare  # noqa: E402
 from gemma_cli.bench.workloads import Workload  # noqa: E402
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig  # noqa: E402
 from gemma_cli.engine.sampling import SamplingParams  # noqa: E402
@@ -99,6 +99,20 @@ def build_pair(threads: int, log) -> tuple[Path, Path, dict]:
     return t, a, meta
 
 
+def measure(runs: int, tokens: int, draft: int, threads: int, adaptive: bool, log) -> tuple[WorkloadReport, Path, Path, dict]:
+    """Plain vs MTP (fixed k, and adaptive if asked) on the cached pair, alternating rounds."""
+    target, assistant, meta = build_pair(threads, log)
+    variants = [Variant(f"mtp k={draft}", DraftConfig(source="mtp", tokens=draft, model_path=assistant, adaptive=False))]
+    if adaptive:
+        variants.append(Variant(f"mtp adaptive<= {draft}", DraftConfig(source="mtp", tokens=draft, model_path=assistant)))
+    engine = Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=2048, n_threads=threads))
+    try:
+        report = compare(engine, WORKLOAD, variants, runs=runs, max_tokens=tokens, progress=log)
+    finally:
+        engine.close()
+    return report, target, assistant, meta
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Gemma 4 MTP vs plain decoding on a mid-size synthetic pair")
     ap.add_argument("--runs", type=int, default=5, help="rounds (each: one plain run, one MTP run)")
@@ -112,15 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    target, assistant, meta = build_pair(args.threads, log)
-    variants = [Variant(f"mtp k={args.draft}", DraftConfig(source="mtp", tokens=args.draft, model_path=assistant, adaptive=False))]
-    if args.adaptive:
-        variants.append(Variant(f"mtp adaptive<= {args.draft}", DraftConfig(source="mtp", tokens=args.draft, model_path=assistant)))
-    engine = Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=2048, n_threads=args.threads))
-    try:
-        report = compare(engine, WORKLOAD, variants, runs=args.runs, max_tokens=args.tokens, progress=log)
-    finally:
-        engine.close()
+    report, target, assistant, meta = measure(args.runs, args.tokens, args.draft, args.threads, args.adaptive, log)
 
     plain = report.plain
     print(f"pair: target {target.stat().st_size / 1e6:.0f} MB (vocab {MID.n_vocab}, {MID.n_embd} x {MID.n_layer}), "

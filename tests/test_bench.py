@@ -201,17 +201,22 @@ def test_tuning_builtins_also_sets_the_default_run_uses(bench_model: Path, tmp_p
 
 
 def test_benchmark_script_runs_end_to_end(bench_model: Path, tmp_path: Path) -> None:
-    """benchmarks/spec_vs_plain.py (the README table) on the tiny model: every variant measured."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "spec_vs_plain.py"
+    """benchmarks/performance.py (the README table) on the tiny model: every variant and the guard measured."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "performance.py"
     out = tmp_path / "table.json"
     proc = subprocess.run(
-        [sys.executable, str(script), "--model", str(bench_model), "--workloads", "chat", "--runs", "1",
-         "--max-tokens", "12", "--threads", "1", "--json", str(out)],
+        [sys.executable, str(script), "--model", str(bench_model), "--workloads", "chat", "--guard-workloads", "prose",
+         "--runs", "1", "--max-tokens", "12", "--threads", "1", "--no-mtp", "--json", str(out)],
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Python overhead per step outside llama_decode" in proc.stdout and "mtp_vs_plain.py" in proc.stdout
-    (w,) = json.loads(out.read_text())["workloads"]
+    assert "Python overhead per step outside llama_decode" in proc.stdout and "runtime guard" in proc.stdout
+    data = json.loads(out.read_text())
+    (w,) = data["workloads"]
     assert [v["draft_source"] for v in w["speculative"]] == ["ngram", "model"]
     for v in w["speculative"]:
         assert v["ratios"] and all(r > 0 for r in v["ratios"]) and 0.0 <= v["acceptance_rate"] <= 1.0
+    (g,) = data["guard"]["workloads"]
+    assert g["workload"] == "prose" and data["guard"]["sampling"]["temperature"] == 1.0
+    assert [v["draft_source"] for v in g["speculative"]] == ["ngram"] and g["speculative"][0]["ratios"][0] > 0
+    assert data["mtp_synthetic"] is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gemma_cli.engine.adaptive import DraftController
-from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, residual, warp
+from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, residual, top_k_ids, warp
 from gemma_cli.engine.textstream import TextStream
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.10], dtype=np.float32))
@@ -23,6 +23,17 @@ def test_warp_filters():
     d = warp(LOGITS, SamplingParams(temperature=1.0, top_p=0.7))  # 0.5 + 0.25 reaches 0.7
     assert d.ids.tolist() == [0, 1] and np.allclose(d.probs, [2 / 3, 1 / 3])
     assert warp(LOGITS, SamplingParams(temperature=1.0, min_p=0.4)).ids.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 3.0, 40.0])
+@pytest.mark.parametrize("k", [1, 64, 5000])
+def test_top_k_ids_is_exactly_the_k_largest(scale, k):
+    """The windowed fast path and the full-partition fallback both give the exact top-k set."""
+    rng = np.random.default_rng(int(scale * 100) + k)
+    row = (rng.standard_normal(50_000) * scale).astype(np.float32)
+    got = np.sort(top_k_ids(row, k))
+    want = np.sort(np.argsort(-row, kind="stable")[:k])
+    assert np.array_equal(got, want)
 
 
 def test_draw_follows_the_distribution():

@@ -89,7 +89,7 @@ class Engine:
         self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self._cached: list[int] = []  # tokens whose KV is in self.ctx (sequence 0)
         self._cancel = threading.Event()
-        self.costs = PassCosts()  # what passes cost here, measured once and kept across generations
+        self.costs = PassCosts()  # measured pass costs that sampled generations keep (see adaptive.py)
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
         self._drafter_model: Model | None = None
@@ -271,7 +271,7 @@ class Generation:
             # Timing may steer k only where k cannot change the output (see adaptive.py).
             measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
             draft_cost=eng.drafter.relative_cost,
-            costs=eng.costs,
+            costs=None if self.sampling.greedy else eng.costs,
         )
         sampler = TokenSampler(self.sampling)
         stream = TextStream(self.stop)
