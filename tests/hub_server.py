@@ -38,7 +38,7 @@ class HubState:
     private: set[str] = field(default_factory=set)  # repos answering 401 RepoNotFound
     forbidden: set[str] = field(default_factory=set)  # repos answering a bare 403
     drop_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, once
-    stall_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, until release()
+    stall_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, hang until release(), then drop
     ignore_range: bool = False
     throttle: float = 0.0  # seconds to sleep per 4 KiB chunk
     bytes_served: dict[str, int] = field(default_factory=dict)
@@ -149,7 +149,11 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
                 return
             if stall is not None and not st.released.is_set() and pos >= stall:
+                # Hang until released, then drop: the client this transfer stalled on is
+                # gone by then, and writing on would only fill a dead socket's buffer.
                 st.released.wait(30)
+                self.close_connection = True
+                return
             if st.throttle:
                 time.sleep(st.throttle)
 
