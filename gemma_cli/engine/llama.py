@@ -269,6 +269,9 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+VIEW_ROWS = 64  # rows a logits view spans: more than any draft verification needs
+
+
 class Context:
     """One llama.cpp context (sequence 0) with a reusable batch and KV trimming.
 
@@ -372,13 +375,15 @@ class Context:
     def logits(self) -> np.ndarray:
         """(n_outputs, n_vocab) float32 view over llama.cpp's logits buffer. Valid until the next decode.
 
-        The view is rebuilt only when llama.cpp moved its buffer: building a
-        ctypes array type per step would cost more than the rest of the step.
+        The view is rebuilt only when llama.cpp moved its buffer or a batch
+        has more rows than it covers: building a ctypes array type costs more
+        than the rest of a step. It covers VIEW_ROWS at once (only the first
+        n_outputs are ever read), so growing drafts do not rebuild it.
         """
         ptr = lib().llama_get_logits(self.ptr)
         addr = ctypes.cast(ptr, ctypes.c_void_p).value
         if addr != self._logits_addr or self.n_outputs > self._logits_view.shape[0]:
-            rows = max(self.n_outputs, 1)
+            rows = max(self.n_outputs, VIEW_ROWS)
             self._logits_view = np.ctypeslib.as_array(ptr, shape=(rows, self.model.n_vocab))
             self._logits_addr = addr
         return self._logits_view[: self.n_outputs]
