@@ -82,6 +82,17 @@ def test_same_seed_same_output(ngram_engine):
     assert a == b
 
 
+def test_only_sampled_generations_keep_pass_costs_in_the_engine(ngram_engine):
+    """Greedy generations measure afresh (faster on text that copies); sampled ones reuse the engine's costs."""
+    ngram_engine.generate("abcabcabcabc", max_tokens=24, sampling=GREEDY).text()
+    assert ngram_engine.costs.verify == {}
+    sp = SamplingParams(temperature=0.9, top_k=20, seed=1)
+    ngram_engine.generate("abcabcabcabc", max_tokens=24, sampling=sp).text()
+    assert 1 in ngram_engine.costs.verify
+    ngram_engine.set_draft(DraftConfig(source="ngram", tokens=8))  # same drafter: costs stay true
+    assert 1 in ngram_engine.costs.verify
+
+
 def test_cancel_keeps_kv_consistent(tiny_model, ngram_engine):
     g = ngram_engine.generate("the cat sat on the mat", max_tokens=200, sampling=GREEDY)
     for i, _ in enumerate(g):

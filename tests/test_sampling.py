@@ -112,6 +112,25 @@ def test_failed_probes_back_off():
     assert ks.count(1) == 0  # the next probe waits 16 steps
 
 
+def test_shared_pass_costs_carry_measurements_into_the_next_generation():
+    """Sampled generations reuse what earlier ones measured: no plain step to re-measure, no re-exploration."""
+    from gemma_cli.engine.adaptive import PassCosts
+
+    costs = PassCosts()
+    first = DraftController(4, costs=costs)
+    assert first.next_k() == 0  # nothing measured yet: one plain step first
+    for b in range(1, 6):  # every extra verified token costs a full step: drafting cannot pay
+        first.record(b - 1, b - 1, b, 0.010 * b, 0.0)
+    second = DraftController(4, costs=costs)
+    assert [second.next_k() for _ in range(50)] == [0] * 50
+    fresh = DraftController(4)  # measuring afresh: the same first step, then optimism
+    assert fresh.next_k() == 0
+    fresh.record(0, 0, 1, 0.010, 0.0)
+    assert fresh.next_k() > 0
+    untimed = DraftController(4, measure_time=False, costs=costs)  # timing off ignores shared costs
+    assert untimed.next_k() > 0
+
+
 def test_a_drafter_that_cannot_pay_even_when_always_right_is_never_probed():
     """Self-drafting: each proposed token costs a full target step, so even 100% acceptance loses."""
     c = DraftController(8, draft_cost=1.0)
