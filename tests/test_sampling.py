@@ -131,6 +131,15 @@ def test_shared_pass_costs_carry_measurements_into_the_next_generation():
     assert untimed.next_k() > 0
 
 
+def test_sampled_generations_do_not_price_unmeasured_lengths_as_cheap():
+    """Greedy explores long drafts at once; sampled ones start short (unmeasured sizes at the prior)."""
+    eager, careful = DraftController(8), DraftController(8, optimistic=False)
+    for c in (eager, careful):
+        c.record(0, 0, 1, 0.010, 0.0)
+    assert eager.next_k() >= 2
+    assert careful.next_k() == 1
+
+
 def test_a_drafter_that_cannot_pay_even_when_always_right_is_never_probed():
     """Self-drafting: each proposed token costs a full target step, so even 100% acceptance loses."""
     c = DraftController(8, draft_cost=1.0)

@@ -17,8 +17,9 @@ try long drafts early, which on text that copies is where the speed is
 (keeping costs across greedy generations measured slower: code rewrite
 1.77x -> 1.56x, chat 1.55x -> 1.45x). Sampled generations accept a
 deterministic draft with probability p(d), far less often and in shorter
-runs, so exploring rarely pays: they reuse the `PassCosts` the engine kept
-from earlier generations.
+runs, so exploring rarely pays: they price sizes not measured yet at the
+prior (0.5 plain steps per extra token) rather than as cheap, and reuse the
+`PassCosts` the engine kept from earlier generations (a chat session).
 
 When no k > 0 beats plain decoding, drafting pauses, probing with k=1 at
 exponentially growing intervals (8, 16, ... 128 steps) for as long as the
@@ -72,7 +73,8 @@ class DraftController:
     """Chooses k for each step of one generation from its acceptance so far and what passes cost.
 
     `costs` shares measurements with earlier generations (default: measure
-    afresh); `measure_time=False` ignores timing altogether (fixed prior costs).
+    afresh); `optimistic=False` prices sizes not measured yet at the prior
+    instead of as cheap; `measure_time=False` ignores timing altogether.
     """
 
     def __init__(
@@ -83,10 +85,12 @@ class DraftController:
         measure_time: bool = True,
         draft_cost: float = 0.0,
         costs: PassCosts | None = None,
+        optimistic: bool = True,
     ) -> None:
         self.k_max = k_max
         self.adaptive = adaptive
         self.measure_time = measure_time
+        self._unmeasured_per_token = OPTIMISTIC_PER_TOKEN if measure_time and optimistic else PRIOR_PER_TOKEN
         self._hits = 2.0  # prior: a = 2/3
         self._misses = 1.0
         self._by_key: dict[object, list[float]] = {}  # per proposal class: [hits, misses]
@@ -119,7 +123,7 @@ class DraftController:
         known = self._t_verify
         if batch in known:
             return known[batch]
-        per_token = OPTIMISTIC_PER_TOKEN if self.measure_time else PRIOR_PER_TOKEN
+        per_token = self._unmeasured_per_token
         if not known:
             return 1.0 + per_token * (batch - 1)
         smaller = [b for b in known if b < batch]

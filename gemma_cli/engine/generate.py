@@ -272,6 +272,7 @@ class Generation:
             measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
             draft_cost=eng.drafter.relative_cost,
             costs=None if self.sampling.greedy else eng.costs,
+            optimistic=self.sampling.greedy,
         )
         sampler = TokenSampler(self.sampling)
         stream = TextStream(self.stop)
