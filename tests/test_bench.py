@@ -220,3 +220,5 @@ def test_benchmark_script_runs_end_to_end(bench_model: Path, tmp_path: Path) -> 
     assert g["workload"] == "prose" and data["guard"]["sampling"]["temperature"] == 1.0
     assert [v["draft_source"] for v in g["speculative"]] == ["ngram"] and g["speculative"][0]["ratios"][0] > 0
     assert data["mtp_synthetic"] is None
+    assert set(data["guard"]["one_shot_ratios"]) == {"prose"} and data["guard"]["one_shot_ratios"]["prose"][0] > 0
+    assert "one-shot" in proc.stdout
