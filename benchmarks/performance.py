@@ -88,7 +88,7 @@ def print_table(reports: list[WorkloadReport], targets: dict[str, float] = TARGE
                 f"{v['ttft_s'] * 1000:>5.0f}ms {_ms(v['overhead_ms_per_step']):>10}"
             )
             if not v["same_output_as_plain"]:
-                print(f"{'':<10} {'':<14} note: output differs from plain in some round (batched verification vs single-token numerics)")
+                print(f"{'':<10} {'':<14} note: output differs from plain in some round (batched vs single-token numerics; or a drafter model sampling its proposals)")
         print()
 
 
@@ -118,7 +118,7 @@ def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float
                     tokens = engine.prompt_tokens(builtin(name).prompt)
                     sampling = SamplingParams(SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p, seed=r)
                     rates[source] = run_once(engine, tokens, args.max_tokens, sampling).tokens_per_s
-            ratios.append(rates["ngram"] / rates["none"])
+            ratios.append(rates["ngram"] / rates["none"] if rates["none"] > 0 else 0.0)
             print(f"  {name} one-shot round {r + 1}/{args.runs}: ratio {ratios[-1]:.2f}", file=sys.stderr, flush=True)
     return out
 

@@ -124,6 +124,31 @@ def test_kv_holds_exactly_the_accepted_positions(tiny_model, tiny_drafter):
     assert eng.ctx.pos_max() + 1 == eng.ctx.n_past == eng.cached_tokens
 
 
+def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, tiny_drafter):
+    """A model drafter's first proposal ingests the whole prompt: a one-off, reported apart from drafting."""
+    from gemma_cli.engine.drafters import ModelDrafter
+    from gemma_cli.engine.llama import Model
+    from gemma_cli.engine.speculative import TokenSampler
+
+    target = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=1))
+    model = Model(tiny_drafter)
+    drafter = ModelDrafter(model, n_ctx=512, n_threads=1)
+    try:
+        drafter.attach(target.ctx)
+        history = target.tokenize("the cat sat on the mat. " * 12)
+        drafter.begin(history)
+        sampler = TokenSampler(GREEDY)
+        draft, _ = drafter.propose(history, 3, sampler)
+        assert len(draft) == 3 and drafter.catch_up_seconds > 0
+        history = history + draft[:1] + [draft[1]]  # one draft accepted, then the target's own token
+        drafter.propose(history, 3, sampler)
+        assert drafter.catch_up_seconds == 0.0  # only the usual single token to ingest
+    finally:
+        drafter.close()
+        model.close()
+        target.close()
+
+
 def test_context_full_stops_generation(tiny_model):
     eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=8), EngineConfig(n_ctx=32))
     g = eng.generate("abcabcabc", max_tokens=500, sampling=GREEDY)

@@ -8,10 +8,11 @@ the same loaded `Engine` (switching with `engine.set_draft`), and the speedup
 is the median of the per-round ratios, reported with its min-max spread.
 
 Runs are greedy by default; sampled runs use the same seed for both sides
-of a round. Either way verification is lossless and the engine couples the
-target's draws to output positions, so both sides produce the same text
-(up to near-ties in batched arithmetic). Stop strings are disabled and the
-token budget fixed;
+of a round. Greedy, and sampled with deterministic drafts (n-gram), both
+sides produce the same text up to near-ties in batched arithmetic (the
+engine couples the target's draws to output positions); a drafter model
+that samples its proposals gives the same distribution, not the same text.
+Stop strings are disabled and the token budget fixed;
 an end-of-generation token can still end a run early, so rates always use the
 tokens actually generated. The wall clock on some VMs ticks in steps of
 milliseconds: runs should last seconds, and `timing_reliable` says whether

@@ -61,7 +61,7 @@ class PassCosts:
         prev = self.verify.get(batch)
         self.verify[batch] = verify_s if prev is None else DECAY * prev + (1 - DECAY) * verify_s
         if proposed:
-            per_token = draft_s / proposed
+            per_token = max(draft_s, 0.0) / proposed
             prev_d = self.draft_per_token
             self.draft_per_token = per_token if prev_d is None else DECAY * prev_d + (1 - DECAY) * per_token
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from gemma_cli.engine.clock import step_clock
 from gemma_cli.engine.sampling import Dist
 from gemma_cli.errors import IncompatibleModelsError
 
@@ -23,6 +24,7 @@ class Drafter(Protocol):
     relative_cost: float  # drafting one token, in plain target steps; 0 = free to propose before deciding k
     last_key: object  # class of the last proposal (n-gram: matched length), read when relative_cost is 0
     samples_proposals: bool  # sampled generations draw proposals from the drafter's own distribution
+    catch_up_seconds: float  # of the last proposal, time spent ingesting history beyond one token (prefill, after a pause)
 
     def attach(self, target: "Context") -> None:
         """Called once the target context exists (MTP links its context here)."""
@@ -49,6 +51,7 @@ class NoDrafter:
     relative_cost = 0.0  # cost of drafting one token, in plain target steps (a prior)
     last_key: object = None  # class of the last proposal (n-gram: matched length), for the controller
     samples_proposals = False  # proposals are deterministic (one-hot) even when the user samples
+    catch_up_seconds = 0.0  # a one-off the controller must not read as a cost per drafted token
 
     def attach(self, target: "Context") -> None:
         pass
@@ -175,7 +178,10 @@ class ModelDrafter(NoDrafter):
             self.ctx.trim(i)
             del cached[i:]
         missing = list(history[i:])
+        t0 = step_clock()
         self.ctx.decode(missing, n_outputs=1)
+        if len(missing) > 1:  # beyond the usual one token: the prompt, or what a pause skipped
+            self.catch_up_seconds = (step_clock() - t0) * (len(missing) - 1) / len(missing)
         cached.extend(missing)
         self._confirmed = len(cached) - 1
 
@@ -185,6 +191,7 @@ class ModelDrafter(NoDrafter):
         k = min(k, self.ctx.n_ctx - len(history) - 1)
         if k <= 0:
             return [], None
+        self.catch_up_seconds = 0.0
         self._sync(history)
         tokens: list[int] = []
         dists: list[Dist] = []

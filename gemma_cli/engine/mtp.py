@@ -152,6 +152,7 @@ class MTPDrafter:
     name = "mtp"
     last_key = None  # proposals are costly: k is decided before proposing, no per-class record
     samples_proposals = True  # sampled generations use rejection sampling against the assistant's distributions
+    catch_up_seconds = 0.0  # the assistant reads the target's KV: nothing to catch up on
 
     def __init__(self, target_model: Model, assistant_model: Model, target_ctx: Context) -> None:
         # Header checks (cached, so repeating the engine's pre-load call is free):

@@ -97,6 +97,8 @@ def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
     near the top, widening the window until it holds at least k of them.
     """
     n = logits.shape[0]
+    if k >= n:
+        return np.arange(n)
     top = float(logits.max())
     for margin in (8.0, 16.0, 32.0):
         near = np.flatnonzero(logits >= top - margin)

@@ -143,7 +143,8 @@ def decode_steps(
         target.trim(kept)
         drafter.after_verify(target, target.last_batch_len - 1 - (len(draft) - n_acc))
         if len(pending) == 1:  # prompt evaluation would skew the per-step costs
-            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0, key)
+            # A drafter's prompt prefill is a one-off: charged per drafted token it would lock drafting out.
+            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0 - drafter.catch_up_seconds, key)
             stats.step_seconds += t2 - t0
         stats.draft_proposed += len(draft)
         stats.draft_accepted += n_acc
