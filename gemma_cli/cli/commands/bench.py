@@ -131,6 +131,8 @@ def bench(
     from gemma_cli.engine.sampling import SamplingParams
 
     sampling = SamplingParams(temperature, top_k, top_p).validate()
+    if sampling.greedy and (top_k, top_p) != (opt.DEFAULT_TOP_K, opt.DEFAULT_TOP_P):
+        raise UsageError("--top-k and --top-p shape sampling, and bench runs greedy by default; add --temperature, e.g. -t 1")
     lengths = parse_lengths(draft_tokens)
     workloads = resolve_workloads(workload)  # bad files fail before the model loads
     pair = opt.resolve(model)
