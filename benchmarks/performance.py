@@ -29,12 +29,13 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, busy_warning, compare, machine_description  # noqa: E402
+from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, bench, busy_warning, machine_description  # noqa: E402
 from gemma_cli.bench.workloads import BUILTIN, builtin  # noqa: E402
 from gemma_cli.engine.sampling import SamplingParams  # noqa: E402
 
@@ -93,13 +94,11 @@ def print_table(reports: list[WorkloadReport], targets: dict[str, float] = TARGE
 
 
 def run_rounds(engine, names: list[str], variants: list[Variant], args, sampling: SamplingParams | None = None) -> list[WorkloadReport]:
-    reports = []
-    for name in names:
-        reports.append(compare(
-            engine, builtin(name), variants, runs=args.runs, max_tokens=args.max_tokens, sampling=sampling,
-            progress=lambda line: print("  " + line, file=sys.stderr, flush=True),
-        ))
-    return reports
+    """The built-in workloads `names`, each against `variants`, alternating with plain decoding."""
+    return bench(
+        engine, [builtin(name) for name in names], lambda _workload: variants, runs=args.runs, max_tokens=args.max_tokens,
+        sampling=sampling, progress=lambda line: print("  " + line, file=sys.stderr, flush=True),
+    )
 
 
 def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float]]:
@@ -108,16 +107,15 @@ def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float
     from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 
     out: dict[str, list[float]] = {}
+    config = EngineConfig(n_ctx=4096, n_threads=args.threads)
     for name in names:
+        prompt = builtin(name).prompt
         ratios = out[name] = []
         for r in range(args.runs):
             rates = {}
             for source in ("none", "ngram") if r % 2 == 0 else ("ngram", "none"):
-                config = EngineConfig(n_ctx=4096, n_threads=args.threads)
                 with Engine(model, DraftConfig(source=source, tokens=args.ngram_tokens), config) as engine:
-                    tokens = engine.prompt_tokens(builtin(name).prompt)
-                    sampling = SamplingParams(SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p, seed=r)
-                    rates[source] = run_once(engine, tokens, args.max_tokens, sampling).tokens_per_s
+                    rates[source] = run_once(engine, engine.prompt_tokens(prompt), args.max_tokens, replace(SAMPLED, seed=r)).tokens_per_s
             ratios.append(rates["ngram"] / rates["none"] if rates["none"] > 0 else 0.0)
             print(f"  {name} one-shot round {r + 1}/{args.runs}: ratio {ratios[-1]:.2f}", file=sys.stderr, flush=True)
     return out

@@ -45,6 +45,10 @@ PRIOR_PER_TOKEN = 0.5  # fixed cost model when timing is off
 PROBE_MIN, PROBE_MAX = 8, 128
 
 
+def _decayed_mean(prev: float | None, value: float) -> float:
+    return value if prev is None else DECAY * prev + (1 - DECAY) * value
+
+
 class PassCosts:
     """Measured seconds per target pass by batch size, and per drafted token (decayed means).
 
@@ -57,13 +61,9 @@ class PassCosts:
         self.draft_per_token: float | None = None
 
     def observe(self, batch: int, verify_s: float, proposed: int, draft_s: float) -> None:
-        verify_s = max(verify_s, 1e-9)
-        prev = self.verify.get(batch)
-        self.verify[batch] = verify_s if prev is None else DECAY * prev + (1 - DECAY) * verify_s
+        self.verify[batch] = _decayed_mean(self.verify.get(batch), max(verify_s, 1e-9))
         if proposed:
-            per_token = max(draft_s, 0.0) / proposed
-            prev_d = self.draft_per_token
-            self.draft_per_token = per_token if prev_d is None else DECAY * prev_d + (1 - DECAY) * per_token
+            self.draft_per_token = _decayed_mean(self.draft_per_token, max(draft_s, 0.0) / proposed)
 
     def forget_drafter(self) -> None:
         self.draft_per_token = None
