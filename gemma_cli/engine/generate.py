@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from gemma_cli.engine.adaptive import DraftController, PassCosts
-from gemma_cli.engine.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, check_vocab_compatible
+from gemma_cli.engine.draft_length import DraftLengthController
+from gemma_cli.engine.drafters import Drafter, ModelDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.speculative import TokenSampler, decode_steps
@@ -119,7 +120,9 @@ class Engine:
         if draft.source == "none":
             return NoDrafter()
         if draft.source == "ngram":
-            return NgramDrafter(draft.ngram_max, draft.ngram_min)
+            from gemma_cli.engine.suffix_drafter import SuffixDrafter
+
+            return SuffixDrafter()
         if draft.source == "mtp":  # the target itself was checked when it loaded
             from gemma_cli.engine.mtp_pair import check_mtp_pair
 
@@ -265,15 +268,18 @@ class Generation:
         stats.prompt_tokens = len(tokens)
         stats.prompt_evaluated = len(pending)
         k_max = 0 if eng.draft.source == "none" else eng.draft.tokens
-        controller = DraftController(
-            k_max,
-            adaptive=eng.draft.adaptive,
-            # Timing may steer k only where k cannot change the output (see adaptive.py).
-            measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
-            draft_cost=eng.drafter.relative_cost,
-            costs=None if self.sampling.greedy else eng.costs,
-            optimistic=self.sampling.greedy,
-        )
+        if getattr(eng.drafter, "gives_confidences", False):  # k from the drafter's per-token confidences
+            controller: DraftController = DraftLengthController(k_max, adaptive=eng.draft.adaptive, costs=eng.costs)
+        else:
+            controller = DraftController(
+                k_max,
+                adaptive=eng.draft.adaptive,
+                # Timing may steer k only where k cannot change the output (see adaptive.py).
+                measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
+                draft_cost=eng.drafter.relative_cost,
+                costs=None if self.sampling.greedy else eng.costs,
+                optimistic=self.sampling.greedy,
+            )
         sampler = TokenSampler(self.sampling)
         stream = TextStream(self.stop)
         out_tokens: list[int] = []

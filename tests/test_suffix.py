@@ -1,0 +1,265 @@
+"""The suffix trie against brute force, and the suffix drafter's losslessness through the real engine."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from gemma_cli.engine.draft_length import DraftLengthController
+from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.engine.sampling import SamplingParams
+from gemma_cli.engine.suffix import BEST, CHILDREN, CONT, COUNT, LAST, Follower, SuffixTrie, continuation
+from gemma_cli.engine.suffix_drafter import SuffixDrafter
+from lossless import check_greedy_lossless, check_sampled_coupling, chi_square_pvalue, exact_continuations, sample_outcomes
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+# -- the structure -----------------------------------------------------------------------
+
+
+def _brute_match(tokens: list[int], depth: int) -> tuple[int, int, Counter]:
+    """Longest suffix (< depth) ending earlier too: (length, occurrences, continuations)."""
+    last = len(tokens) - 1
+    for d in range(min(depth - 1, len(tokens)), 0, -1):
+        suffix = tokens[-d:]
+        ends = [e for e in range(d - 1, last) if tokens[e - d + 1 : e + 1] == suffix]
+        if ends:
+            return d, len(ends) + 1, Counter(tokens[e + 1] for e in ends)
+    return 0, 0, Counter()
+
+
+def _random_text(rng: random.Random) -> list[int]:
+    vocab = rng.choice([2, 3, 5, 30])
+    text = [rng.randrange(vocab) for _ in range(rng.randint(1, 160))]
+    if len(text) > 20 and rng.random() < 0.5:  # a long copy, as in code edits
+        a = rng.randrange(len(text) - 10)
+        text += text[a : a + rng.randint(5, 60)]
+    return text
+
+
+def test_trie_matches_brute_force_on_random_strings():
+    rng = random.Random(12)
+    checked = 0
+    for _ in range(400):
+        depth = rng.choice([2, 3, 4, 8, 16])
+        text = _random_text(rng)
+        trie = SuffixTrie(depth)
+        cuts = sorted({rng.randint(1, len(text)) for _ in range(4)} | {len(text)})
+        for cut in cuts:  # extended in pieces, as the decode loop does
+            trie.extend(text[len(trie.tokens) : cut])
+            d, node = trie.longest_match()
+            bd, count, conts = _brute_match(text[:cut], depth)
+            assert d == bd, (text[:cut], depth)
+            if d == 0:
+                assert node is None
+                continue
+            children = {trie.tokens[c[LAST]]: c[COUNT] for c in node[CHILDREN].values()}
+            assert node[COUNT] == count
+            assert children == dict(conts)
+            assert node[CONT] == sum(conts.values())
+            best = node[BEST]
+            assert best[COUNT] == max(conts.values())
+            # ties go to the continuation seen most recently
+            tied = [c for c in node[CHILDREN].values() if c[COUNT] == best[COUNT]]
+            assert best[LAST] == max(c[LAST] for c in tied)
+            checked += 1
+    assert checked > 300
+
+
+def test_continuation_copies_the_text_after_the_match_and_runs_into_the_draft():
+    trie = SuffixTrie(4)
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    trie.extend(text)
+    d, node = trie.longest_match()
+    assert d == 3
+    toks, feats = continuation(trie, node, d, 8)
+    assert toks == [4, 5, 6, 7, 8, 9, 1, 2]  # past the depth it copies the token array
+    assert feats[0] == (3, 1, 1) and [f[0] for f in feats] == list(range(3, 11))
+    periodic = SuffixTrie(8)
+    periodic.extend([7, 1, 2, 1, 2, 1])
+    d, node = periodic.longest_match()
+    toks, _ = continuation(periodic, node, d, 6)
+    assert toks == [2, 1, 2, 1, 2, 1]  # the period goes on into the draft
+
+
+def test_continuation_prefers_the_most_frequent_then_the_most_recent():
+    trie = SuffixTrie(8)
+    trie.extend([5, 1, 9, 5, 1, 9, 5, 1, 7, 5, 1])  # after "5 1": 9 twice, 7 once
+    d, node = trie.longest_match()
+    toks, feats = continuation(trie, node, d, 1)
+    assert toks == [9] and feats[0][1:] == (3, 2)
+    trie.extend([7, 5, 1])  # now 9 twice, 7 twice: the latest wins
+    d, node = trie.longest_match()
+    assert continuation(trie, node, d, 1)[0] == [7]
+
+
+def test_follower_finds_the_longest_match_in_another_text():
+    rng = random.Random(5)
+    for _ in range(200):
+        memory_text = _random_text(rng)
+        trie = SuffixTrie(64)
+        trie.extend(memory_text)
+        trie.end_document()
+        query = _random_text(rng)
+        if rng.random() < 0.5:
+            a = rng.randrange(len(memory_text))
+            query += memory_text[a : a + rng.randint(1, 40)]
+        follower = Follower(trie)
+        follower.feed(query[: len(query) // 2])
+        follower.feed(query[len(query) // 2 :])
+        best = 0
+        for d in range(1, len(query) + 1):
+            suffix = query[-d:]
+            if any(memory_text[s : s + d] == suffix for s in range(len(memory_text) - d + 1)):
+                best = d
+        assert follower.length == best
+        if best:
+            pos = follower.pos
+            assert trie.tokens[pos - best + 1 : pos + 1] == query[-best:]
+
+
+def test_drafter_remembers_earlier_requests():
+    drafter = SuffixDrafter()
+    story = list(range(100, 160))
+    drafter.begin([1, 2, 3] + story)  # request 1: its text goes to memory when request 2 starts elsewhere
+    drafter.begin([9, 9] + story[:10])
+    toks, _ = drafter.propose([9, 9] + story[:10], 8, None)
+    assert toks == story[10:18]
+    assert len(drafter.confidences) == 8
+
+
+def test_confidences_follow_what_the_target_did():
+    """Proposals scored against the history that followed: repeated hits raise p, misses lower it."""
+    rng = random.Random(1)
+    drafter = SuffixDrafter()
+    text = [rng.randrange(1000) for _ in range(40)]
+    history = text * 2
+    drafter.begin(history[:45])
+    drafter.propose(history[:45], 8, None)
+    start = drafter.confidences[0]
+    for n in range(46, 80):
+        drafter.propose(history[:n], 8, None)
+    assert drafter.confidences[0] > start + 0.1
+    noise = history[:80]
+    for _ in range(60):  # the text stops repeating: what followed each match is never what comes
+        noise = noise + [rng.randrange(1000, 2000) for _ in range(1)] + noise[-3:]
+        drafter.propose(noise, 8, None)
+    assert drafter.calibrator.p(drafter._pending[-1][2][0]) < start if drafter._pending else True
+
+
+def test_controller_drafts_only_where_confidence_pays():
+    # plain-step units, shaped like a CPU's: 8 and 16 rows cost less than 5 or 9
+    curve = [1.0, 2.0, 2.5, 2.9, 4.1, 4.0, 3.8, 3.5, 4.8, 4.7, 4.5, 4.4, 4.35, 4.3, 4.3, 4.3]
+    c = DraftLengthController(15)
+    c._t_verify.update({b: cost for b, cost in enumerate(curve, start=1)})
+    assert c.next_k((0.5,) * 15) == 0
+    assert c.next_k((0.99,) * 15) == 15
+    assert c.next_k((0.99,) * 7 + (0.05,) * 8) == 7
+
+
+# -- through the engine ------------------------------------------------------------------
+
+TINY_PROMPTS = ["abcabcabcab", "hello hello hello hel", "the cat sat on the mat. the cat sat", "x=1; y=2; x=1; y="]
+
+
+def _engine(path, source, n_ctx=512, **draft):
+    return Engine(path, DraftConfig(source=source, **draft), EngineConfig(n_ctx=n_ctx, n_threads=2))
+
+
+def _flat_costs(engine: Engine, k: int) -> None:
+    """Passes priced alike: the adaptive controller then drafts whenever it expects a gain, whatever the machine."""
+    engine.costs.verify.update({b: 1e-3 * (1 + 0.1 * (b - 1)) for b in range(1, k + 2)})
+
+
+def test_greedy_lossless_tiny_adaptive_and_across_requests(tiny_model):
+    plain = _engine(tiny_model, "none")
+    spec = _engine(tiny_model, "ngram", tokens=8)
+    verdicts, proposed = [], 0
+    for round_ in range(2):  # the second round drafts from the first round's text too
+        for text in TINY_PROMPTS:
+            prompt = plain.tokenize(text)
+            ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)
+            ref.text()
+            spec.reset()
+            _flat_costs(spec, 8)
+            got = spec.generate(prompt, max_tokens=48, sampling=GREEDY)
+            got.text()
+            verdicts.append(check_greedy_lossless(plain, prompt, ref.result, got.result))
+            proposed += got.result.stats.draft_proposed
+    assert isinstance(spec.drafter, SuffixDrafter)
+    assert proposed > 0
+    near = [v for v in verdicts if v != "equal"]
+    assert len(near) <= len(verdicts) // 4, near
+
+
+def test_sampled_same_seed_same_text_adaptive(tiny_model):
+    plain = _engine(tiny_model, "none")
+    spec = _engine(tiny_model, "ngram", tokens=8)
+    accepted = rejected = 0
+    for seed in range(5):
+        for text in TINY_PROMPTS:
+            p = SamplingParams(temperature=0.5, top_k=40, top_p=0.95, seed=seed)
+            prompt = plain.tokenize(text)
+            ref = plain.generate(prompt, max_tokens=40, sampling=p)
+            ref.text()
+            _flat_costs(spec, 8)
+            got = spec.generate(prompt, max_tokens=40, sampling=p)
+            got.text()
+            assert check_sampled_coupling(plain, prompt, p, ref.result, got.result) == "equal"
+            accepted += got.result.stats.draft_accepted
+            rejected += got.result.stats.draft_proposed - got.result.stats.draft_accepted
+    assert accepted > 10 and rejected > 5
+
+
+PROMPT = [1, 4, 5, 6, 4, 5, 6, 4, 5]  # <s> a b c a b c a b: the trie proposes "c a b ..."
+
+
+def test_sampled_distribution_is_the_targets(small_vocab_model):
+    t1 = SamplingParams(temperature=1.0)
+    plain = _engine(small_vocab_model, "none", n_ctx=64)
+    exact = exact_continuations(plain, PROMPT, 2, t1)
+    spec = Engine(small_vocab_model, DraftConfig(source="ngram", tokens=2), EngineConfig(n_ctx=64, n_threads=1))
+    spec.costs.verify.update({1: 1e-3, 2: 1e-3, 3: 1e-3})  # drafting always looks free: every step drafts
+    counts = sample_outcomes(spec, PROMPT, 2, t1, 3000)
+    stat, p, dof = chi_square_pvalue(counts, exact)
+    assert p > 1e-3, (stat, dof)
+
+
+@pytest.mark.slow
+def test_greedy_lossless_gemma3_default_ngram(gemma3_path):
+    plain = _engine(gemma3_path, "none", n_ctx=2048)
+    spec = _engine(gemma3_path, "ngram", n_ctx=2048, tokens=16)
+    code = (
+        "Rename the parameter `conn` to `db` in this code. Reply with the full code.\n\n"
+        "def add(conn, a, b):\n    cur = conn.cursor()\n    cur.execute('INSERT INTO t VALUES (?, ?)', (a, b))\n"
+        "    conn.commit()\n    return cur.lastrowid\n\n\ndef get(conn, key):\n    cur = conn.cursor()\n"
+        "    cur.execute('SELECT * FROM t WHERE a = ?', (key,))\n    return cur.fetchone()\n"
+    )
+    verdicts, proposed = [], 0
+    for text in [code, "The quick brown fox jumps over the lazy dog. The quick brown fox", code]:
+        prompt = plain.prompt_tokens(text)
+        ref = plain.generate(prompt, max_tokens=96, sampling=GREEDY)
+        ref.text()
+        got = spec.generate(prompt, max_tokens=96, sampling=GREEDY)
+        got.text()
+        verdicts.append(check_greedy_lossless(plain, prompt, ref.result, got.result))
+        proposed += got.result.stats.draft_proposed
+    print("gemma3 270M suffix drafter:", verdicts, "proposed", proposed)
+    assert proposed > 0
+
+
+@pytest.mark.slow
+def test_sampled_same_seed_gemma3(gemma3_path):
+    plain = _engine(gemma3_path, "none", n_ctx=1024)
+    spec = _engine(gemma3_path, "ngram", n_ctx=1024, tokens=16)
+    prompt = plain.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n")
+    for seed in range(3):
+        p = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=seed)
+        ref = plain.generate(prompt, max_tokens=64, sampling=p)
+        ref.text()
+        got = spec.generate(prompt, max_tokens=64, sampling=p)
+        got.text()
+        check_sampled_coupling(plain, prompt, p, ref.result, got.result)
