@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,13 +48,14 @@ def record(args: argparse.Namespace) -> int:
         model = model if model.exists() else Path(assemble(model))
     if args.corpus and "validation" in str(args.corpus):
         raise SystemExit("refusing to record a validation set")
-    engine = Engine(model, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=2))
+    # One thread: counts do not depend on speed, and a busy machine stalls llama.cpp's spinning thread pool.
+    engine = Engine(model, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=1))
     prompts = [(f"builtin/{p.stem}", engine.prompt_tokens(p.read_text())) for p in sorted(BUILTIN.glob("*.txt"))]
     if args.corpus:
         prompts += [(f"tuning/{p.stem}", engine.tokenize(p.read_text().rstrip())) for p in sorted(args.corpus.glob("*.txt"))]
     refs = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for name, toks in prompts:
-        for seed in [None] + list(range(args.seeds)):
+    for seed in [None] + list(range(args.seeds)):  # every greedy output first
+        for name, toks in prompts:
             key = f"{name}@{'greedy' if seed is None else seed}"
             if key in refs:
                 continue
@@ -68,8 +70,9 @@ def record(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate(prompt, out, drafter, controller, curve, k_max):
+def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True):
     """The decode loop's decisions over a known output: (passes, proposed, accepted, cost, python_s)."""
+    sampler = SimpleNamespace(greedy=greedy)
     history = list(prompt)
     drafter.begin(history)
     history.append(out[0])  # the prompt pass yields the first token
@@ -79,7 +82,7 @@ def simulate(prompt, out, drafter, controller, curve, k_max):
     py = 0.0
     while n < len(out):
         t0 = time.perf_counter()
-        draft, _ = drafter.propose(history, k_max, None)
+        draft, _ = drafter.propose(history, k_max, sampler)
         key = drafter.last_key if draft else None
         k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
         draft = draft[:k]
@@ -120,7 +123,7 @@ def replay(args: argparse.Namespace) -> int:
         line = f"{key:32s} {len(ref['prompt']):5d}"
         for v in variants:
             drafter, controller = make(v, args.k, curve)
-            passes, proposed, accepted, cost, py = simulate(ref["prompt"], out, drafter, controller, curve, args.k)
+            passes, proposed, accepted, cost, py = simulate(ref["prompt"], out, drafter, controller, curve, args.k, key.endswith("@greedy"))
             speed = (len(out) - 1) / cost
             totals[v].append(speed)
             acc = accepted / proposed if proposed else 0.0
@@ -133,6 +136,42 @@ def replay(args: argparse.Namespace) -> int:
             for x in s:
                 geo *= x
             print(f"{v}: n={len(s)} geomean {geo ** (1 / len(s)):.3f}x min {s[0]:.2f}x median {s[len(s) // 2]:.2f}x")
+    return 0
+
+
+def observations(args: argparse.Namespace) -> list[tuple[tuple, bool]]:
+    """(bucket, accepted) for every token the new drafter proposed, scored against the recorded outputs."""
+    refs = json.loads(args.refs.read_text())
+    curve = full_curve(NOTES_CURVE)
+    obs: list[tuple[tuple, bool]] = []
+    for key, ref in refs.items():
+        out = ref["out"][: args.tokens]
+        if len(out) < 2:
+            continue
+        drafter, controller = make("new", args.k, curve)
+        drafter.log = []
+        simulate(ref["prompt"], out, drafter, controller, curve, args.k, key.endswith("@greedy"))
+        obs.extend(drafter.log)
+    return obs
+
+
+def fit(args: argparse.Namespace) -> int:
+    """Logistic prior over the bucket features (see suffix_drafter.prior), fitted on the tuning outputs."""
+    import numpy as np
+
+    from gemma_cli.engine.suffix_drafter import N_FEATURES, features
+
+    obs = observations(args)
+    x = np.array([features(k) for k, _ in obs], dtype=float)
+    y = np.array([ok for _, ok in obs], dtype=float)
+    w = np.zeros(N_FEATURES)
+    for _ in range(4000):  # plain gradient descent with a little L2: a few thousand rows, 20 weights
+        p = 1 / (1 + np.exp(-x @ w))
+        w -= 0.5 * (x.T @ (p - y) / len(y) + 1e-3 * w)
+    p = 1 / (1 + np.exp(-x @ w))
+    ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    print(f"{len(y)} observations, acceptance {y.mean():.3f}, log loss {ll:.4f}")
+    print("PRIOR_WEIGHTS = (" + ", ".join(f"{v:.3f}" for v in w) + ")")
     return 0
 
 
@@ -152,8 +191,12 @@ def main() -> int:
     p.add_argument("--variants", default="old,new")
     p.add_argument("--only", default=None)
     p.add_argument("--greedy-only", action="store_true")
+    f = sub.add_parser("fit")
+    f.add_argument("refs", type=Path)
+    f.add_argument("--tokens", type=int, default=256)
+    f.add_argument("--k", type=int, default=16)
     args = ap.parse_args()
-    return record(args) if args.cmd == "record" else replay(args)
+    return {"record": record, "replay": replay, "fit": fit}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,17 @@ on timing: the same seed still gives the same proposals.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from gemma_cli.engine.drafters import NoDrafter
-from gemma_cli.engine.suffix import Follower, SuffixTrie, continuation
+from gemma_cli.engine.suffix import BEST, CHILDREN, CONT, COUNT, LAST, Follower, SuffixTrie, continuation
 
 DEPTH = 16  # longest context the trie tracks (longer matches are copied, not counted)
 MEMORY_TOKENS = 32768  # text kept from earlier requests; halved (oldest dropped) when full
-PRIOR_WEIGHT = 3.0  # pseudo-observations behind each bucket's prior
+MIN_RUN = 0.01  # a proposal ends where the chance that the target agrees up to there falls below this
+PRIOR_WEIGHT = 2.0  # pseudo-observations behind each bucket's prior
 
-# Prior acceptance by context length, for a continuation seen once (n = c = 1) in this request.
 _CTX_EDGES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
@@ -39,53 +40,121 @@ def _ctx_bucket(d: int) -> int:
 
 
 def _agreement(n: int, c: int) -> int:
-    """0: a single earlier occurrence; 1: unanimous over several; 2: a clear majority; 3: contested."""
+    """0: one earlier occurrence; 1: two, unanimous; 2: three or more, unanimous; 3: a majority; 4: contested."""
     if n <= 1:
         return 0
     if c == n:
-        return 1
-    return 2 if 2 * c > n else 3
+        return 1 if n == 2 else 2
+    return 3 if 2 * c > n else 4
 
 
-def feature_key(source: int, d: int, n: int, c: int, hot: int) -> tuple[int, int, int, int]:
-    """The calibration bucket of one proposed token."""
-    return (source, _ctx_bucket(d), _agreement(n, c), hot)
+Key = tuple  # (source, context bucket, agreement, streak bucket, greedy, short-context agreement)
 
 
-def prior(key: tuple[int, int, int, int]) -> float:
-    """Acceptance before any observation: rises with context length and agreement."""
-    source, ctx, agree, hot = key
-    base = (0.10, 0.15, 0.25, 0.35, 0.45, 0.55, 0.62, 0.68, 0.72, 0.75, 0.78)[ctx]
-    base += (0.0, 0.08, 0.0, -0.12)[agree]
-    base += 0.10 if hot else -0.05
-    if source:
-        base -= 0.05
-    return min(max(base, 0.02), 0.95)
+def streak_bucket(run: int) -> int:
+    """0, 1, 2-3, 4-7, 8+ tokens the drafter has just predicted in a row."""
+    return 0 if run <= 0 else 1 if run == 1 else 2 if run <= 3 else 3 if run <= 7 else 4
+
+
+def short_agreement(n: int, c: int) -> int:
+    """How the last two tokens alone vote for the token: 0 mostly for, 1 split, 2 mostly against, 3 unseen."""
+    if n < 2:
+        return 3
+    if 4 * c >= 3 * n:
+        return 0
+    return 1 if 5 * c >= 2 * n else 2
+
+
+def feature_key(source: int, d: int, n: int, c: int, streak: int, greedy: int, short: int = 3) -> Key:
+    """The calibration bucket of one proposed token.
+
+    source: 0 this request, 1 an earlier one; d: context length matched;
+    n, c: the context's continuations and how many agree with the token;
+    streak: `streak_bucket` of the tokens up to the last emitted one that an
+    earlier proposal predicted in a row (copying, or not); greedy: the target
+    decodes greedily (sampling accepts far fewer drafts); short: `short_agreement`
+    (a long match seen once says little when what follows its last two tokens varies).
+    """
+    return (source, _ctx_bucket(d), _agreement(n, c), streak, greedy, short)
+
+
+N_FEATURES = 1 + len(_CTX_EDGES) + 4 + 4 + 3 + 3
+
+
+def features(key: Key) -> list[float]:
+    """The key as the logistic prior's inputs: bias, one-hot buckets, flags."""
+    source, ctx, agree, streak, greedy, short = key
+    x = [1.0] + [0.0] * (N_FEATURES - 1)
+    if ctx:
+        x[ctx] = 1.0
+    base = 1 + len(_CTX_EDGES) - 1
+    if agree:
+        x[base + agree] = 1.0
+    base += 4
+    if streak:
+        x[base + streak] = 1.0
+    base += 4
+    x[base + 1] = float(greedy)
+    x[base + 2] = float(source)
+    x[base + 3] = float(streak > 0 and greedy)
+    base += 3
+    if short:
+        x[base + short] = 1.0
+    return x
+
+
+# Fitted by `benchmarks/suffix_replay.py fit` on the tuning outputs (never the validation set).
+PRIOR_WEIGHTS = (0.773, -0.015, 0.353, 0.073, 0.480, 1.339, 0.993, 1.335, 1.742, 0.946, 0.000, -0.440, 0.905, -0.892, -1.328, 0.081, -0.009, -0.147, 1.702, 1.247, 0.000, 0.370, -1.290, -1.657, -1.222)
+
+
+def prior(key: Key) -> float:
+    """Acceptance before any observation (a logistic model of the key)."""
+    z = sum(w * x for w, x in zip(PRIOR_WEIGHTS, features(key)))
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 class Calibrator:
-    """Per-bucket acceptance: a Beta prior updated by observed outcomes (counts halved past a cap)."""
+    """Acceptance per bucket: the bucket's own outcomes, shrunk toward a prior that shifts online.
 
-    CAP = 400.0
+        p(b) = (hits_b + m * q_b) / (n_b + m),   q_b = sigmoid(z(b) + shift[greedy])
+
+    z is the fitted logistic prior; `shift` is learnt from every outcome
+    (one logistic-regression step each), so a text, or a sampling mode, on
+    which every bucket does worse than the tuning set moves all of them within
+    a few dozen tokens, while a bucket with enough outcomes of its own follows
+    those. Counts are halved past a cap, so old text weighs less.
+    """
+
+    CAP = 200.0
+    RATE = 0.15
 
     def __init__(self) -> None:
-        self._stats: dict[tuple, list[float]] = {}
+        self._stats: dict[Key, list[float]] = {}  # key -> [hits, n, z]
+        self.shift = [0.0, 0.0]  # sampled, greedy
 
-    def _rec(self, key: tuple) -> list[float]:
+    def _rec(self, key: Key) -> list[float]:
         rec = self._stats.get(key)
         if rec is None:
-            p = prior(key)
-            rec = self._stats[key] = [p * PRIOR_WEIGHT, (1.0 - p) * PRIOR_WEIGHT]
+            z = sum(w * x for w, x in zip(PRIOR_WEIGHTS, features(key)))
+            rec = self._stats[key] = [0.0, 0.0, z]
         return rec
 
-    def p(self, key: tuple) -> float:
-        a, b = self._rec(key)
-        return a / (a + b)
+    def _q(self, key: Key, rec: list[float]) -> float:
+        z = rec[2] + self.shift[key[4]]
+        return 1.0 / (1.0 + math.exp(-z)) if z > -30 else 0.0
 
-    def update(self, key: tuple, accepted: bool) -> None:
+    def p(self, key: Key) -> float:
         rec = self._rec(key)
-        rec[0 if accepted else 1] += 1.0
-        if rec[0] + rec[1] > self.CAP:
+        return (rec[0] + PRIOR_WEIGHT * self._q(key, rec)) / (rec[1] + PRIOR_WEIGHT)
+
+    def update(self, key: Key, accepted: bool) -> None:
+        rec = self._rec(key)
+        y = 1.0 if accepted else 0.0
+        g = key[4]
+        self.shift[g] = min(max(self.shift[g] + self.RATE * (y - self._q(key, rec)), -6.0), 6.0)
+        rec[0] += y
+        rec[1] += 1.0
+        if rec[1] > self.CAP:
             rec[0] *= 0.5
             rec[1] *= 0.5
 
@@ -106,9 +175,10 @@ class SuffixDrafter(NoDrafter):
         self._follow = Follower(self.memory)
         self.calibrator = Calibrator()
         self._pending: list[tuple[int, list[int], list[tuple]]] = []  # (start, tokens, keys) awaiting outcomes
-        self._hot = 0  # was the last emitted token the one proposed for it?
+        self._streak = 0  # streak_bucket of the tokens an earlier proposal predicted up to now
         self.confidences: list[float] = []
         self.log: list[tuple[tuple, bool]] | None = None  # (key, accepted) per scored token, when set
+        self.alternatives = False
 
     # -- text ------------------------------------------------------------------
     def begin(self, history: Sequence[int]) -> None:
@@ -118,7 +188,7 @@ class SuffixDrafter(NoDrafter):
             self._remember(local)
             self.local.clear()
         self._pending = []
-        self._hot = 0
+        self._streak = 0
         self._follow.reset()
         self.local.extend(history[len(self.local.tokens) :])
         if self.memory.tokens:
@@ -159,7 +229,7 @@ class SuffixDrafter(NoDrafter):
     def _score(self, history: Sequence[int], start: int) -> None:
         """Score pending proposals against the tokens the target produced since `start`."""
         end = len(history)
-        self._hot = 0
+        streak = 0
         still: list[tuple[int, list[int], list[tuple]]] = []
         log = self.log
         update = self.calibrator.update
@@ -171,15 +241,17 @@ class SuffixDrafter(NoDrafter):
                 update(keys[j], ok)
                 if log is not None:
                     log.append((keys[j], ok))
-                if pos + j == end - 1:
-                    self._hot = int(ok)
                 j += 1
                 if not ok:
                     done = True
                     break
-            if not done and j < len(toks):
-                still.append((pos, toks, keys))
+            if not done:
+                if pos + j == end:
+                    streak = max(streak, end - pos)
+                if j < len(toks):
+                    still.append((pos, toks, keys))
         self._pending = still
+        self._streak = streak_bucket(streak)
 
     # -- proposals -------------------------------------------------------------
     def propose(self, history, k, sampler):
@@ -187,7 +259,8 @@ class SuffixDrafter(NoDrafter):
         if k <= 0 or not history:
             return [], None
         self._sync(history)
-        hot = self._hot
+        streak = self._streak
+        greedy = 1 if sampler is None or sampler.greedy else 0
         best_toks: list[int] = []
         best_keys: list[tuple] = []
         best_ps: list[float] = []
@@ -197,17 +270,43 @@ class SuffixDrafter(NoDrafter):
         candidates = []
         if node is not None:
             candidates.append((0, continuation(self.local, node, d, k)))
+            if self.alternatives:  # a shorter context that predicts something else
+                first = candidates[0][1][0][0] if candidates[0][1][0] else None
+                active, tokens = self.local.active, self.local.tokens
+                for dd in range(d - 1, 0, -1):
+                    alt = active[dd - 1]
+                    if alt[CONT] > node[CONT] and tokens[alt[BEST][LAST]] != first:
+                        candidates.append((0, continuation(self.local, alt, dd, k)))
+                        break
         if self._follow.length > d:
             candidates.append((1, self._follow.proposal(k)))
+        root = self.local.root[CHILDREN]
+        n_hist = len(history)
         for source, (toks, feats) in candidates:
-            keys = [feature_key(source, fd, fn, fc, hot) for fd, fn, fc in feats]
-            ps = [p_of(key) for key in keys]
+            keys: list[Key] = []
+            ps: list[float] = []
             gain, run = 0.0, 1.0
-            for p in ps:
+            a, b = (history[-2], history[-1]) if n_hist >= 2 else (-2, -2)
+            for j, (fd, fn, fc) in enumerate(feats):
+                x = toks[j]
+                short = 3
+                node = root.get(a)
+                if node is not None and node[CHILDREN] is not None:
+                    node = node[CHILDREN].get(b)
+                    if node is not None and node[CHILDREN] is not None:
+                        child = node[CHILDREN].get(x)
+                        short = short_agreement(node[CONT], child[COUNT] if child is not None else 0)
+                a, b = b, x
+                key = feature_key(source, fd, fn, fc, streak, greedy, short)
+                p = p_of(key)
                 run *= p
+                if run < MIN_RUN:  # worth under 1% of a token: never drafted, not worth scoring
+                    break
+                keys.append(key)
+                ps.append(p)
                 gain += run
             if gain > best_gain:
-                best_gain, best_toks, best_keys, best_ps = gain, toks, keys, ps
+                best_gain, best_toks, best_keys, best_ps = gain, toks[: len(ps)], keys, ps
         if best_toks:
             self._pending.append((len(history), best_toks, best_keys))
         self.confidences = best_ps
