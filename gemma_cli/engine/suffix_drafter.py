@@ -22,7 +22,7 @@ import math
 from typing import Sequence
 
 from gemma_cli.engine.drafters import NoDrafter
-from gemma_cli.engine.suffix import BEST, CHILDREN, CONT, COUNT, LAST, Follower, SuffixTrie, continuation
+from gemma_cli.engine.suffix import CHILDREN, CONT, COUNT, Follower, SuffixTrie, continuation
 
 DEPTH = 16  # longest context the trie tracks (longer matches are copied, not counted)
 MEMORY_TOKENS = 32768  # text kept from earlier requests; halved (oldest dropped) when full
@@ -32,11 +32,18 @@ PRIOR_WEIGHT = 2.0  # pseudo-observations behind each bucket's prior
 _CTX_EDGES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
-def _ctx_bucket(d: int) -> int:
+def _bucket_of(d: int) -> int:
     for b, edge in enumerate(_CTX_EDGES):
         if d <= edge:
             return b
     return len(_CTX_EDGES)
+
+
+_BUCKETS = tuple(_bucket_of(d) for d in range(_CTX_EDGES[-1] + 1))
+
+
+def _ctx_bucket(d: int) -> int:
+    return _BUCKETS[d] if d <= _CTX_EDGES[-1] else len(_CTX_EDGES)
 
 
 def _agreement(n: int, c: int) -> int:
@@ -178,7 +185,6 @@ class SuffixDrafter(NoDrafter):
         self._streak = 0  # streak_bucket of the tokens an earlier proposal predicted up to now
         self.confidences: list[float] = []
         self.log: list[tuple[tuple, bool]] | None = None  # (key, accepted) per scored token, when set
-        self.alternatives = False
 
     # -- text ------------------------------------------------------------------
     def begin(self, history: Sequence[int]) -> None:
@@ -270,18 +276,11 @@ class SuffixDrafter(NoDrafter):
         candidates = []
         if node is not None:
             candidates.append((0, continuation(self.local, node, d, k)))
-            if self.alternatives:  # a shorter context that predicts something else
-                first = candidates[0][1][0][0] if candidates[0][1][0] else None
-                active, tokens = self.local.active, self.local.tokens
-                for dd in range(d - 1, 0, -1):
-                    alt = active[dd - 1]
-                    if alt[CONT] > node[CONT] and tokens[alt[BEST][LAST]] != first:
-                        candidates.append((0, continuation(self.local, alt, dd, k)))
-                        break
         if self._follow.length > d:
             candidates.append((1, self._follow.proposal(k)))
         root = self.local.root[CHILDREN]
         n_hist = len(history)
+        memo: dict[Key, float] = {}
         for source, (toks, feats) in candidates:
             keys: list[Key] = []
             ps: list[float] = []
@@ -290,15 +289,17 @@ class SuffixDrafter(NoDrafter):
             for j, (fd, fn, fc) in enumerate(feats):
                 x = toks[j]
                 short = 3
-                node = root.get(a)
-                if node is not None and node[CHILDREN] is not None:
-                    node = node[CHILDREN].get(b)
-                    if node is not None and node[CHILDREN] is not None:
-                        child = node[CHILDREN].get(x)
-                        short = short_agreement(node[CONT], child[COUNT] if child is not None else 0)
+                ctx2 = root.get(a)
+                if ctx2 is not None and ctx2[CHILDREN] is not None:
+                    ctx2 = ctx2[CHILDREN].get(b)
+                    if ctx2 is not None and ctx2[CHILDREN] is not None:
+                        child = ctx2[CHILDREN].get(x)
+                        short = short_agreement(ctx2[CONT], child[COUNT] if child is not None else 0)
                 a, b = b, x
                 key = feature_key(source, fd, fn, fc, streak, greedy, short)
-                p = p_of(key)
+                p = memo.get(key)
+                if p is None:
+                    p = memo[key] = p_of(key)
                 run *= p
                 if run < MIN_RUN:  # worth under 1% of a token: never drafted, not worth scoring
                     break
