@@ -162,16 +162,20 @@ def fit(args: argparse.Namespace) -> int:
     from gemma_cli.engine.suffix_drafter import N_FEATURES, features
 
     obs = observations(args)
-    x = np.array([features(k) for k, _ in obs], dtype=float)
-    y = np.array([ok for _, ok in obs], dtype=float)
-    w = np.zeros(N_FEATURES)
-    for _ in range(4000):  # plain gradient descent with a little L2: a few thousand rows, 20 weights
+    for greedy, name in ((0, "PRIOR_WEIGHTS_SAMPLED"), (1, "PRIOR_WEIGHTS_GREEDY")):
+        rows = [(k, ok) for k, ok in obs if k[4] == greedy]
+        if not rows:
+            continue
+        x = np.array([features(k) for k, _ in rows], dtype=float)
+        y = np.array([ok for _, ok in rows], dtype=float)
+        w = np.zeros(N_FEATURES)
+        for _ in range(4000):  # plain gradient descent with a little L2: a few thousand rows, 25 weights
+            p = 1 / (1 + np.exp(-x @ w))
+            w -= 0.5 * (x.T @ (p - y) / len(y) + 1e-3 * w)
         p = 1 / (1 + np.exp(-x @ w))
-        w -= 0.5 * (x.T @ (p - y) / len(y) + 1e-3 * w)
-    p = 1 / (1 + np.exp(-x @ w))
-    ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
-    print(f"{len(y)} observations, acceptance {y.mean():.3f}, log loss {ll:.4f}")
-    print("PRIOR_WEIGHTS = (" + ", ".join(f"{v:.3f}" for v in w) + ")")
+        ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        print(f"# {name}: {len(y)} observations, acceptance {y.mean():.3f}, log loss {ll:.4f}")
+        print(f"{name} = (" + ", ".join(f"{v:.3f}" for v in w) + ")")
     return 0
 
 
