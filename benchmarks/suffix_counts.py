@@ -174,6 +174,7 @@ def main() -> int:
     ap.add_argument("--overhead", action="store_true")
     ap.add_argument("--only", default=None, help="substring filter on workload names")
     ap.add_argument("--variants", default="old,new")
+    ap.add_argument("--threads", type=int, default=2, help="1 on a busy machine: counts do not depend on speed")
     args = ap.parse_args()
     if args.overhead:
         for same in (True, False):
@@ -194,7 +195,7 @@ def main() -> int:
         model = Path(default_output_path())
         model = model if model.exists() else Path(assemble(model))
     curve = full_curve(NOTES_CURVE)
-    engine = Engine(model, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=2))
+    engine = Engine(model, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=args.threads))
     log = open(args.log, "w") if args.log else None
     rows = []
     for name, toks in workloads(engine, args.corpus):
