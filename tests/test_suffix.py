@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +13,13 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.suffix import BEST, CHILDREN, CONT, COUNT, LAST, Follower, SuffixTrie, continuation
 from gemma_cli.engine.suffix_drafter import SuffixDrafter
-from lossless import check_greedy_lossless, check_sampled_coupling, chi_square_pvalue, exact_continuations, sample_outcomes
+from lossless import (
+    check_greedy_lossless,
+    check_sampled_coupling,
+    chi_square_pvalue,
+    exact_continuations,
+    sample_outcomes,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -131,23 +138,42 @@ def test_drafter_remembers_earlier_requests():
     assert len(drafter.confidences) == 8
 
 
-def test_confidences_follow_what_the_target_did():
-    """Proposals scored against the history that followed: repeated hits raise p, misses lower it."""
+GREEDY_SAMPLER = SimpleNamespace(greedy=True)
+
+
+def test_confidences_rise_while_proposals_come_true():
     rng = random.Random(1)
-    drafter = SuffixDrafter()
     text = [rng.randrange(1000) for _ in range(40)]
-    history = text * 2
-    drafter.begin(history[:45])
-    drafter.propose(history[:45], 8, None)
-    start = drafter.confidences[0]
-    for n in range(46, 80):
-        drafter.propose(history[:n], 8, None)
-    assert drafter.confidences[0] > start + 0.1
-    noise = history[:80]
-    for _ in range(60):  # the text stops repeating: what followed each match is never what comes
-        noise = noise + [rng.randrange(1000, 2000) for _ in range(1)] + noise[-3:]
-        drafter.propose(noise, 8, None)
-    assert drafter.calibrator.p(drafter._pending[-1][2][0]) < start if drafter._pending else True
+    history = text + text[:3]  # the text starts to repeat
+    drafter = SuffixDrafter()
+    drafter.begin(history)
+    drafter.propose(history, 8, GREEDY_SAMPLER)
+    first_key = drafter._pending[-1][2][0]
+    before = drafter.calibrator.p(first_key)
+    for i in range(3, 30):  # the target goes on copying, one token per step (nothing drafted)
+        history.append(text[i])
+        drafter.propose(history, 8, GREEDY_SAMPLER)
+    assert drafter.calibrator.p(first_key) > before
+    assert drafter.confidences[0] > 0.9 and len(drafter.confidences) == 8
+
+
+def test_confidences_fall_when_what_followed_a_match_never_comes_again():
+    rng = random.Random(2)
+    history = [7, rng.randrange(1000, 2000)]
+    drafter = SuffixDrafter()
+    drafter.begin(history)
+    seen = []
+    for _ in range(80):  # "7 x1 7 x2 7 x3 ...": after 7 the drafter proposes an old x, never right
+        history.append(7)
+        toks, _ = drafter.propose(history, 4, GREEDY_SAMPLER)
+        if toks:
+            seen.append((drafter._pending[-1][2][0], drafter.confidences[0]))
+        history.append(rng.randrange(1000, 2000))
+        drafter.propose(history, 4, GREEDY_SAMPLER)
+    contested = [p for k, p in seen if k[2] == 4]  # agreement bucket 4: the continuations disagree
+    assert len(contested) > 10 and len({k for k, _ in seen if k[2] == 4}) == 1
+    assert contested[0] > 0.2 and contested[-1] < 0.05
+    assert len(seen) < 60  # under 1% for the first token: it stops proposing at all
 
 
 def test_controller_drafts_only_where_confidence_pays():
