@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from suffix_counts import BUILTIN, NOTES_CURVE, PLAIN_STEP_S, FrozenCosts, full_curve  # noqa: E402
 
-from gemma_cli.engine.adaptive import DraftController  # noqa: E402
+from gemma_cli.engine.adaptive import DraftController, PassCosts  # noqa: E402
 from gemma_cli.engine.draft_length import DraftLengthController  # noqa: E402
 from gemma_cli.engine.drafters import NgramDrafter  # noqa: E402
 from gemma_cli.engine.suffix_drafter import SuffixDrafter  # noqa: E402
@@ -101,10 +101,14 @@ def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True):
     return passes, proposed, accepted, cost, py
 
 
-def make(variant: str, k: int, curve):
+def make(variant: str, k: int, curve, *, explore: bool = False, greedy: bool = True):
+    """Drafter and controller as the engine builds them; `explore`: costs start unmeasured, as in a
+    fresh process (`gemma run`), and are learnt from the curve pass by pass (the replay's clock)."""
     if variant == "old":
+        if explore:
+            return NgramDrafter(6, 1), DraftController(k, costs=PassCosts(), optimistic=greedy)
         return NgramDrafter(6, 1), DraftController(k, costs=FrozenCosts(curve))
-    return SuffixDrafter(), DraftLengthController(k, costs=FrozenCosts(curve))
+    return SuffixDrafter(), DraftLengthController(k, costs=PassCosts() if explore else FrozenCosts(curve))
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -122,7 +126,7 @@ def replay(args: argparse.Namespace) -> int:
             continue
         line = f"{key:32s} {len(ref['prompt']):5d}"
         for v in variants:
-            drafter, controller = make(v, args.k, curve)
+            drafter, controller = make(v, args.k, curve, explore=args.explore, greedy=key.endswith("@greedy"))
             passes, proposed, accepted, cost, py = simulate(ref["prompt"], out, drafter, controller, curve, args.k, key.endswith("@greedy"))
             speed = (len(out) - 1) / cost
             totals[v].append(speed)
@@ -195,6 +199,7 @@ def main() -> int:
     p.add_argument("--variants", default="old,new")
     p.add_argument("--only", default=None)
     p.add_argument("--greedy-only", action="store_true")
+    p.add_argument("--explore", action="store_true", help="pass costs start unmeasured (a fresh process)")
     f = sub.add_parser("fit")
     f.add_argument("refs", type=Path)
     f.add_argument("--tokens", type=int, default=256)

@@ -269,7 +269,9 @@ class Generation:
         stats.prompt_evaluated = len(pending)
         k_max = 0 if eng.draft.source == "none" else eng.draft.tokens
         if getattr(eng.drafter, "gives_confidences", False):  # k from the drafter's per-token confidences
-            controller: DraftController = DraftLengthController(k_max, adaptive=eng.draft.adaptive, costs=eng.costs)
+            controller: DraftController = DraftLengthController(
+                k_max, adaptive=eng.draft.adaptive, costs=None if self.sampling.greedy else eng.costs
+            )
         else:
             controller = DraftController(
                 k_max,
