@@ -26,6 +26,8 @@ from gemma_cli.engine.suffix import CHILDREN, CONT, COUNT, Follower, SuffixTrie,
 
 DEPTH = 16  # longest context the trie tracks (longer matches are copied, not counted)
 MEMORY_TOKENS = 32768  # text kept from earlier requests; halved (oldest dropped) when full
+REALISED_DECAY = 0.95  # per resolved proposal
+REALISED_PRIOR = 5.0  # tokens, on both sides: a ratio of 1 until a few proposals resolved
 MIN_RUN = 0.01  # a proposal ends where the chance that the target agrees up to there falls below this
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind each bucket's prior
 
@@ -112,8 +114,8 @@ def features(key: Key) -> list[float]:
 
 # Fitted by `benchmarks/suffix_replay.py fit` on the tuning outputs (never the validation set), one model
 # per decoding mode: sampling accepts a deterministic draft far less often, and not uniformly less.
-PRIOR_WEIGHTS_SAMPLED = (0.594, 0.137, 0.677, 0.546, 0.767, 1.855, 2.296, 2.481, 1.860, 1.342, 0.000, 0.197, 1.505, -0.637, -1.185, 0.002, 0.124, 0.274, 0.954, 0.000, 0.000, 0.000, -1.108, -1.566, -1.042)
-PRIOR_WEIGHTS_GREEDY = (0.926, -0.299, 0.306, -0.139, 0.557, 1.145, 1.097, 1.134, 1.673, 0.624, 0.000, -0.089, 1.137, -0.886, -1.434, -0.311, -0.292, 0.000, 1.291, 0.926, 0.000, 0.689, -0.837, -1.394, -0.915)
+PRIOR_WEIGHTS_SAMPLED = (0.781, -0.034, 0.445, 0.728, 0.922, 1.802, 2.207, 2.122, 1.944, 1.516, 0.000, 0.090, 1.467, -0.558, -1.265, 0.128, 0.070, -0.006, 1.023, 0.000, 0.000, 0.000, -1.015, -1.723, -1.171)
+PRIOR_WEIGHTS_GREEDY = (0.923, -0.310, 0.256, -0.157, 0.609, 1.097, 1.124, 1.164, 1.565, 0.592, 0.000, -0.091, 1.130, -0.887, -1.444, -0.319, -0.205, 0.000, 1.275, 0.923, 0.000, 0.752, -0.823, -1.401, -0.905)
 
 
 def prior_logit(key: Key) -> float:
@@ -186,8 +188,9 @@ class SuffixDrafter(NoDrafter):
         self._memory_docs: list[list[int]] = []
         self._follow = Follower(self.memory)
         self.calibrator = Calibrator()
-        self._pending: list[tuple[int, list[int], list[tuple]]] = []  # (start, tokens, keys) awaiting outcomes
+        self._pending: list[tuple[int, list[int], list[Key], float]] = []  # (start, tokens, keys, expected run)
         self._streak = 0  # streak_bucket of the tokens an earlier proposal predicted up to now
+        self._realised = self._predicted = REALISED_PRIOR  # decayed sums over resolved proposals
         self.confidences: list[float] = []
         self.log: list[tuple[tuple, bool]] | None = None  # (key, accepted) per scored token, when set
 
@@ -241,10 +244,10 @@ class SuffixDrafter(NoDrafter):
         """Score pending proposals against the tokens the target produced since `start`."""
         end = len(history)
         streak = 0
-        still: list[tuple[int, list[int], list[tuple]]] = []
+        still: list[tuple[int, list[int], list[Key], float]] = []
         log = self.log
         update = self.calibrator.update
-        for pos, toks, keys in self._pending:
+        for pos, toks, keys, predicted in self._pending:
             j = max(start - pos, 0)  # tokens before `start` were scored already
             done = False
             while j < len(toks) and pos + j < end:
@@ -252,15 +255,17 @@ class SuffixDrafter(NoDrafter):
                 update(keys[j], ok)
                 if log is not None:
                     log.append((keys[j], ok))
-                j += 1
                 if not ok:
                     done = True
                     break
-            if not done:
-                if pos + j == end:
-                    streak = max(streak, end - pos)
-                if j < len(toks):
-                    still.append((pos, toks, keys))
+                j += 1
+            if not done and pos + j == end:
+                streak = max(streak, end - pos)
+            if done or j == len(toks):  # resolved: j tokens came true of the `predicted` expected
+                self._realised = REALISED_DECAY * self._realised + j
+                self._predicted = REALISED_DECAY * self._predicted + predicted
+            else:
+                still.append((pos, toks, keys, predicted))
         self._pending = still
         self._streak = streak_bucket(streak)
 
@@ -314,7 +319,12 @@ class SuffixDrafter(NoDrafter):
             if gain > best_gain:
                 best_gain, best_toks, best_keys, best_ps = gain, toks[: len(ps)], keys, ps
         if best_toks:
-            self._pending.append((len(history), best_toks, best_keys))
+            self._pending.append((len(history), best_toks, best_keys, best_gain))
+            # Scale the whole expected run by how this text's runs compared with predictions so far
+            # (scaling the first token's confidence scales every running product alike).
+            ratio = self._realised / self._predicted
+            if ratio < 1.0:
+                best_ps = [best_ps[0] * ratio] + best_ps[1:]
         self.confidences = best_ps
         self.last_key = tuple(best_ps)
         return best_toks, None
