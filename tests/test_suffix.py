@@ -221,6 +221,22 @@ def test_greedy_lossless_tiny_adaptive_and_across_requests(tiny_model):
     assert len(near) <= len(verdicts) // 4, near
 
 
+def test_a_repeated_request_drafts_from_the_engines_memory(tiny_model):
+    """The second identical request finds the first one's output in the drafter's memory of earlier requests."""
+    spec = _engine(tiny_model, "ngram", tokens=8)
+    prompt = spec.tokenize("x=1; y=2; x=1; y=")
+    runs = []
+    for _ in range(2):
+        spec.reset()
+        g = spec.generate(prompt, max_tokens=48, sampling=GREEDY)
+        g.text()
+        runs.append(g.result)
+    first, second = runs
+    assert second.tokens == first.tokens
+    assert second.stats.target_passes < first.stats.target_passes / 2
+    assert second.stats.draft_accepted >= 0.8 * second.stats.draft_proposed > 0
+
+
 def test_sampled_same_seed_same_text_adaptive(tiny_model):
     plain = _engine(tiny_model, "none")
     spec = _engine(tiny_model, "ngram", tokens=8)
