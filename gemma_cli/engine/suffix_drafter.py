@@ -177,8 +177,9 @@ class SuffixDrafter(NoDrafter):
     """Prompt lookup done with counts and confidences (see the module doc)."""
 
     name = "ngram"
-    relative_cost = 0.0
-    gives_confidences = True
+    relative_cost = 0.0  # proposing is free: the loop looks at the proposal, then decides k
+    proposes_first = True  # the same, under the flag the engine refactor introduces
+    gives_confidences = True  # last_key is the proposal's confidences: DraftLengthController picks k
 
     def __init__(self, depth: int = DEPTH, memory_tokens: int = MEMORY_TOKENS) -> None:
         self.depth = depth
