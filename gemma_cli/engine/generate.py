@@ -36,7 +36,7 @@ class DraftConfig:
     source: str = "ngram"
     tokens: int = 4  # maximum draft length k
     model_path: Path | None = None  # for "model" and "mtp"
-    ngram_max: int = 6
+    ngram_max: int = 6  # sizes of drafters.NgramDrafter; the suffix drafter behind "ngram" does not use them
     ngram_min: int = 1
     adaptive: bool = True
 
