@@ -179,7 +179,9 @@ def fit(args: argparse.Namespace) -> int:
         p = 1 / (1 + np.exp(-x @ w))
         ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
         print(f"# {name}: {len(y)} observations, acceptance {y.mean():.3f}, log loss {ll:.4f}")
-        print(f"{name} = (" + ", ".join(f"{v:.3f}" for v in w) + ")")
+        rows = [", ".join(f"{v:.3f}" for v in w[i : i + 10]) + "," for i in range(0, len(w), 10)]
+        print(f"{name} = (  # paste over the one in gemma_cli/engine/suffix_drafter.py")
+        print("\n".join("    " + r for r in rows) + "\n)")
     return 0
 
 

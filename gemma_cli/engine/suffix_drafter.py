@@ -114,8 +114,16 @@ def features(key: Key) -> list[float]:
 
 # Fitted by `benchmarks/suffix_replay.py fit` on the tuning outputs (never the validation set), one model
 # per decoding mode: sampling accepts a deterministic draft far less often, and not uniformly less.
-PRIOR_WEIGHTS_SAMPLED = (0.781, -0.034, 0.445, 0.728, 0.922, 1.802, 2.207, 2.122, 1.944, 1.516, 0.000, 0.090, 1.467, -0.558, -1.265, 0.128, 0.070, -0.006, 1.023, 0.000, 0.000, 0.000, -1.015, -1.723, -1.171)
-PRIOR_WEIGHTS_GREEDY = (0.923, -0.310, 0.256, -0.157, 0.609, 1.097, 1.124, 1.164, 1.565, 0.592, 0.000, -0.091, 1.130, -0.887, -1.444, -0.319, -0.205, 0.000, 1.275, 0.923, 0.000, 0.752, -0.823, -1.401, -0.905)
+PRIOR_WEIGHTS_SAMPLED = (  # bias, context 1-10, agreement 1-4, streak 1-4, greedy, memory, streak&greedy, short 1-3
+    0.781, -0.034, 0.445, 0.728, 0.922, 1.802, 2.207, 2.122, 1.944, 1.516,
+    0.000, 0.090, 1.467, -0.558, -1.265, 0.128, 0.070, -0.006, 1.023, 0.000,
+    0.000, 0.000, -1.015, -1.723, -1.171,
+)
+PRIOR_WEIGHTS_GREEDY = (  # bias, context 1-10, agreement 1-4, streak 1-4, greedy, memory, streak&greedy, short 1-3
+    0.923, -0.310, 0.256, -0.157, 0.609, 1.097, 1.124, 1.164, 1.565, 0.592,
+    0.000, -0.091, 1.130, -0.887, -1.444, -0.319, -0.205, 0.000, 1.275, 0.923,
+    0.000, 0.752, -0.823, -1.401, -0.905,
+)
 
 
 def prior_logit(key: Key) -> float:
