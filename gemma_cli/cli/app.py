@@ -44,7 +44,7 @@ def _register() -> None:
     # (llama_cpp is imported only when a command runs the engine).
     from gemma_cli.cli.commands import run  # noqa: F401
 
-    for optional in ("chat", "models", "bench", "doctor"):
+    for optional in ("chat", "models", "bench", "doctor", "serve", "server_client"):
         try:
             __import__(f"gemma_cli.cli.commands.{optional}")
         except ModuleNotFoundError as exc:  # a command group not built yet

@@ -1,0 +1,60 @@
+"""Every failure the API reports is JSON `{"error": "..."}` with a fitting status.
+
+Domain errors (gemma_cli.errors) map onto statuses here, in one place, so the
+routes raise what the rest of gemma-cli raises and never format errors themselves.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from gemma_cli.errors import ContextFullError, GemmaError, ModelFileError, ModelNotFoundError, UsageError
+
+
+class APIError(Exception):
+    """An error with an HTTP status; `str()` is the message the client sees."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QueueFullError(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(503, f"server busy: {limit} requests already waiting (GEMMA_MAX_QUEUE); try again later")
+
+
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: the limit is {limit} bytes (GEMMA_MAX_BODY)")
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a domain error deserves."""
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, (UsageError, ContextFullError)):
+        return 400
+    if isinstance(exc, ModelNotFoundError):
+        return 404
+    if isinstance(exc, ModelFileError):
+        from gemma_cli.engine.template import TemplateError
+
+        if isinstance(exc, TemplateError):
+            return 400
+        return 404 if "not found" in str(exc) else 500
+    return 500
+
+
+def message_for(exc: BaseException) -> str:
+    if isinstance(exc, (APIError, GemmaError)):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def response_for(exc: BaseException) -> JSONResponse:
+    return error_response(status_for(exc), message_for(exc))
