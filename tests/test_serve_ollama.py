@@ -34,7 +34,7 @@ def engine_text(gguf: Path, prompt: str, n: int, **kwargs) -> str:
 
 @pytest.fixture(scope="module")
 def server(store: Path):
-    with ServerProcess(store) as srv:
+    with ServerProcess(store, "--threads", "1") as srv:
         yield srv
 
 
@@ -48,7 +48,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def solo(store: Path) -> str:
     """What `gemma run` prints for PROMPT, greedy, 24 tokens."""
-    proc = run_gemma(gemma_env(store), "run", "tiny", PROMPT, "--temperature", "0", "-n", "24")
+    proc = run_gemma(gemma_env(store), "run", "tiny", PROMPT, "--temperature", "0", "-n", "24", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) >= 10
     return proc.stdout
