@@ -17,8 +17,8 @@ STARTUP = re.compile(r"listening on (http://\S+)")
 class ServerProcess:
     """`with ServerProcess(models_dir, GEMMA_MAX_QUEUE="1") as srv:` -> srv.url; stderr lines in srv.log."""
 
-    def __init__(self, models: Path, *args: str, **env: str) -> None:
-        self.env = gemma_env(models, GEMMA_HOST="127.0.0.1:0", **env)
+    def __init__(self, models: Path, *args: str, endpoint: str | None = None, catalog: Path | None = None, **env: str) -> None:
+        self.env = gemma_env(models, endpoint, catalog, GEMMA_HOST="127.0.0.1:0", **env)
         self.args = args
         self.log: list[str] = []
         self.url = ""

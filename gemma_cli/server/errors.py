@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from gemma_cli.errors import ContextFullError, GemmaError, ModelFileError, ModelNotFoundError, UsageError
+from gemma_cli.errors import ContextFullError, DownloadError, GemmaError, ModelFileError, ModelNotFoundError, UsageError
 
 
 class APIError(Exception):
@@ -37,6 +37,10 @@ def status_for(exc: BaseException) -> int:
         return 400
     if isinstance(exc, ModelNotFoundError):
         return 404
+    if isinstance(exc, DownloadError):  # the Hub refused or failed: an upstream error
+        from gemma_cli.registry.hub import NotOnHubError
+
+        return 404 if isinstance(exc, NotOnHubError) else 502
     if isinstance(exc, ModelFileError):
         from gemma_cli.engine.template import TemplateError
 
