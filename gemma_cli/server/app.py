@@ -39,7 +39,7 @@ def _json_errors(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except Exception as exc:  # noqa: BLE001 - the API's one error boundary
-            if status_for(exc) >= 500:
+            if status_for(exc) == 500:  # a bug or an engine failure; 502/503 are expected conditions
                 sys.stderr.write(f"error: {request.method} {request.url.path}: {type(exc).__name__}: {exc}\n")
                 if os.environ.get("GEMMA_DEBUG"):
                     traceback.print_exc()

@@ -33,6 +33,10 @@ def status_for(exc: BaseException) -> int:
     """The HTTP status a domain error deserves."""
     if isinstance(exc, APIError):
         return exc.status
+    from gemma_cli.server.jobs import JobCancelled
+
+    if isinstance(exc, JobCancelled):
+        return 503
     if isinstance(exc, (UsageError, ContextFullError)):
         return 400
     if isinstance(exc, ModelNotFoundError):
@@ -51,6 +55,10 @@ def status_for(exc: BaseException) -> int:
 
 
 def message_for(exc: BaseException) -> str:
+    from gemma_cli.server.jobs import JobCancelled
+
+    if isinstance(exc, JobCancelled):
+        return "request cancelled before it started: the server is stopping or the client went away"
     if isinstance(exc, (APIError, GemmaError)):
         return str(exc)
     return f"internal error: {type(exc).__name__}: {exc}"

@@ -37,7 +37,7 @@ class Outcome:
 
 
 class JobCancelled(Exception):
-    """The client went away before its job started."""
+    """The job was cancelled before it started: the client went away or the server is stopping."""
 
 
 class Job:

@@ -50,15 +50,22 @@ def serve(settings: Settings) -> None:
              if settings.loopback else "ALL reachable interfaces: anyone who can reach this port can use the API")
     sys.stderr.write(f"gemma serve: listening on {where} ({scope})\n")
     sys.stderr.flush()
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.manager.cancel_all()  # running streams end within a step, so shutdown is prompt
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_level="info" if settings.verbose else "warning",
         access_log=False,  # our middleware writes one line per request
         lifespan="on",
         timeout_graceful_shutdown=3,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     finally:

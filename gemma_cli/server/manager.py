@@ -243,6 +243,13 @@ class ModelManager:
             await asyncio.sleep(every)
             self.expire()
 
+    def cancel_all(self) -> None:
+        """Stop every queued and running job within a step (server shutdown); thread safe."""
+        with self._lock:
+            jobs = [job for slot in self._slots.values() for job in slot.jobs]
+        for job in jobs:
+            job.cancel()
+
     def shutdown(self) -> None:
         """Cancel every job (each stops within a step) and close the engines on their threads."""
         with self._lock:
