@@ -29,15 +29,6 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 FOREVER = float("inf")
 
-ENVIRONMENT = {
-    "GEMMA_HOST": f"server address host:port (default {DEFAULT_HOST}:{DEFAULT_PORT})",
-    "GEMMA_KEEP_ALIVE": "how long `gemma serve` keeps an idle model loaded (default 5m; 0 unloads at once, negative never)",
-    "GEMMA_MAX_LOADED_MODELS": f"models `gemma serve` keeps loaded at once (default {DEFAULT_MAX_LOADED})",
-    "GEMMA_MAX_QUEUE": f"requests that may wait for a busy model before 503 (default {DEFAULT_MAX_QUEUE})",
-    "GEMMA_ORIGINS": "extra browser origins allowed to call `gemma serve` (comma-separated; loopback origins always are)",
-    "GEMMA_MAX_BODY": f"request body limit of `gemma serve` in bytes (default {DEFAULT_MAX_BODY})",
-}
-
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
