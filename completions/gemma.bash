@@ -5,7 +5,7 @@
 
 _gemma_subcommands() {
     case "$1" in
-        "") echo "bench chat create doctor list pull rm run show verify" ;;
+        "") echo "bench chat create doctor list ps pull rm run serve show stop verify" ;;
     esac
 }
 
@@ -17,10 +17,13 @@ _gemma_options() {
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
         "list") echo "--json --available -h --help" ;;
+        "ps") echo "--host --json -h --help" ;;
         "pull") echo "-q --quiet -h --help" ;;
         "rm") echo "-h --help" ;;
         "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads -h --help" ;;
         "show") echo "--json -h --help" ;;
+        "stop") echo "--host -h --help" ;;
         "verify") echo "--json -h --help" ;;
     esac
 }
@@ -31,7 +34,10 @@ _gemma_value_options() {
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;
+        "ps") echo "--host" ;;
         "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads" ;;
+        "stop") echo "--host" ;;
     esac
 }
 
@@ -48,10 +54,13 @@ _gemma_arguments() {
         "create") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "doctor") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "list") case "$2" in  *) echo "none" ;; esac ;;
+        "ps") case "$2" in  *) echo "none" ;; esac ;;
         "pull") case "$2" in 0) echo "catalog" ;; *) echo "none" ;; esac ;;
         "rm") case "$2" in  *) echo "model" ;; esac ;;
         "run") case "$2" in 0) echo "model" ;; 1) echo "none" ;; *) echo "none" ;; esac ;;
+        "serve") case "$2" in  *) echo "none" ;; esac ;;
         "show") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
+        "stop") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "verify") case "$2" in  *) echo "model" ;; esac ;;
     esac
 }

@@ -25,10 +25,13 @@ complete -c gemma -n '__fish_use_subcommand' -a chat -d 'Chat with a model: stre
 complete -c gemma -n '__fish_use_subcommand' -a create -d 'Create a custom target/drafter pair'
 complete -c gemma -n '__fish_use_subcommand' -a doctor -d 'Check llama.cpp, GPU, CPU features, the model store, disk, the Hub and memory'
 complete -c gemma -n '__fish_use_subcommand' -a list -d 'List pulled models (NAME, ID, SIZE, DRAFTER, MODIFIED)'
+complete -c gemma -n '__fish_use_subcommand' -a ps -d 'List the models a running `gemma serve` has loaded (NAME, SIZE, CONTEXT, DRAFT, UNTIL)'
 complete -c gemma -n '__fish_use_subcommand' -a pull -d 'Download a model (target + drafter) into the local store'
 complete -c gemma -n '__fish_use_subcommand' -a rm -d 'Remove models'
 complete -c gemma -n '__fish_use_subcommand' -a run -d 'Generate once from PROMPT (and/or piped stdin) and print only the text to stdout'
+complete -c gemma -n '__fish_use_subcommand' -a serve -d 'Serve the Ollama-compatible API (/api/...) and the OpenAI-compatible API (/v1/...)'
 complete -c gemma -n '__fish_use_subcommand' -a show -d 'Show a model\'s architecture, size, quantization, drafter and tuning (from GGUF headers)'
+complete -c gemma -n '__fish_use_subcommand' -a stop -d 'Unload MODEL from a running `gemma serve` (after its current requests finish)'
 complete -c gemma -n '__fish_use_subcommand' -a verify -d 'Re-hash blobs against their sha256 and report corruption'
 
 # gemma bench
@@ -88,6 +91,11 @@ complete -c gemma -n '__fish_seen_subcommand_from list' -l json -d 'Machine-read
 complete -c gemma -n '__fish_seen_subcommand_from list' -l available -d 'Show the catalog instead of the local store'
 complete -c gemma -n '__fish_seen_subcommand_from list' -s h -l help -d 'Show help for the command and exit'
 
+# gemma ps
+complete -c gemma -n '__fish_seen_subcommand_from ps' -l host -x -d 'Server address host:port (default $GEMMA_HOST or 127.0.0.1:11436)'
+complete -c gemma -n '__fish_seen_subcommand_from ps' -l json -d 'Machine-readable JSON on stdout'
+complete -c gemma -n '__fish_seen_subcommand_from ps' -s h -l help -d 'Show help for the command and exit'
+
 # gemma pull
 complete -c gemma -n '__fish_seen_subcommand_from pull' -s q -l quiet -d 'No progress bars'
 complete -c gemma -n '__fish_seen_subcommand_from pull' -s h -l help -d 'Show help for the command and exit'
@@ -120,11 +128,28 @@ complete -c gemma -n '__fish_seen_subcommand_from run' -s h -l help -d 'Show hel
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_gguf)'
 
+# gemma serve
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l host -x -d 'Address host:port (default $GEMMA_HOST or 127.0.0.1:11436)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l keep-alive -x -d 'Keep idle models loaded this long, e.g'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-loaded -x -d 'Models loaded at once (default $GEMMA_MAX_LOADED_MODELS or 1)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-queue -x -d 'Requests that may wait before 503 (default $GEMMA_MAX_QUEUE or 64)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'Also log uvicorn\'s own messages'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show help for the command and exit'
+
 # gemma show
 complete -c gemma -n '__fish_seen_subcommand_from show' -l json -d 'Machine-readable JSON on stdout'
 complete -c gemma -n '__fish_seen_subcommand_from show' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from show' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from show' -a '(__gemma_gguf)'
+
+# gemma stop
+complete -c gemma -n '__fish_seen_subcommand_from stop' -l host -x -d 'Server address host:port (default $GEMMA_HOST or 127.0.0.1:11436)'
+complete -c gemma -n '__fish_seen_subcommand_from stop' -s h -l help -d 'Show help for the command and exit'
+complete -c gemma -n '__fish_seen_subcommand_from stop' -a '(__gemma_models)' -d model
+complete -c gemma -n '__fish_seen_subcommand_from stop' -a '(__gemma_gguf)'
 
 # gemma verify
 complete -c gemma -n '__fish_seen_subcommand_from verify' -l json -d 'Machine-readable JSON on stdout'
