@@ -175,3 +175,15 @@ def test_delete_removes_from_store(server, store, tmp_path):
     assert "doomed:latest" not in {m["name"] for m in httpx.get(server.url + "/api/ps").json()["models"]}
     again = httpx.request("DELETE", server.url + "/api/delete", json={"model": "doomed"})
     assert again.status_code == 404 and "not in the store" in again.json()["error"]
+
+
+def test_num_ctx_reloads_once_per_size(server):
+    def gen(num_ctx: int) -> dict:
+        body = {"model": "base", "prompt": "ab", "stream": False, "options": {"num_predict": 2, "num_ctx": num_ctx}}
+        return httpx.post(server.url + "/api/generate", json=body).json()
+
+    first, again = gen(300), gen(300)  # llama.cpp rounds 300 up; the same request must not reload
+    assert first["load_duration"] > 0 and again["load_duration"] == 0
+    entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "base:latest")
+    assert entry["context_length"] >= 300
+    assert gen(1024)["load_duration"] > 0

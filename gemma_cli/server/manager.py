@@ -39,7 +39,8 @@ class Slot:
         self.name = name
         self.pair = pair
         self.engine: Any = None
-        self.n_ctx = 0
+        self.n_ctx = 0  # the engine's context (llama.cpp may round the request up)
+        self.asked_ctx = 0  # the context size it was loaded for
         self.pending = 0  # jobs queued or running
         self.running = False
         self.keep_alive = 0.0
@@ -61,11 +62,11 @@ class Slot:
         n_ctx = options.num_ctx or settings.n_ctx
         choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads)
         t0 = time.perf_counter()
-        if self.engine is not None and self.engine.n_ctx != n_ctx:
-            self.close()
+        if self.engine is not None and self.asked_ctx != n_ctx:
+            self.close()  # another context size: reload, as Ollama does for num_ctx
         if self.engine is None:
             self.engine = open_engine(self.pair, choice)
-            self.n_ctx = self.engine.n_ctx
+            self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
             self.loaded_at = datetime.now(timezone.utc)
             return time.perf_counter() - t0
         draft = draft_config(self.pair, choice)
@@ -111,7 +112,6 @@ class ModelManager:
         self._lock = threading.RLock()
         self._slots: dict[str, Slot] = {}
         self._waiting = 0  # jobs admitted but not yet running (the queue)
-        self._reaper: asyncio.Task | None = None
 
     # -- admission ------------------------------------------------------------
     async def submit(self, name: str, job: Job) -> None:
