@@ -125,6 +125,7 @@ def test_list_show_ps_version(client, server):
     client.generate(model="tiny", prompt="hi", options={"num_predict": 2}, keep_alive="1h")
     ps = client.ps().models
     assert [m.model for m in ps] == ["tiny:latest"] and ps[0].context_length == 4096 and ps[0].size > 0
+    assert ps[0].details.family == "llama" and ps[0].details.quantization_level == "F32"
     assert httpx.get(server.url + "/api/version").json()["version"]
 
 

@@ -89,6 +89,17 @@ async def show(name: str) -> dict[str, Any]:
     return await asyncio.to_thread(_show_sync, name)
 
 
+def _manifest_details(name: str) -> dict[str, Any]:
+    from gemma_cli.registry.catalog import load_catalog
+    from gemma_cli.store.store import load
+
+    try:
+        manifest = load(load_catalog().ref(name))
+    except Exception:  # noqa: BLE001 - removed or unreadable meanwhile: details are optional
+        manifest = None
+    return _details(manifest.target.architecture, manifest.quantization) if manifest else _details("", "")
+
+
 def running(manager: Any) -> list[dict[str, Any]]:
     """/api/ps: the loaded (or loading) models."""
     out = []
@@ -97,7 +108,7 @@ def running(manager: Any) -> list[dict[str, Any]]:
         digest = blob[len("sha256-"):] if blob.startswith("sha256-") else ""
         out.append({
             "name": m.name, "model": m.name, "size": m.size, "digest": digest,
-            "details": _details("", ""),
+            "details": _manifest_details(m.name),
             "expires_at": m.expires_at.isoformat(), "size_vram": 0,
             "context_length": m.n_ctx,
             "draft_source": m.draft_source, "in_use": m.in_use, "loaded": m.loaded,

@@ -9,6 +9,7 @@ Ollama clients ignore fields they do not know.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -138,7 +139,7 @@ async def show(request: Request) -> Response:
 
 
 async def ps(request: Request) -> Response:
-    return JSONResponse({"models": models.running(request.app.state.manager)})
+    return JSONResponse({"models": await asyncio.to_thread(models.running, request.app.state.manager)})
 
 
 async def version(request: Request) -> Response:
