@@ -57,6 +57,7 @@ def test_chat_completion_equals_gemma_run(client, solo):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     x = _x(r)
     assert x["draft_source"] == "ngram" and 0 <= x["draft_accepted"] <= x["draft_proposed"] and x["tokens_per_pass"] >= 1
+    assert x["time_to_first_token_s"] >= x["load_s"] > 0  # the module's first request loaded the model
     # a client re-sending the conversation plus a new turn evaluates only the new tokens
     follow = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": solo}, {"role": "user", "content": "More"}]
     r2 = client.chat.completions.create(model="tiny", messages=follow, temperature=0, max_tokens=5)

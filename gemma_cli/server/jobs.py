@@ -35,6 +35,11 @@ class Outcome:
     total_s: float
     queued_s: float
 
+    @property
+    def ttft_s(self) -> float:
+        """Time to first token as the client sees it: queue wait, model load, prompt evaluation."""
+        return self.queued_s + self.load_s + (self.result.stats.ttft_s if self.result is not None else 0.0)
+
 
 class JobCancelled(Exception):
     """The job was cancelled before it started: the client went away or the server is stopping."""

@@ -22,7 +22,7 @@ class Metrics:
         self.requests = Counter("gemma_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
         self.generated = Counter("gemma_generated_tokens", "Tokens generated.", ["model"], registry=r)
         self.prompt = Counter("gemma_prompt_tokens", "Prompt tokens evaluated (not served from the KV cache).", ["model"], registry=r)
-        self.ttft = Histogram("gemma_time_to_first_token_seconds", "Time from admission to the first generated token.",
+        self.ttft = Histogram("gemma_time_to_first_token_seconds", "Time from the request to its first token (queue, load, prompt).",
                               ["model"], buckets=TTFT_BUCKETS, registry=r)
         self.rate = Histogram("gemma_tokens_per_second", "Generation rate after the first token, per request.",
                               ["model"], buckets=RATE_BUCKETS, registry=r)
@@ -34,13 +34,13 @@ class Metrics:
         self.accepted_at = Counter("gemma_draft_accepted_by_position", "Accepted draft tokens by position in the draft (1 = first).",
                                    ["position"], registry=r)
 
-    def observe_generation(self, model: str, result: Any, pieces: list[Any], queued_s: float) -> None:
-        """Record one finished generation (its stats and the pieces it streamed)."""
-        stats = result.stats
+    def observe_generation(self, model: str, outcome: Any, pieces: list[Any]) -> None:
+        """Record one finished generation (its outcome and the pieces that carried accepted drafts)."""
+        stats = outcome.result.stats
         self.generated.labels(model).inc(stats.generated_tokens)
         self.prompt.labels(model).inc(stats.prompt_evaluated)
         if stats.generated_tokens:
-            self.ttft.labels(model).observe(queued_s + stats.ttft_s)
+            self.ttft.labels(model).observe(outcome.ttft_s)
         if stats.generated_tokens > 1:
             self.rate.labels(model).observe(stats.tokens_per_s)
         if stats.draft_source != "none":

@@ -97,7 +97,7 @@ class Running:
                 elif event.kind == DONE:
                     self.outcome = event.value
                     if self.outcome.result is not None:
-                        self.state.metrics.observe_generation(self.model, self.outcome.result, self._drafted, self.outcome.queued_s)
+                        self.state.metrics.observe_generation(self.model, self.outcome, self._drafted)
                 elif event.kind == ERROR:
                     raise event.value
         finally:
