@@ -31,7 +31,7 @@ def _tags_sync() -> list[dict[str, Any]]:
     from gemma_cli.store.store import list_models
 
     out = []
-    for ref, m in list_models():
+    for _, m in list_models():
         if isinstance(m, Exception):
             continue  # an unreadable manifest: `gemma list` reports it; the API lists what works
         digest = m.target.digest.split(":", 1)[-1]

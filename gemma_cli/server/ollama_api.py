@@ -91,7 +91,7 @@ async def _respond(request: Request, run: Running, model: str, stream: bool, cha
             last = chunk("")
             last.update(final_fields(run))
             yield _line(last)
-        except Exception as exc:  # after the headers: Ollama reports errors as a line
+        except Exception as exc:  # noqa: BLE001 - after the headers, Ollama reports errors as a line
             yield _line({"error": message_for(exc)})
 
     return StreamingResponse(lines(), media_type=NDJSON)
@@ -169,7 +169,7 @@ async def pull(request: Request) -> Response:
         try:
             async for event in events:
                 yield _line(event)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported in-band
             yield _line({"error": message_for(exc)})
 
     return StreamingResponse(lines(), media_type=NDJSON)

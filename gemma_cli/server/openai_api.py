@@ -95,7 +95,7 @@ def _stream(run: Running, include_usage: bool, make_chunk, first: dict[str, Any]
                 tail["usage"] = usage(run)
                 tail["x_gemma"] = x_gemma(run)
                 yield _sse(tail)
-        except Exception as exc:  # after the headers: report in-band, then end the stream
+        except Exception as exc:  # noqa: BLE001 - after the headers: report in-band, then end the stream
             yield _sse({"error": {"message": message_for(exc), "type": "server_error"}})
         yield b"data: [DONE]\n\n"
 

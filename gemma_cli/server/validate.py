@@ -8,7 +8,7 @@ reuses the CLI's rules (model names, sampling ranges, draft sources).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from starlette.requests import Request
@@ -45,21 +45,6 @@ class GenOptions:
         from gemma_cli.engine.sampling import SamplingParams
 
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.seed).validate()
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """Either chat messages (rendered with the model's template) or text."""
-
-    text: str | None = None
-    messages: tuple[Mapping[str, str], ...] = ()
-    system: str | None = None
-    raw: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not self.messages and not self.text
 
 
 async def read_json(request: Request) -> dict[str, Any]:
