@@ -133,7 +133,7 @@ complete -c gemma -n '__fish_seen_subcommand_from serve' -l host -x -d 'Address 
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l keep-alive -x -d 'Keep idle models loaded this long, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-loaded -x -d 'Models loaded at once (default $GEMMA_MAX_LOADED_MODELS or 1)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-queue -x -d 'Requests that may wait before 503 (default $GEMMA_MAX_QUEUE or 64)'
-complete -c gemma -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'Also log uvicorn\'s own messages'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'Log a statistics line per generation, and uvicorn\'s own messages'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l threads -x -d 'CPU threads (default: available cores)'

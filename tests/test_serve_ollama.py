@@ -188,3 +188,26 @@ def test_num_ctx_reloads_once_per_size(server):
     entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "base:latest")
     assert entry["context_length"] >= 300
     assert gen(1024)["load_duration"] > 0
+
+
+def test_gemma_client_module(server, solo):
+    """gemma_cli.client.Client, which `gemma ps`/`stop` (and client mode) build on."""
+    from gemma_cli.client import Client, ServerError
+    from gemma_cli.errors import ModelNotFoundError
+
+    c = Client.from_env(server.host)
+    assert c.version() and {m["name"] for m in c.tags()} >= {"tiny:latest"}
+    parts = list(c.generate({"model": "tiny", "prompt": PROMPT, "options": GREEDY}))
+    assert "".join(p["response"] for p in parts) == solo and parts[-1]["done"] and "draft_source" in parts[-1]
+    chat = list(c.chat({"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "options": GREEDY}))
+    assert "".join(p["message"]["content"] for p in chat) == solo
+    assert c.show("tiny")["details"]["family"] == "llama"
+    assert c.load("tiny", keep_alive="1m")["done_reason"] == "load" and "tiny:latest" in {m["name"] for m in c.ps()}
+    assert c.stop("tiny")["done_reason"] == "unload" and "tiny:latest" not in {m["name"] for m in c.ps()}
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        list(c.generate({"model": "nope", "prompt": "x"}))
+    with pytest.raises(ServerError, match="temperature") as info:
+        c.request("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"temperature": -1}})
+    assert info.value.status == 400
+    with pytest.raises(ServerError, match="cannot reach gemma serve"):
+        Client.from_env("127.0.0.1:1", timeout=5).version()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from starlette.requests import Request
@@ -98,6 +99,8 @@ class Running:
                     self.outcome = event.value
                     if self.outcome.result is not None:
                         self.state.metrics.observe_generation(self.model, self.outcome, self._drafted)
+                        if self.state.settings.verbose:
+                            sys.stderr.write(summary_line(self.model, self.outcome) + "\n")
                 elif event.kind == ERROR:
                     raise event.value
         finally:
@@ -125,3 +128,13 @@ def draft_stats(stats: Any) -> dict[str, Any]:
         "acceptance_rate": round(stats.acceptance_rate, 4),
         "tokens_per_pass": round(stats.tokens_per_pass, 4),
     }
+
+
+def summary_line(model: str, outcome: Outcome) -> str:
+    """One stderr line per generation for `gemma serve --verbose`."""
+    s = outcome.result.stats
+    draft = (f"{s.draft_source} k<={s.draft_max}: {s.draft_accepted}/{s.draft_proposed} accepted ({s.acceptance_rate:.0%}), "
+             f"{s.tokens_per_pass:.2f} tokens/pass" if s.draft_source != "none" else "no drafting")
+    return (f"{model}: {s.prompt_tokens} prompt tokens ({s.prompt_tokens - s.prompt_evaluated} cached), "
+            f"{s.generated_tokens} generated at {s.tokens_per_s:.1f} tok/s, first token {outcome.ttft_s * 1000:.0f} ms; {draft}; "
+            f"{outcome.result.stop_reason.value}")

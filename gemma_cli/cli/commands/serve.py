@@ -16,7 +16,7 @@ def serve_cmd(
     keep_alive: Annotated[Optional[str], typer.Option("--keep-alive", help="Keep idle models loaded this long, e.g. 5m, 1h, 0, -1 (default $GEMMA_KEEP_ALIVE or 5m).", show_default=False)] = None,
     max_loaded: Annotated[Optional[int], typer.Option("--max-loaded", help="Models loaded at once (default $GEMMA_MAX_LOADED_MODELS or 1).", show_default=False)] = None,
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Requests that may wait before 503 (default $GEMMA_MAX_QUEUE or 64).", show_default=False)] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log uvicorn's own messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log a statistics line per generation, and uvicorn's own messages.")] = False,
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
