@@ -83,6 +83,11 @@ def test_completions_and_models(client, solo):
     parts = list(client.completions.create(model="tiny", prompt=PROMPT, temperature=0, max_tokens=20, stream=True))
     assert "".join(p.choices[0].text for p in parts) == solo and parts[-1].choices[0].finish_reason == "length"
     assert [m.id for m in client.models.list().data] == ["tiny:latest"]
+    assert client.models.retrieve("tiny").id == "tiny:latest"
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
 
 
 def test_stop_and_extensions(client, server, solo):

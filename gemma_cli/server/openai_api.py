@@ -164,8 +164,17 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": models.openai_models(await models.tags())})
 
 
+async def get_model(request: Request) -> Response:
+    name = model_name({"model": request.path_params["model"]})
+    for entry in models.openai_models(await models.tags()):
+        if entry["id"] == name:
+            return JSONResponse(entry)
+    raise APIError(404, f"model {name} is not in the store")
+
+
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]

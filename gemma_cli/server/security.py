@@ -62,6 +62,8 @@ def _known_route(path: str) -> str:
     """A bounded label for metrics: the path if it is one of ours, else 'other'."""
     from gemma_cli.server.app import ROUTE_PATHS
 
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
     return path if path in ROUTE_PATHS else "other"
 
 
