@@ -51,7 +51,8 @@ def test_host_header_checked_against_dns_rebinding(server, host, ok):
 
 @pytest.mark.parametrize("origin, ok", [
     ("http://localhost:3000", True), ("http://127.0.0.1:8080", True), ("https://app.example.com", True),
-    ("https://ui.trusted.dev", True), ("https://evil.com", False), ("null", False),
+    ("https://ui.trusted.dev", True), ("vscode-webview://1a2b", True), ("app://obsidian.md", True),
+    ("https://evil.com", False), ("null", False),
     ("https://app.example.com.evil.com", False), ("http://localhost.evil.com", False),
 ])
 def test_cross_origin_requests_need_the_allowlist(server, origin, ok):

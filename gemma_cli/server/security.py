@@ -4,8 +4,8 @@
   a loopback name (localhost, 127.x, ::1) is refused (403). A web page on an
   attacker's domain that re-resolves to 127.0.0.1 still sends its own Host.
 - Cross-origin browser requests (an Origin header) are refused (403) unless
-  the origin is loopback or listed in GEMMA_ORIGINS (like OLLAMA_ORIGINS;
-  entries may use * wildcards). Allowed origins get CORS headers; preflight
+  the origin is loopback, a local app (app://, tauri://, vscode-webview://...)
+  or listed in GEMMA_ORIGINS (like OLLAMA_ORIGINS; entries may use * wildcards). Allowed origins get CORS headers; preflight
   OPTIONS requests are answered here.
 - Bodies over the limit get 413, by Content-Length up front or while reading.
 - One access-log line per request on stderr, and the request counter by route.
@@ -27,6 +27,8 @@ from gemma_cli.server.settings import Settings
 Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
+# Origins of local desktop apps and editor webviews, not web sites (Ollama allows these too).
+LOCAL_APP_SCHEMES = ("app", "file", "tauri", "vscode-webview", "vscode-file")
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Organization, OpenAI-Project"
 
@@ -54,6 +56,8 @@ def origin_allowed(origin: str, allowlist: tuple[str, ...]) -> bool:
     origin = origin.strip().rstrip("/")
     parts = urlsplit(origin)
     if parts.scheme in ("http", "https") and parts.hostname and is_loopback_name(parts.hostname):
+        return True
+    if parts.scheme in LOCAL_APP_SCHEMES:
         return True
     return any(entry == "*" or fnmatch.fnmatchcase(origin.lower(), entry.lower()) for entry in allowlist)
 
