@@ -106,6 +106,7 @@ def test_seeded_sampling_repeats_and_draft_options_do_not_change_greedy_text(cli
     a = client.generate(model="tiny", prompt=PROMPT, options=opts).response
     b = client.generate(model="tiny", prompt=PROMPT, options=opts).response
     assert a == b and a
+    assert client.generate(model="tiny", prompt=PROMPT, options={**opts, "seed": -1}).done  # Ollama's "random"
     for draft, k in (("none", None), ("ngram", 3), ("ngram", 32)):
         opts = {**GREEDY, "draft": draft} | ({"draft_tokens": k} if k else {})
         got = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": PROMPT, "options": opts,

@@ -96,6 +96,8 @@ def test_stop_and_extensions(client, server, solo):
                                        stop=[stop], extra_body={"draft": "none"})
     assert r.choices[0].message.content == solo[: solo.index(stop)] and r.choices[0].finish_reason == "stop"
     assert _x(r)["draft_source"] == "none" and _x(r)["draft_proposed"] == 0
+    sampled = [client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, seed=-5).choices[0].text for _ in range(2)]
+    assert sampled[0] == sampled[1]  # any int64 seed is a seed, negative ones too
     # content given as a list of text parts, as newer clients send it
     parts = [{"type": "text", "text": PROMPT[:5]}, {"type": "text", "text": PROMPT[5:]}]
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=20)

@@ -145,6 +145,16 @@ def _max_tokens(value: Any, what: str, *, negative_unlimited: bool) -> int | Non
     return n
 
 
+def _seed(value: Any, what: str, *, negative_random: bool) -> int | None:
+    """Ollama's seed -1 (its default) means random; OpenAI's seeds are any int64, folded to non-negative."""
+    if value is None:
+        return None
+    n = int(_number(value, what, integer=True))
+    if n < 0:
+        return None if negative_random else n % (1 << 64)
+    return n
+
+
 def _checked(opts: GenOptions) -> GenOptions:
     try:
         opts.sampling()
@@ -166,7 +176,7 @@ def ollama_options(options: Any) -> GenOptions:
         top_k=int(_number(get("top_k"), "options.top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
         top_p=_number(get("top_p"), "options.top_p") if get("top_p") is not None else DEFAULT_TOP_P,
         min_p=_number(get("min_p"), "options.min_p") if get("min_p") is not None else 0.0,
-        seed=int(_number(get("seed"), "options.seed", integer=True)) if get("seed") is not None else None,
+        seed=_seed(get("seed"), "options.seed", negative_random=True),
         max_tokens=_max_tokens(get("num_predict"), "options.num_predict", negative_unlimited=True),
         stop=_stop(get("stop"), "options.stop"),
         draft=_draft(get("draft"), "options.draft"),
@@ -187,7 +197,7 @@ def openai_options(body: Mapping[str, Any]) -> GenOptions:
         top_k=int(_number(get("top_k"), "top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
         top_p=_number(get("top_p"), "top_p") if get("top_p") is not None else DEFAULT_TOP_P,
         min_p=_number(get("min_p"), "min_p") if get("min_p") is not None else 0.0,
-        seed=int(_number(get("seed"), "seed", integer=True)) if get("seed") is not None else None,
+        seed=_seed(get("seed"), "seed", negative_random=False),
         max_tokens=_max_tokens(max_tokens, "max_tokens", negative_unlimited=False),
         stop=_stop(get("stop"), "stop"),
         draft=_draft(get("draft"), "draft"),
