@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 NGRAM_DRAFT_TOKENS = 16  # n-gram drafts cost nothing to propose: let the adaptive controller go long
+# The draft lengths every layer accepts (catalog, manifests, --draft-tokens, the engine):
+# one verification batch holds k + 1 rows, and past 32 no drafter's acceptance pays.
+MIN_DRAFT_TOKENS, MAX_DRAFT_TOKENS = 1, 32
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
 
 def record(pair: ModelPair, choices: Sequence[TuneChoice]) -> None:
     """Write the winners into the model's manifest (the store owns the file format)."""
-    from gemma_cli.store import record_tuned
+    from gemma_cli.registry.manage import record_tuned
 
     for choice in choices:
         record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)

@@ -79,6 +79,6 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
 
 def resolve(model: str | None) -> ModelPair:
     """A model name, a .gguf path, or None (the default model) -> ModelPair."""
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     return resolve_model(model)

@@ -66,11 +66,11 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
     from gemma_cli.gguf_meta import read_architecture
 
     if draft.source == "mtp":
-        from gemma_cli.engine.mtp_pair import check_mtp_pair
+        from gemma_cli.compat import check_mtp_pair
 
         check_mtp_pair(target, draft.model_path)
     elif read_architecture(target) == "gemma4":
-        from gemma_cli.engine.mtp_pair import check_gemma4_target
+        from gemma_cli.compat import check_gemma4_target
 
         check_gemma4_target(target)
 
@@ -121,7 +121,7 @@ class Engine:
         if draft.source == "ngram":
             return NgramDrafter(draft.ngram_max, draft.ngram_min)
         if draft.source == "mtp":  # the target itself was checked when it loaded
-            from gemma_cli.engine.mtp_pair import check_mtp_pair
+            from gemma_cli.compat import check_mtp_pair
 
             check_mtp_pair(self.target.path, draft.model_path)
         model = Model(draft.model_path, n_gpu_layers=self.config.n_gpu_layers, cpu_repack=self.config.cpu_repack)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from gemma_cli.engine.llama import Context, Model, last_log_line, lib
-from gemma_cli.engine.mtp_pair import check_mtp_pair
+from gemma_cli.compat import check_mtp_pair
 from gemma_cli.engine.sampling import Dist
 from gemma_cli.errors import EngineError, IncompatibleModelsError
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemma_cli.compat import check_pair, draft_source_for
 from gemma_cli.errors import ModelFileError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, NGRAM_DRAFT_TOKENS
 from gemma_cli.registry.catalog import FileSpec, load_catalog
-from gemma_cli.registry.compat import check_pair
-from gemma_cli.pair import NGRAM_DRAFT_TOKENS
-from gemma_cli.registry.pull import NullProgress, PullProgress, draft_source_for, fetch_layer
+from gemma_cli.registry.pull import NullProgress, PullProgress, fetch_layer
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
@@ -50,8 +50,8 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
     layout = layout or Layout.default()
     ref = load_catalog().ref(name)
     draft = draft or "ngram"
-    if draft_tokens is not None and not 1 <= draft_tokens <= 32:
-        raise UsageError(f"draft length must be between 1 and 32, got {draft_tokens}")
+    if draft_tokens is not None and not MIN_DRAFT_TOKENS <= draft_tokens <= MAX_DRAFT_TOKENS:
+        raise UsageError(f"draft length must be between {MIN_DRAFT_TOKENS} and {MAX_DRAFT_TOKENS}, got {draft_tokens}")
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target")
         d_info = d_digest = d_src = None

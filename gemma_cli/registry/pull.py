@@ -8,19 +8,19 @@ around each download so two models sharing a file fetch it once.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from gemma_cli.compat import draft_source_for
 from gemma_cli.errors import DownloadError, GemmaError, ModelFileError
 from gemma_cli.registry import hub
 from gemma_cli.registry.catalog import CatalogEntry, FileSpec, load_catalog
-from gemma_cli.registry.names import ModelRef
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Layer, Manifest, now_iso
+from gemma_cli.store.names import ModelRef
 from gemma_cli.store.store import load, save
 
 
@@ -55,13 +55,6 @@ def architecture_of(path) -> str:
     from gemma_cli.gguf_meta import read_gguf
 
     return read_gguf(path).architecture
-
-
-def draft_source_for(drafter_arch: str | None, fallback: str) -> str:
-    """'mtp' for a gemma4-assistant head, 'model' for any other drafter GGUF, else the catalog's value."""
-    if drafter_arch is None:
-        return fallback if fallback in ("ngram", "none") else "ngram"
-    return "mtp" if drafter_arch in ("gemma4-assistant", "gemma4_assistant") else "model"
 
 
 def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: str) -> tuple[Layer, int]:
@@ -187,4 +180,4 @@ def pull(name: str, progress: PullProgress | None = None, layout: Layout | None 
 
 
 __all__ = ["pull", "PullResult", "PullProgress", "NullProgress", "materialise_package", "fetch_layer",
-           "draft_source_for", "DownloadError", "GemmaError"]
+           "DownloadError", "GemmaError"]

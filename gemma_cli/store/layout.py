@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma_cli import config
-from gemma_cli.registry.names import ModelRef
+from gemma_cli.store.names import ModelRef
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

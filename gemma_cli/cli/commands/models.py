@@ -160,8 +160,8 @@ def show_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
-    from gemma_cli.store import resolve_model
-    from gemma_cli.store.inspect import describe
+    from gemma_cli.registry.resolve import resolve_model
+    from gemma_cli.registry.inspect import describe
 
     info = describe(resolve_model(name))
     if json_out:
@@ -173,7 +173,7 @@ def show_cmd(
 @app.command("rm")
 def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
     """Remove models; blobs still used by another model are kept."""
-    from gemma_cli.store.store import remove
+    from gemma_cli.registry.manage import remove
 
     results = remove(names)
     freed = results[-1][1] if results else 0
@@ -206,7 +206,7 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash blobs against their sha256 and report corruption."""
-    from gemma_cli.store.verify import verify
+    from gemma_cli.registry.manage import verify
 
     reports = verify(names or None)
     if json_out:

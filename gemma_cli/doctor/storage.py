@@ -1,0 +1,80 @@
+"""The model store and the disk under it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gemma_cli import config
+from gemma_cli.doctor.report import FAIL, GIB, OK, WARN, Check
+from gemma_cli.errors import GemmaError
+from gemma_cli.registry.catalog import load_catalog
+from gemma_cli.store.layout import Layout
+from gemma_cli.store.store import iter_manifests
+
+LOW_DISK_BYTES = 2 << 30
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or "/")
+
+
+def check_store(root: Path) -> Check:
+    """The store must be a directory we can create files in (or could create)."""
+    details: dict[str, Any] = {"path": str(root), "exists": root.exists()}
+    hint = "set GEMMA_MODELS to a writable directory, e.g. export GEMMA_MODELS=~/gemma-models"
+    if root.exists() and not root.is_dir():
+        return Check("store", FAIL, f"{root} is not a directory", hint, details)
+    if root.is_dir():
+        try:
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-", delete=True):
+                pass
+        except OSError as exc:
+            return Check("store", FAIL, f"{root} is not writable ({exc.strerror})", hint, details)
+        names = store_model_names(root)
+        details["models"] = names
+        return Check("store", OK, f"{root} ({len(names)} model(s))", None, details)
+    base = _existing_ancestor(root)
+    if not base.is_dir():
+        return Check("store", FAIL, f"{root} cannot be created: {base} is not a directory", hint, details)
+    if not os.access(base, os.W_OK | os.X_OK):
+        return Check("store", FAIL, f"{root} cannot be created: {base} is not writable", hint, details)
+    details["models"] = []
+    return Check("store", OK, f"{root} (not created yet; the first pull creates it)", None, details)
+
+
+def store_model_names(root: Path | None = None) -> list[str]:
+    """`family:tag` of every manifest in the store, without parsing them (empty when unreadable)."""
+    try:
+        return sorted(str(ref) for ref, _ in iter_manifests(Layout(root or config.models_dir())))
+    except OSError:
+        return []
+
+
+def catalog_model_names() -> list[str]:
+    """Names the catalog can pull (empty when the catalog is unavailable or broken)."""
+    try:
+        return list(load_catalog().names())
+    except GemmaError:  # completion and the doctor must never fail on the catalog
+        return []
+
+
+def check_disk(root: Path) -> Check:
+    base = _existing_ancestor(root)
+    if not base.is_dir():
+        base = base.parent
+    try:
+        usage = shutil.disk_usage(base)
+    except OSError as exc:
+        return Check("disk", WARN, f"free space unknown for {base} ({exc.strerror})")
+    details = {"path": str(base), "free_bytes": usage.free, "total_bytes": usage.total}
+    summary = f"{usage.free / GIB:.1f} GiB free of {usage.total / GIB:.1f} GiB on {base}"
+    if usage.free < LOW_DISK_BYTES:
+        return Check("disk", WARN, summary, "Gemma models need 0.3-10 GiB each; free some space or point GEMMA_MODELS elsewhere", details)
+    return Check("disk", OK, summary, None, details)
