@@ -7,7 +7,6 @@ all other escape sequences to see what the user reads in the scrolling area.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
