@@ -1,7 +1,9 @@
 """Options shared by `run`, `chat` and `bench`, and turning them into an Engine.
 
 One definition per option keeps help texts, defaults and validation identical
-across commands (and in the generated man page and completions).
+across commands (and in the generated man page and completions). The ranges
+themselves live in `gemma_cli.limits`; this is where they become usage errors
+named after the option.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.errors import UsageError
 from gemma_cli.pair import ModelPair
 
-DRAFT_CHOICES = ("auto", "mtp", "model", "ngram", "none")
+#: What --draft accepts: `auto` (the pair's own drafter), then the engine's sources, richest first.
+DRAFT_CHOICES = ("auto", *reversed(limits.DRAFT_SOURCES))
 
 # Gemma's published generation config (as Ollama's gemma3 Modelfile uses).
 DEFAULT_TEMPERATURE = 1.0
@@ -60,18 +64,23 @@ def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default
     if source == "mtp" and pair.draft_source != "mtp":
         raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use --draft model")
     tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
+    limits.check_draft_tokens(tokens)
     model_path = pair.drafter if source in ("mtp", "model") else None
-    return DraftConfig(source=source, tokens=tokens, model_path=model_path).validate()
+    return DraftConfig(source=source, tokens=tokens, model_path=model_path)
+
+
+def check_generation(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0) -> None:
+    """--max-tokens and the sampling options, as usage errors (before anything loads)."""
+    limits.check_max_tokens(max_tokens, "--max-tokens")
+    limits.check_sampling(temperature, top_k, top_p, min_p)
 
 
 def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Load the pair with the chosen draft source (imports llama.cpp only now)."""
     from gemma_cli.engine.generate import Engine, EngineConfig
 
-    if choice.ctx <= 0:
-        raise UsageError(f"--ctx must be positive, got {choice.ctx}")
-    if choice.threads is not None and choice.threads <= 0:
-        raise UsageError(f"--threads must be positive, got {choice.threads}")
+    limits.check_n_ctx(choice.ctx, "--ctx")
+    limits.check_threads(choice.threads, "--threads")
     draft = draft_config(pair, choice, workload)
     config = EngineConfig(n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads)
     return Engine(pair.target, draft, config)

@@ -14,6 +14,15 @@ from rich.console import Console
 from gemma_cli.engine.types import LiveStats
 
 
+def quiet_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so interpreter shutdown does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
 def use_color(stream=None) -> bool:
     stream = stream or sys.stdout
     return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()

@@ -12,8 +12,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import app
 from gemma_cli.cli.output import stderr_console, use_color
 from gemma_cli.errors import UsageError
 
@@ -31,8 +31,7 @@ def parse_lengths(spec: str | None) -> list[int] | None:
             k = int(part)
         except ValueError:
             raise UsageError(f"--draft-tokens takes comma-separated integers, e.g. 2,4,6; got {spec!r}") from None
-        if not 1 <= k <= 32:
-            raise UsageError(f"--draft-tokens values must be between 1 and 32, got {k}")
+        limits.check_draft_tokens(k, "--draft-tokens values")
         if k not in out:
             out.append(k)
     if not out:
@@ -94,7 +93,6 @@ def render_tables(data: dict) -> None:
         console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict})")
 
 
-@app.command()
 def bench(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     workload: Annotated[
@@ -126,11 +124,10 @@ def bench(
 
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    opt.check_generation(max_tokens, temperature, top_k, top_p)
     from gemma_cli.engine.sampling import SamplingParams
 
-    sampling = SamplingParams(temperature, top_k, top_p).validate()
+    sampling = SamplingParams(temperature, top_k, top_p)
     if sampling.greedy and (top_k, top_p) != (opt.DEFAULT_TOP_K, opt.DEFAULT_TOP_P):
         raise UsageError("--top-k and --top-p shape sampling, and bench runs greedy by default; add --temperature, e.g. -t 1")
     lengths = parse_lengths(draft_tokens)

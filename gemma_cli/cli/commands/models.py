@@ -8,7 +8,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from gemma_cli.cli.app import app
 from gemma_cli.errors import IntegrityError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -40,10 +39,9 @@ def _ago(iso: str) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
 
-@app.command("pull")
 def pull_cmd(
     name: Annotated[str, typer.Argument(help="Model name, e.g. gemma4:e4b or gemma3:270m.")],
     quiet: QuietOpt = False,
@@ -104,7 +102,6 @@ def _list(json_out: bool, available: bool) -> None:
     typer.echo(_table(rows))
 
 
-@app.command("list")
 def list_cmd(
     json_out: JsonOpt = False,
     available: Annotated[bool, typer.Option("--available", help="Show the catalog instead of the local store.")] = False,
@@ -113,7 +110,6 @@ def list_cmd(
     _list(json_out, available)
 
 
-@app.command("ls", hidden=True)
 def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False) -> None:
     """Alias of `list`."""
     _list(json_out, available)
@@ -154,7 +150,6 @@ def _show_lines(info: dict) -> list[str]:
     return lines
 
 
-@app.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="Model name or .gguf path.")],
     json_out: JsonOpt = False,
@@ -170,7 +165,6 @@ def show_cmd(
         typer.echo("\n".join(_show_lines(info)))
 
 
-@app.command("rm")
 def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
     """Remove models; blobs still used by another model are kept."""
     from gemma_cli.registry.manage import remove
@@ -182,7 +176,6 @@ def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remov
     typer.echo(f"freed {_size(freed)}")
 
 
-@app.command("create")
 def create_cmd(
     name: Annotated[str, typer.Argument(help="New model name, e.g. mypair:latest.")],
     target: Annotated[str, typer.Option("--target", help="Target GGUF: a path or hf://owner/repo/file.gguf.")],
@@ -200,7 +193,6 @@ def create_cmd(
     typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {_size(m.size)}")
 
 
-@app.command("verify")
 def verify_cmd(
     names: Annotated[Optional[List[str]], typer.Argument(help="Models to check (default: all).")] = None,
     json_out: JsonOpt = False,

@@ -7,16 +7,15 @@ stderr. Piped stdin is read fully and placed before the positional prompt.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from typing import Annotated, List, Optional
 
 import typer
 
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import EXIT_INTERRUPT, app, quiet_stdout
-from gemma_cli.cli.output import render_verbose_summary
-from gemma_cli.errors import UsageError
+from gemma_cli.cli.interrupt import CancelOnSigint
+from gemma_cli.cli.output import quiet_stdout, render_verbose_summary
+from gemma_cli.errors import ExitCode, GemmaError, UsageError
 
 FORMATS = ("text", "json", "jsonl")
 
@@ -29,9 +28,9 @@ def _looks_like_model(arg: str) -> bool:
         return False
     try:
         opt.resolve(arg)
-        return True
-    except Exception:
+    except (GemmaError, OSError):  # not a model we know (or cannot read the store): a prompt
         return False
+    return True
 
 
 def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]:
@@ -50,29 +49,6 @@ def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]
     return model, "\n\n".join(parts)
 
 
-class _CancelOnSigint:
-    """First Ctrl-C stops generation cleanly between steps; a second one interrupts at once."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.fired = False
-        self._previous = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.fired:
-            raise KeyboardInterrupt
-        self.fired = True
-        self.engine.cancel()
-
-    def __enter__(self) -> "_CancelOnSigint":
-        self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
-
-
-@app.command(no_args_is_help=False)
 def run(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt text; piped stdin is placed before it.", show_default=False)] = None,
@@ -101,9 +77,8 @@ def run(
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
+    opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed)
     model, text = read_prompt(model, prompt)
     pair = opt.resolve(model)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
@@ -112,7 +87,7 @@ def run(
         tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
         out = sys.stdout
-        with _CancelOnSigint(engine) as sig:
+        with CancelOnSigint(engine, second_interrupts=True) as sig:
             for piece in generation:
                 if fmt == "text":
                     out.write(piece.text)
@@ -138,9 +113,9 @@ def run(
         if verbose:
             render_verbose_summary(result.stats, engine.load_seconds)
         if sig.fired:
-            raise typer.Exit(EXIT_INTERRUPT)
+            raise typer.Exit(ExitCode.INTERRUPT)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, successfully
         quiet_stdout()
-        raise typer.Exit(0)
+        raise typer.Exit(ExitCode.OK) from None
     finally:
         engine.close()
