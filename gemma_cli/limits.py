@@ -69,3 +69,15 @@ def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float) -
         raise UsageError(f"top_p must be in (0, 1], got {top_p}")
     if not (0.0 <= min_p < 1.0):
         raise UsageError(f"min_p must be in [0, 1), got {min_p}")
+
+
+RANDOM_SEED = -1  # as in llama.cpp: a fresh random seed
+
+
+def check_seed(seed: int | None, name: str = "--seed") -> int | None:
+    """A sampling seed: a whole number >= 0, or None / -1 for a random one (returned as None)."""
+    if seed is None or seed == RANDOM_SEED:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"{name} must be a whole number >= 0, or -1 for a random seed, got {seed}")
+    return seed

@@ -9,7 +9,8 @@ manifest, where `run` and `chat` pick it up as their default.
 
 The best candidate is recorded even when it does not beat plain decoding: the
 engine's adaptive controller already pauses drafting when it stops paying, so
-the recorded length is only an upper bound on what it tries.
+the recorded length is only an upper bound on what it tries. A result from runs
+too short to time (under 2 s) is not recorded unless asked (`--force`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class TuneChoice:
     draft_tokens: int
     speedup: float
     report: WorkloadReport | None = None  # None for the combined `default` choice
+    reliable: bool = True  # every timed run lasted long enough (harness.RELIABLE_SECONDS)
+    recorded: bool = False  # written into the manifest by `record`
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,7 +52,14 @@ class TuneChoice:
             "draft_tokens": self.draft_tokens,
             "speedup": self.speedup,
             "beats_plain": self.speedup > 1.0,
+            "timing_reliable": self.reliable,
+            "recorded": self.recorded,
         }
+
+
+def report_reliable(report: WorkloadReport) -> bool:
+    """Did every run of the workload (plain and speculative) last long enough to time?"""
+    return all(r.timing_reliable for v in [report.plain, *report.variants] for r in v.runs)
 
 
 def available_sources(pair: ModelPair, requested: str = "auto") -> list[str]:
@@ -90,7 +100,8 @@ def tune_workload(
     report = compare(engine, workload, variants, runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
     # Ties go to the shorter draft: the same speed for less wasted work.
     best = max(report.variants, key=lambda v: (round(v.speedup, 3), -v.draft_tokens))
-    return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report)
+    return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report,
+                      reliable=report_reliable(report))
 
 
 def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
@@ -109,15 +120,28 @@ def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
         return math.exp(sum(math.log(max(r.variants[i].speedup, 1e-9)) for r in reports) / len(reports))
 
     best = max(range(len(variants)), key=lambda i: (round(gmean(i), 3), -variants[i].draft_tokens))
-    return TuneChoice("all", FILE_CLASS, variants[best].source, variants[best].draft_tokens, gmean(best))
+    return TuneChoice("all", FILE_CLASS, variants[best].source, variants[best].draft_tokens, gmean(best),
+                      reliable=all(report_reliable(r) for r in reports))
 
 
-def record(pair: ModelPair, choices: Sequence[TuneChoice]) -> None:
-    """Write the winners into the model's manifest (the store owns the file format)."""
+def record(pair: ModelPair, choices: Sequence[TuneChoice], *, force: bool = False) -> list[TuneChoice]:
+    """Write the winners into the model's manifest (the store owns the file format).
+
+    A choice whose runs were too short to time reliably is not recorded (run
+    and chat would otherwise pick up noise as their default) unless `force`.
+    Returns the choices with `recorded` set.
+    """
+    from dataclasses import replace
+
     from gemma_cli.registry.manage import record_tuned
 
+    out = []
     for choice in choices:
-        record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)
+        keep = choice.reliable or force
+        if keep:
+            record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)
+        out.append(replace(choice, recorded=keep))
+    return out
 
 
 def check_tunable(pair: ModelPair) -> None:

@@ -84,16 +84,65 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return usage, errors
 
 
+def json_errors_requested(argv: list[str]) -> bool:
+    """`gemma run --format json|jsonl`: scripts read stdout, so a failure goes there as JSON too."""
+    if not argv or argv[0] != "run":
+        return False
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--format", "-f") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--format="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-f") and len(arg) > 2 and not arg.startswith("--"):
+            value = arg[2:]
+        if value in ("json", "jsonl"):
+            return True
+    return False
+
+
+def _json_error(message: str, code: int) -> None:
+    """One JSON object on stdout for scripts (the stderr line is printed as well)."""
+    import json
+
+    try:
+        sys.stdout.write(json.dumps({"error": message.replace("\n", " "), "exit_code": int(code)}) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        quiet_stdout()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `finally` blocks remove temporary files."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, map every known failure to one line and an exit code."""
+    import signal
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    want_json = json_errors_requested(args)
+    message: str | None = None
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread (tests calling main in a thread)
+        pass
     try:
         code = app(args=argv, standalone_mode=False)
+    except Terminated:
+        sys.stderr.write("Terminated.\n")
+        code, message = 128 + signal.SIGTERM, "terminated (SIGTERM)"
     except GemmaError as exc:
         _error_line(str(exc), exc.hint)
-        code = exc.exit_code
+        code, message = exc.exit_code, str(exc)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        code = ExitCode.INTERRUPT
+        code, message = ExitCode.INTERRUPT, "interrupted"
     except BrokenPipeError:
         quiet_stdout()
         code = ExitCode.OK
@@ -107,18 +156,24 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, usage_errors):
             exc.show()
             code = ExitCode.OK if type(exc).__name__ == "NoArgsIsHelpError" else ExitCode.USAGE
+            message = getattr(exc, "message", None) or str(exc)
         elif isinstance(exc, click_errors):
             exc.show()
-            code = exc.exit_code
+            code, message = exc.exit_code, getattr(exc, "message", None) or str(exc)
         elif isinstance(exc, OSError) and _disk_full(exc):
-            _error_line(f"no space left for {exc.filename or 'the output'}: {exc.strerror}")
+            message = f"no space left for {exc.filename or 'the output'}: {exc.strerror}"
+            _error_line(message)
             code = ExitCode.ERROR
         else:
             if os.environ.get("GEMMA_DEBUG"):
                 raise
-            _error_line(f"{type(exc).__name__}: {exc}", "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
+            message = f"{type(exc).__name__}: {exc}"
+            _error_line(message, "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
             code = ExitCode.ERROR
-    sys.exit(int(code) if isinstance(code, int) else ExitCode.OK.value)
+    code = int(code) if isinstance(code, int) else ExitCode.OK.value
+    if want_json and message is not None and code != ExitCode.OK:
+        _json_error(message, code)
+    sys.exit(code)
 
 
 def _disk_full(exc: OSError) -> bool:

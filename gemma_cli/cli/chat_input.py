@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Protocol, TextIO
+from typing import BinaryIO, Callable, Protocol, TextIO
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -41,16 +41,23 @@ def unwrap_block(text: str) -> str:
 class PlainReader:
     """Lines from a pipe or file; \"\"\" blocks span lines. No prompt is printed."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | BinaryIO) -> None:
         self.stream = stream
 
-    def read(self) -> str | None:
+    def _line(self) -> str:
+        """One line as text; a binary stream's invalid UTF-8 becomes U+FFFD (said once on stderr)."""
+        from gemma_cli.cli.text_input import clean_text, decode_bytes
+
         line = self.stream.readline()
+        return decode_bytes(line) if isinstance(line, bytes) else clean_text(line)
+
+    def read(self) -> str | None:
+        line = self._line()
         if not line:
             return None
         text = line.rstrip("\n")
         while block_open(text):
-            more = self.stream.readline()
+            more = self._line()
             if not more:
                 break
             text += "\n" + more.rstrip("\n")
@@ -110,4 +117,4 @@ def make_reader(history_path: Path, warn: Callable[[str], None]) -> Reader:
     """prompt_toolkit on a terminal, plain line reading from a pipe or file."""
     if sys.stdin.isatty() and sys.stdout.isatty():
         return TerminalReader(history_path, warn)
-    return PlainReader(sys.stdin)
+    return PlainReader(getattr(sys.stdin, "buffer", sys.stdin))  # bytes: invalid UTF-8 cannot raise

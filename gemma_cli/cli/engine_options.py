@@ -31,7 +31,7 @@ Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Samplin
 TopK = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel="Sampling")]
 MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability (0 = off).", rich_help_panel="Sampling")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output.", rich_help_panel="Sampling")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output (-1 = random).", rich_help_panel="Sampling")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Stop after this many generated tokens.", rich_help_panel="Sampling")]
 Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens.", rich_help_panel="Hardware")]
 GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU (CUDA/Metal builds; -1 = all).", rich_help_panel="Hardware")]
@@ -86,8 +86,24 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
     return Engine(pair.target, draft, config)
 
 
-def resolve(model: str | None) -> ModelPair:
-    """A model name, a .gguf path, or None (the default model) -> ModelPair."""
-    from gemma_cli.registry.resolve import resolve_model
+def resolve(model: str | None, *, pull_missing: bool = False) -> ModelPair:
+    """A model name, a .gguf path, or None (the default model) -> ModelPair.
 
-    return resolve_model(model)
+    With `pull_missing` (run, chat), a catalog model not in the store yet is
+    pulled first, with a line and progress bars on stderr, as `ollama run` does.
+    """
+    import sys
+
+    from gemma_cli.registry.resolve import NotPulledError, resolve_model, resolve_or_pull
+
+    try:
+        return resolve_model(model)
+    except NotPulledError as missing:
+        if not pull_missing:
+            raise
+        sys.stderr.write(f"{missing.ref} is not pulled yet; pulling it now (Ctrl-C stops, the same command resumes)\n")
+        sys.stderr.flush()
+    from gemma_cli.cli.progress import progress_for
+
+    with progress_for(False) as progress:
+        return resolve_or_pull(model, progress)

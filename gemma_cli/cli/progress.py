@@ -48,6 +48,13 @@ class RichProgress:
                 self._progress.update(self._task, completed=task.total)
         self._task = None
 
+    def abort(self, note: str) -> None:
+        """Leave the bar where the transfer stopped and say why (never a full bar for a partial file)."""
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, description=f"{task.description}: {note}")
+        self._task = None
+
 
 class _NullContext(NullProgress):
     def __enter__(self) -> "_NullContext":

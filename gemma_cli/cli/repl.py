@@ -100,6 +100,24 @@ class ChatRepl:
             except KeyboardInterrupt:  # Ctrl-C just before or after a reply's own handler
                 self.conv.pop_user()
                 self.hint("(interrupted)")
+            except BrokenPipeError:  # the reader of our output is gone: nothing left to talk to
+                raise
+            except Exception as exc:  # nothing typed in chat may end the session
+                self.conv.pop_user()
+                self._unexpected(exc)
+
+    def _unexpected(self, exc: Exception) -> None:
+        """A failure we did not foresee: one line, the conversation kept, the session alive."""
+        import os
+        import traceback
+
+        if os.environ.get("GEMMA_DEBUG"):
+            traceback.print_exc(file=self.err)
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        self.hint(
+            f"that message failed ({type(exc).__name__}{': ' + detail if detail else ''}); "
+            "the conversation is kept, try again or change settings (GEMMA_DEBUG=1 shows a traceback)"
+        )
 
     # one turn
     def turn(self, text: str) -> None:
@@ -121,15 +139,17 @@ class ChatRepl:
         renderer = ReplyRenderer(self.out, self.err, live=self.live, color=self.color, highlight=s.highlight)
         try:
             with CancelOnSigint(engine, second_interrupts=False) as sig:
-                renderer.stream(generation, generation.stats, prompt_tokens=len(fitted.tokens))
-        except GemmaError:
+                shown = renderer.stream(generation, generation.stats, prompt_tokens=len(fitted.tokens),
+                                        stopped=lambda: sig.fired)
+        except Exception:
             conv.pop_user()
             raise
         result = generation.result
         if result is None:  # the stream ended abnormally
             conv.pop_user()
             return
-        conv.add_assistant(result.text)
+        # After Ctrl-C the conversation keeps what the user saw, not the rest of the step being verified.
+        conv.add_assistant(shown if sig.fired else result.text)
         self.last = result
         renderer.summary(result.stats, result.stop_reason)
         if sig.fired:

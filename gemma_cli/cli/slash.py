@@ -25,7 +25,7 @@ HELP = [
     ("/set PARAM VALUE", "temperature, top_k, top_p, min_p, seed, max_tokens, draft, draft_tokens, system, verbose, highlight"),
     ("/show WHAT", "info, parameters, system, template, stats"),
     ("/clear", "forget the conversation (the system prompt stays)"),
-    ("/save FILE", "save the conversation as JSON"),
+    ("/save FILE", "save the conversation as JSON (a new file; /save! FILE replaces one)"),
     ("/load FILE", "continue a saved conversation"),
     ("/bye, /exit", "leave (or Ctrl-D)"),
     ('"""', "start and end a multi-line message (Alt-Enter also adds a line)"),
@@ -55,8 +55,8 @@ def run_command(repl: ChatRepl, line: str) -> bool:
     elif name == "/clear":
         repl.conv.clear()
         repl.say("Cleared the conversation." + (" The system prompt stays." if repl.conv.system else ""))
-    elif name == "/save":
-        saved = repl.conv.save(_path_arg(rest, "/save"), model=repl.pair.name)
+    elif name in ("/save", "/save!"):
+        saved = repl.conv.save(_path_arg(rest, name), model=repl.pair.name, overwrite=name == "/save!")
         repl.say(f"Saved {len(repl.conv.turns)} message(s) to {saved}.")
     elif name == "/load":
         loaded = Conversation.load(_path_arg(rest, "/load"))
@@ -114,7 +114,7 @@ def _set(repl: ChatRepl, rest: str) -> None:
         repl.settings = replace(s, max_tokens=limits.check_max_tokens(_int(key, value)))
     else:
         if key == "seed":
-            new: object = None if value.lower() in ("none", "random", "off") else _int(key, value)
+            new: object = None if value.lower() in ("none", "random", "off") else limits.check_seed(_int(key, value), "seed")
         elif key == "top_k":
             new = _int(key, value)
         else:

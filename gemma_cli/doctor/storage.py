@@ -78,3 +78,27 @@ def check_disk(root: Path) -> Check:
     if usage.free < LOW_DISK_BYTES:
         return Check("disk", WARN, summary, "Gemma models need 0.3-10 GiB each; free some space or point GEMMA_MODELS elsewhere", details)
     return Check("disk", OK, summary, None, details)
+
+
+def check_leftovers(root: Path) -> Check:
+    """Temporary files of killed processes (removed now) and stale partial downloads (reported)."""
+    from gemma_cli.store.cleanup import PARTIAL_STALE_DAYS, sweep
+
+    if not root.is_dir():
+        return Check("leftovers", OK, "none (no store yet)")
+    try:
+        found = sweep(Layout(root))
+    except OSError as exc:
+        return Check("leftovers", WARN, f"cannot scan {root} ({exc.strerror or exc})")
+    removed = [f for f in found if f.removed]
+    partial = [f for f in found if f.kind == "partial"]
+    details = {"removed": [f.path for f in removed], "stale_partial": [f.path for f in partial]}
+    parts = []
+    if removed:
+        parts.append(f"removed {len(removed)} temporary file(s) of killed processes ({sum(f.size for f in removed) / GIB:.2f} GiB)")
+    if partial:
+        parts.append(f"{len(partial)} partial download(s) older than {PARTIAL_STALE_DAYS} days "
+                     f"({sum(f.size for f in partial) / GIB:.2f} GiB): {', '.join(f.path for f in partial[:3])}")
+        return Check("leftovers", WARN, "; ".join(parts),
+                     "run the `gemma pull` that started them to resume, or delete the .partial files", details)
+    return Check("leftovers", OK, "; ".join(parts) or "no stale temporary files", None, details)

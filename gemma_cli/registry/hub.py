@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
+from gemma_cli import config
 from gemma_cli.errors import DownloadError, GemmaError
 from gemma_cli.store.blobs import disk_full
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_STALLED_ATTEMPTS = 4
+MAX_STALL_RETRIES = 3  # transfers that went silent for config.stall_timeout() seconds, in a row
 Progress = Callable[[int], None]
 
 
@@ -168,7 +170,9 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
         headers.pop("authorization", None)  # signed CDN URLs: the token stays on the Hub
         headers.pop("Authorization", None)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    stall_s = config.stall_timeout()
     stalled = 0
+    silent = 0  # consecutive attempts that stalled without a byte
     while True:
         have = partial.stat().st_size if partial.exists() else 0
         if remote.size is not None and have == remote.size:
@@ -181,7 +185,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
             req["Range"] = f"bytes={have}-"
         before = have
         try:
-            with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=60.0)) as resp:
+            with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=stall_s)) as resp:
                 if resp.status_code == 416:  # our partial is not a prefix of anything it has: start over
                     partial.unlink(missing_ok=True)
                     stalled += 1
@@ -209,6 +213,18 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
             if isinstance(exc, (ConnectionError, TimeoutError)):
                 raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
             raise disk_full(partial, exc) or DownloadError(f"cannot write {partial}: {exc.strerror}") from None
+        except httpx2.ReadTimeout:
+            # The server answered, then sent nothing for stall_s: retry from here, a bounded number of times.
+            now = partial.stat().st_size if partial.exists() else 0
+            silent = 0 if now > before else silent + 1
+            if silent > MAX_STALL_RETRIES:
+                total = f" of {remote.size}" if remote.size is not None else ""
+                raise DownloadError(
+                    f"the download of {remote.repo}/{remote.filename} stalled: the server stopped sending data "
+                    f"({stall_s:g} s without a byte, {silent} times in a row); {now}{total} bytes are kept, "
+                    "run the same command to resume"
+                ) from None
+            continue
         except httpx2.TransportError as exc:
             now = partial.stat().st_size if partial.exists() else 0
             stalled = 0 if now > before else stalled + 1  # a drop mid-file: continue from here

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gemma_cli.errors import GemmaError, ModelNotFoundError
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS
 from gemma_cli.registry.catalog import load_catalog
+from gemma_cli.store.cleanup import Leftover, sweep
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import now_iso
 from gemma_cli.store.store import delete, iter_manifests, set_tuned
@@ -46,3 +47,17 @@ def record_tuned(name: str, workload: str, draft_tokens: int, draft_source: str 
     if draft_source:
         entry["draft_source"] = draft_source
     set_tuned(load_catalog().ref(name), workload, entry, Layout.default())
+
+
+def sweep_leftovers(layout: Layout | None = None, *, remove: bool = True) -> list[Leftover]:
+    """Temporary files of killed processes (removed) and stale partial downloads (reported)."""
+    return sweep(layout or Layout.default(), remove=remove)
+
+
+def repair_hint(report: BlobReport) -> str:
+    """What fixes a bad blob: pull a catalog model again, re-create a custom one from its source."""
+    if report.catalog:
+        return f"run `gemma pull {report.model}` to repair"
+    source = report.source if report.source and not report.source.startswith("package:") else "ITS_SOURCE.gguf"
+    return (f"{report.model} is a custom model: re-create it from its source with "
+            f"`gemma create {report.model} --target {source}` (add the same --draft as before)")

@@ -72,30 +72,45 @@ def collect_garbage(layout: Layout) -> tuple[int, int]:
     Skipped (0, 0) while any pull holds the store lock: its blobs may not
     have a manifest yet. The next `rm` collects them.
     """
-    removed = freed = 0
+    removed = _collect(layout)
+    return len(removed), sum(removed.values())
+
+
+def _collect(layout: Layout) -> dict[str, int]:
+    """Delete unreferenced blobs; returns {hex digest: bytes freed}."""
+    removed: dict[str, int] = {}
     with file_lock(layout.store_lock, blocking=False) as got:
         if not got or not layout.blobs.is_dir():
-            return 0, 0
+            return removed
         keep = referenced_digests(layout)
         for path in layout.blobs.glob("sha256-*"):
             hexpart = path.name[len("sha256-"):]
             if path.suffix == ".partial" or len(hexpart) != 64 or hexpart in keep:
                 continue
-            freed += blobs.remove_blob(layout, "sha256:" + hexpart)
-            removed += 1
-    return removed, freed
+            removed[hexpart] = blobs.remove_blob(layout, "sha256:" + hexpart)
+    return removed
 
 
 def delete(refs: list[ModelRef], layout: Layout) -> int:
-    """Delete these models' manifests, then collect unreferenced blobs; returns the bytes freed."""
+    """Delete these models' manifests, then collect unreferenced blobs.
+
+    Returns the bytes freed by *these* models' blobs: orphans left by something
+    else are collected too, but not counted as what this `rm` freed.
+    """
+    own: set[str] = set()
+    for ref in refs:
+        with contextlib.suppress(GemmaError, OSError):
+            manifest = load(ref, layout)
+            if manifest is not None:
+                own.update(digest_hex(layer.digest) for layer in manifest.layers)
     for ref in refs:
         with file_lock(layout.model_lock(ref)):
             with contextlib.suppress(FileNotFoundError):
                 layout.manifest(ref).unlink()
         with contextlib.suppress(OSError):
             layout.manifest(ref).parent.rmdir()  # only when empty
-    _, freed = collect_garbage(layout)
-    return freed
+    removed = _collect(layout)
+    return sum(size for hexpart, size in removed.items() if hexpart in own)
 
 
 def set_tuned(ref: ModelRef, workload: str, entry: dict[str, Any], layout: Layout) -> None:

@@ -21,6 +21,8 @@ class BlobReport:
     role: str  # "target" | "drafter" | "manifest"
     digest: str
     status: str  # ok | missing | truncated | corrupt | unreadable manifest
+    catalog: bool = True  # pulled from the catalog (repair: pull) or created (repair: create again)
+    source: str = ""  # where the file came from (a path, hf://…, package:…)
 
 
 def verify_refs(refs: list[ModelRef] | None, layout: Layout) -> list[BlobReport]:
@@ -43,5 +45,5 @@ def verify_refs(refs: list[ModelRef] | None, layout: Layout) -> list[BlobReport]
             if layer is None:
                 continue
             status = blobs.blob_status(layout, layer.digest, layer.size, full=True)
-            reports.append(BlobReport(str(ref), role, digest_hex(layer.digest), status))
+            reports.append(BlobReport(str(ref), role, digest_hex(layer.digest), status, manifest.catalog, layer.source))
     return reports

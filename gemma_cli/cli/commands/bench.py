@@ -90,7 +90,8 @@ def render_tables(data: dict) -> None:
         console.print(f"note: {warning}")
     for t in data.get("tuned", []):
         verdict = "faster than plain" if t["beats_plain"] else "no faster than plain; adaptive drafting will pause"
-        console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict})")
+        kept = "" if t.get("recorded", True) else "; NOT recorded: runs too short to time"
+        console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict}{kept})")
 
 
 def bench(
@@ -111,6 +112,7 @@ def bench(
     top_p: opt.TopP = opt.DEFAULT_TOP_P,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as one JSON object.")] = False,
     tune: Annotated[bool, typer.Option("--tune", help="Sweep draft lengths and sources; record the best per workload in the model's manifest.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --tune: record results even from runs too short to time reliably.")] = False,
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
@@ -169,7 +171,14 @@ def bench(
     finally:
         engine.close()
     if tune:
-        tuner.record(pair, choices)
+        choices = tuner.record(pair, choices, force=force)
+        for c in choices:
+            if not c.reliable:
+                what = "recorded anyway (--force)" if c.recorded else "not recorded"
+                sys.stderr.write(
+                    f"note: tuned {c.kind} ({c.draft_source} k<={c.draft_tokens}) {what}: runs were shorter than 2 s, "
+                    "too short to time reliably; raise --max-tokens (or --force to record it anyway)\n"
+                )
     data = {
         "model": pair.name,
         "target": str(pair.target),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gemma_cli import config
+from gemma_cli import config, limits
 from gemma_cli.cli import engine_options as opt
 
 
@@ -37,8 +37,12 @@ def chat(
     from gemma_cli.engine.sampling import SamplingParams
 
     opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed)
-    pair = opt.resolve(model)
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, limits.check_seed(seed))
+    if system is not None:
+        from gemma_cli.cli.text_input import clean_text
+
+        system = clean_text(system)
+    pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     color = use_color(sys.stdout) and use_color(sys.stderr)

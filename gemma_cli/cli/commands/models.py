@@ -50,8 +50,14 @@ def pull_cmd(
     from gemma_cli.cli.progress import progress_for
     from gemma_cli.registry.pull import pull
 
-    with progress_for(quiet) as progress:
-        result = pull(name, progress)
+    try:
+        with progress_for(quiet) as progress:
+            result = pull(name, progress)
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("\ninterrupted: what was downloaded is kept; run the same command to resume\n")
+        raise
     m = result.manifest
     if result.up_to_date:
         state = "up to date"
@@ -155,8 +161,8 @@ def show_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
-    from gemma_cli.registry.resolve import resolve_model
     from gemma_cli.registry.inspect import describe
+    from gemma_cli.registry.resolve import resolve_model
 
     info = describe(resolve_model(name))
     if json_out:
@@ -198,7 +204,9 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash blobs against their sha256 and report corruption."""
-    from gemma_cli.registry.manage import verify
+    import sys
+
+    from gemma_cli.registry.manage import repair_hint, sweep_leftovers, verify
 
     reports = verify(names or None)
     if json_out:
@@ -206,10 +214,13 @@ def verify_cmd(
     else:
         for r in reports:
             typer.echo(f"{r.status.upper():<9} {r.model} {r.role} {r.digest[:12]}")
+    for left in sweep_leftovers():
+        verb = "removed" if left.removed else "found"
+        sys.stderr.write(f"{verb} {left.path} ({_size(left.size)}): {left.reason}\n")
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]
         raise IntegrityError(
             f"{len(bad)} of {len(reports)} blobs failed verification ({first.model} {first.role}: {first.status}); "
-            f"run `gemma pull {first.model}` to repair"
+            + repair_hint(first)
         )

@@ -12,34 +12,32 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.cli import engine_options as opt
 from gemma_cli.cli.interrupt import CancelOnSigint
 from gemma_cli.cli.output import quiet_stdout, render_verbose_summary
-from gemma_cli.errors import ExitCode, GemmaError, UsageError
+from gemma_cli.errors import ExitCode, UsageError
 
 FORMATS = ("text", "json", "jsonl")
 
 
-def _looks_like_model(arg: str) -> bool:
-    """Is a lone positional argument a model (name or .gguf path) rather than a prompt?"""
-    if arg.endswith(".gguf"):
-        return True
-    if any(c.isspace() for c in arg) or len(arg) > 128:
-        return False
-    try:
-        opt.resolve(arg)
-    except (GemmaError, OSError):  # not a model we know (or cannot read the store): a prompt
-        return False
-    return True
-
-
 def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]:
-    """Combine piped stdin (first) with the positional prompt; pick out the model."""
-    if model is not None and prompt is None and not _looks_like_model(model):
+    """Combine piped stdin (first) with the positional prompt; pick out the model.
+
+    A lone argument is the model when it looks like one (family:tag, a catalog
+    name, a .gguf path), so a model that is missing is reported or pulled
+    rather than sent to the default model as a prompt.
+    """
+    from gemma_cli.cli.text_input import clean_text, read_stdin
+    from gemma_cli.registry.resolve import looks_like_model
+
+    model = clean_text(model) if model is not None else None
+    prompt = clean_text(prompt) if prompt is not None else None
+    if model is not None and prompt is None and not looks_like_model(model):
         model, prompt = None, model
     parts: list[str] = []
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+        piped = read_stdin()
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if prompt:
@@ -73,14 +71,17 @@ def run(
 
     Examples: gemma run "Why is the sky blue?" | cat notes.txt | gemma run gemma3:270m "Summarize:"
     """
+    from gemma_cli.cli.text_input import clean_text
     from gemma_cli.engine.sampling import SamplingParams
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed)
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, limits.check_seed(seed))
     model, text = read_prompt(model, prompt)
-    pair = opt.resolve(model)
+    system = clean_text(system) if system is not None else None
+    stop = [clean_text(x) for x in stop] if stop else None
+    pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     engine = opt.open_engine(pair, choice)
     try:
