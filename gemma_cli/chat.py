@@ -26,6 +26,15 @@ MAX_FILE_BYTES = 32 * 1024 * 1024  # a conversation file larger than this is not
 MAX_MESSAGES = 100_000
 
 
+def _valid_text(text: str) -> str:
+    """JSON may hold lone surrogates (\\ud800) that no tokenizer can encode: make them U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class ChatFileError(GemmaError):
     """A conversation file cannot be read or is not a valid gemma-cli conversation."""
 
@@ -190,6 +199,7 @@ class Conversation:
                 raise bad(f"message {i + 1} has role {str(role)[:20]!r}; expected one of {', '.join(ROLES)}")
             if not isinstance(content, str):
                 raise bad(f"message {i + 1} has no text 'content'")
+            content = _valid_text(content)
             if role == "system":
                 if i != 0:
                     raise bad(f"message {i + 1}: a system prompt may only come first")

@@ -122,6 +122,8 @@ def _set(repl: ChatRepl, rest: str) -> None:
         sampling = replace(s.sampling, **{key: new})
         limits.check_sampling(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
         repl.settings = replace(s, sampling=sampling)
+        if key == "seed" and new is None:
+            value = "random (a new seed each reply)"
     repl.say(f"Set {key} to {value}.")
 
 

@@ -21,7 +21,7 @@ from gemma_cli.errors import ExitCode, UsageError
 FORMATS = ("text", "json", "jsonl")
 
 
-def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]:
+def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str | None]:
     """Combine piped stdin (first) with the positional prompt; pick out the model.
 
     A lone argument is the model when it looks like one (family:tag, a catalog
@@ -42,9 +42,7 @@ def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]
             parts.append(piped.rstrip("\n"))
     if prompt:
         parts.append(prompt)
-    if not parts:
-        raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
-    return model, "\n\n".join(parts)
+    return model, "\n\n".join(parts) if parts else None
 
 
 def run(
@@ -81,6 +79,10 @@ def run(
     model, text = read_prompt(model, prompt)
     system = clean_text(system) if system is not None else None
     stop = [clean_text(x) for x in stop] if stop else None
+    if text is None:
+        if model is not None:
+            opt.resolve(model)  # an unknown (or unpulled) model is the first thing to report
+        raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
     pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     engine = opt.open_engine(pair, choice)
