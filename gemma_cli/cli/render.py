@@ -232,10 +232,14 @@ class ReplyRenderer:
 
 
 def wrap_parts(parts: list[str], width: int, sep: str = SEP) -> list[str]:
-    """Pack `parts` into rows of at most `width` columns, breaking only between parts."""
+    """Pack `parts` into rows of at most `width` columns, breaking only between parts.
+
+    A part wider than a row is split at its own separators, if it has any.
+    """
+    pieces = [sub for part in parts for sub in (part.split(sep) if len(part) > width else [part])]
     rows: list[str] = []
     current = ""
-    for part in parts:
+    for part in pieces:
         candidate = part if not current else current + sep + part
         if current and len(candidate) > width:
             rows.append(current)

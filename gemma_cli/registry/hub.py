@@ -216,7 +216,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
         except httpx2.ReadTimeout:
             # The server answered, then sent nothing for stall_s: retry from here, a bounded number of times.
             now = partial.stat().st_size if partial.exists() else 0
-            silent = 0 if now > before else silent + 1
+            silent = 1 if now > before else silent + 1  # stalls since the last byte arrived
             if silent > MAX_STALL_RETRIES:
                 total = f" of {remote.size}" if remote.size is not None else ""
                 raise DownloadError(
