@@ -12,7 +12,7 @@ _gemma_subcommands() {
 _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
-        "bench") echo "-w --workload --runs --json --tune --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
+        "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
         "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
