@@ -95,8 +95,9 @@ def test_verify_and_doctor_sweep_what_a_killed_create_left(env, ggufs, tmp_path)
     proc.wait(timeout=30)
     (left,) = _ingest_tmps(models)
     doctor = run_gemma(env, "doctor", "--json", timeout=120)
-    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "leftovers")
-    assert check["details"]["removed"] == [str(left)] and not left.exists()
+    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "store")
+    assert check["details"]["removed_temp_files"] == [str(left)] and not left.exists()
+    assert "removed 1 temporary file(s) of killed processes" in check["summary"]
     assert check["status"] == "warn" and check["details"]["stale_partial"] == [str(old)]
 
 

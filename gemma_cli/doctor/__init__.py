@@ -24,7 +24,7 @@ from gemma_cli.doctor.hardware import (
 )
 from gemma_cli.doctor.hub import check_hub
 from gemma_cli.doctor.report import FAIL, INFO, OK, WARN, Check, DoctorFailed, Report
-from gemma_cli.doctor.storage import catalog_model_names, check_disk, check_leftovers, check_store, store_model_names
+from gemma_cli.doctor.storage import catalog_model_names, check_disk, check_store, store_model_names
 
 
 def run_doctor(model: str | None = None, n_ctx: int = 4096, hub_timeout: float = 3.0) -> Report:
@@ -39,7 +39,6 @@ def run_doctor(model: str | None = None, n_ctx: int = 4096, hub_timeout: float =
         check_repack(probe, features),
         check_store(root),
         check_disk(root),
-        check_leftovers(root),
         check_hub(root, hub_timeout),
     ]
     if model:
@@ -57,6 +56,6 @@ def require_ok(report: Report) -> None:
 __all__ = [
     "OK", "WARN", "FAIL", "INFO", "Check", "Report", "DoctorFailed", "run_doctor", "require_ok",
     "probe_llama", "build_features", "check_llama", "check_gpu", "cpu_features", "check_cpu", "check_repack",
-    "check_store", "check_disk", "check_leftovers", "store_model_names", "catalog_model_names", "check_hub",
+    "check_store", "check_disk", "store_model_names", "catalog_model_names", "check_hub",
     "memory", "kv_bytes", "check_model",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def check_store(root: Path) -> Check:
             return Check("store", FAIL, f"{root} is not writable ({exc.strerror})", hint, details)
         names = store_model_names(root)
         details["models"] = names
-        return Check("store", OK, f"{root} ({len(names)} model(s))", None, details)
+        return _with_leftovers(Check("store", OK, f"{root} ({len(names)} model(s))", None, details), root)
     base = _existing_ancestor(root)
     if not base.is_dir():
         return Check("store", FAIL, f"{root} cannot be created: {base} is not a directory", hint, details)
@@ -80,25 +81,26 @@ def check_disk(root: Path) -> Check:
     return Check("disk", OK, summary, None, details)
 
 
-def check_leftovers(root: Path) -> Check:
-    """Temporary files of killed processes (removed now) and stale partial downloads (reported)."""
+def _with_leftovers(check: Check, root: Path) -> Check:
+    """Sweep what killed processes left in the store into the `store` check.
+
+    Temporary files whose process is gone are removed (and said); `.partial`
+    downloads untouched for PARTIAL_STALE_DAYS are reported (a warning), never deleted.
+    """
     from gemma_cli.store.cleanup import PARTIAL_STALE_DAYS, sweep
 
-    if not root.is_dir():
-        return Check("leftovers", OK, "none (no store yet)")
     try:
         found = sweep(Layout(root))
     except OSError as exc:
-        return Check("leftovers", WARN, f"cannot scan {root} ({exc.strerror or exc})")
+        return replace(check, summary=f"{check.summary}; cannot scan it for leftovers ({exc.strerror or exc})")
     removed = [f for f in found if f.removed]
     partial = [f for f in found if f.kind == "partial"]
-    details = {"removed": [f.path for f in removed], "stale_partial": [f.path for f in partial]}
-    parts = []
+    details = {**check.details, "removed_temp_files": [f.path for f in removed], "stale_partial": [f.path for f in partial]}
+    summary = check.summary
     if removed:
-        parts.append(f"removed {len(removed)} temporary file(s) of killed processes ({sum(f.size for f in removed) / GIB:.2f} GiB)")
-    if partial:
-        parts.append(f"{len(partial)} partial download(s) older than {PARTIAL_STALE_DAYS} days "
-                     f"({sum(f.size for f in partial) / GIB:.2f} GiB): {', '.join(f.path for f in partial[:3])}")
-        return Check("leftovers", WARN, "; ".join(parts),
-                     "run the `gemma pull` that started them to resume, or delete the .partial files", details)
-    return Check("leftovers", OK, "; ".join(parts) or "no stale temporary files", None, details)
+        summary += f"; removed {len(removed)} temporary file(s) of killed processes ({sum(f.size for f in removed) / GIB:.2f} GiB)"
+    if not partial:
+        return replace(check, summary=summary, details=details)
+    summary += (f"; {len(partial)} partial download(s) untouched for {PARTIAL_STALE_DAYS}+ days "
+                f"({sum(f.size for f in partial) / GIB:.2f} GiB): {', '.join(f.path for f in partial[:3])}")
+    return Check("store", WARN, summary, "run the `gemma pull` that started them to resume, or delete the .partial files", details)
