@@ -31,16 +31,10 @@ class SamplingParams:
         return self.temperature <= 0.0
 
     def validate(self) -> "SamplingParams":
-        from gemma_cli.errors import UsageError
+        """Raise UsageError for values no sampler can honour (rules in `gemma_cli.limits`)."""
+        from gemma_cli.limits import check_sampling
 
-        if not (self.temperature >= 0.0):
-            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not (0.0 <= self.min_p < 1.0):
-            raise UsageError(f"min_p must be in [0, 1), got {self.min_p}")
+        check_sampling(self.temperature, self.top_k, self.top_p, self.min_p)
         return self
 
 
