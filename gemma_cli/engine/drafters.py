@@ -120,22 +120,22 @@ class NgramDrafter(NoDrafter):
 
 
 def check_vocab_compatible(target: Model, draft: Model) -> None:
-    """Same rules as llama.cpp's common_speculative_are_compatible, with a clear error."""
+    """llama.cpp's common_speculative_are_compatible on the loaded models, with a clear error.
 
-    def fail(why: str) -> None:
-        raise IncompatibleModelsError(
-            f"drafter {draft.path.name} cannot draft for {target.path.name}: {why}"
-        )
+    The size and token-text rule is `compat.token_list_problem`, the one the
+    header checks of `create`, `pull` and `show` use.
+    """
+    from gemma_cli.compat import token_list_problem
 
+    why = None
     if target.vocab_type != draft.vocab_type:
-        fail("different tokenizer types")
-    if target.add_bos != draft.add_bos or target.bos != draft.bos or target.eos != draft.eos:
-        fail("different BOS/EOS tokens")
-    if abs(target.n_vocab - draft.n_vocab) > 128:
-        fail(f"vocabulary sizes differ ({target.n_vocab} vs {draft.n_vocab})")
-    for tok in range(5, min(target.n_vocab, draft.n_vocab)):
-        if target.token_text(tok) != draft.token_text(tok):
-            fail(f"token {tok} differs ({target.token_text(tok)!r} vs {draft.token_text(tok)!r})")
+        why = "different tokenizer types"
+    elif target.add_bos != draft.add_bos or target.bos != draft.bos or target.eos != draft.eos:
+        why = "different BOS/EOS tokens"
+    else:
+        why = token_list_problem(target.n_vocab, draft.n_vocab, target.token_text, draft.token_text)
+    if why:
+        raise IncompatibleModelsError(f"drafter {draft.path.name} cannot draft for {target.path.name}: {why}")
 
 
 class ModelDrafter(NoDrafter):

@@ -14,7 +14,6 @@ from gemma_cli.engine.llama._lib import (
     capabilities,
     choose_cpu_repack,
     last_log_line,
-    lib,  # binding-internal; gemma_cli.doctor still calls it until it uses capabilities()
     system_info,
 )
 from gemma_cli.engine.llama.context import VIEW_ROWS, Context, default_threads
@@ -34,6 +33,5 @@ __all__ = [
     "choose_cpu_repack",
     "default_threads",
     "last_log_line",
-    "lib",
     "system_info",
 ]
