@@ -38,8 +38,7 @@ from gemma4_factory import MID, set_target_noise, write_gemma4_pair  # noqa: E40
 
 from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, compare  # noqa: E402
 from gemma_cli.bench.workloads import Workload  # noqa: E402
-from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig  # noqa: E402
-from gemma_cli.engine.sampling import SamplingParams  # noqa: E402
+from gemma_cli.engine import DraftConfig, Engine, EngineConfig, SamplingParams  # noqa: E402
 
 TARGET_SPEEDUP = 1.45
 TARGET_ACCEPTANCE = 0.70
