@@ -12,7 +12,6 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.types import StopReason
 from gemma_cli.errors import ContextFullError, GemmaError, IncompatibleModelsError, ModelFileError, UsageError
-from gguf_factory import write_llama_gguf
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -271,7 +271,7 @@ def compare(
         engine.set_draft(plain.draft)
         run_once(engine, tokens, min(16, max_tokens))
     for r in range(runs):
-        order: list[tuple[Variant, VariantReport]] = [(plain, plain_report)] + list(zip(variants, reports))
+        order: list[tuple[Variant, VariantReport]] = [(plain, plain_report)] + list(zip(variants, reports, strict=True))
         if r % 2:
             order.reverse()
         results: dict[str, RunResult] = {}
@@ -284,7 +284,7 @@ def compare(
             if progress:
                 progress(f"{workload.name} round {r + 1}/{runs}: {variant.label} {res.tokens_per_s:.1f} tok/s")
         base = results[plain.label]
-        for variant, report in zip(variants, reports):
+        for variant, report in zip(variants, reports, strict=True):
             res = results[variant.label]
             report.ratios.append(res.tokens_per_s / base.tokens_per_s if base.tokens_per_s > 0 else 0.0)
             n = min(len(res.tokens), len(base.tokens))
