@@ -124,7 +124,7 @@ def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float
 def overhead_line(reports: list[WorkloadReport]) -> str:
     measured = [v["overhead_ms_per_step"] for r in reports for v in [r.as_dict()["plain"], *r.as_dict()["speculative"]]]
     if any(m is None for m in measured):
-        return "Python overhead per step: not measurable (llama_decode was not called through the llama_cpp module)"
+        return "Python overhead per step: not measurable (no llama_decode call was timed)"
     worst = max(measured)
     verdict = "ok" if worst < OVERHEAD_LIMIT_MS else "OVER"
     return f"Python overhead per step outside llama_decode: worst median {worst:.3f} ms (limit {OVERHEAD_LIMIT_MS} ms): {verdict}"
