@@ -14,7 +14,7 @@ from __future__ import annotations
 from gemma_cli.errors import UsageError
 
 MIN_DRAFT_TOKENS = 1
-MAX_DRAFT_TOKENS = 32  # longer drafts are never accepted far enough to pay for their verification rows
+MAX_DRAFT_TOKENS = 32  # one verification batch holds k + 1 rows, and past 32 no drafter's acceptance pays
 DRAFT_SOURCES = ("none", "ngram", "model", "mtp")
 
 

@@ -25,8 +25,7 @@ from gemma_cli.errors import UsageError
 from gemma_cli.pair import ModelPair
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gemma_cli.engine.generate import Engine
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import Engine, SamplingParams
 
 DEFAULT_SWEEP = (2, 3, 4, 6, 8)
 
@@ -76,7 +75,7 @@ def available_sources(pair: ModelPair, requested: str = "auto") -> list[str]:
 
 def candidates(pair: ModelPair, sources: Sequence[str], lengths: Sequence[int]) -> list[Variant]:
     """Every (source, maximum draft length) pair to measure."""
-    from gemma_cli.engine.generate import DraftConfig
+    from gemma_cli.engine import DraftConfig
 
     out = []
     for source in sources:

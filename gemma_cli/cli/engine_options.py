@@ -51,7 +51,7 @@ class EngineChoice:
 
 def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Map --draft/--draft-tokens and the pair's drafter onto a DraftConfig."""
-    from gemma_cli.engine.generate import DraftConfig
+    from gemma_cli.engine import DraftConfig
 
     if choice.draft not in DRAFT_CHOICES:
         raise UsageError(f"--draft must be one of {', '.join(DRAFT_CHOICES)}, got {choice.draft!r}")
@@ -77,7 +77,7 @@ def check_generation(max_tokens: int, temperature: float, top_k: int, top_p: flo
 
 def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Load the pair with the chosen draft source (imports llama.cpp only now)."""
-    from gemma_cli.engine.generate import Engine, EngineConfig
+    from gemma_cli.engine import Engine, EngineConfig
 
     limits.check_n_ctx(choice.ctx, "--ctx")
     limits.check_threads(choice.threads, "--threads")

@@ -11,7 +11,7 @@ import sys
 
 from rich.console import Console
 
-from gemma_cli.engine.types import LiveStats
+from gemma_cli.engine import LiveStats
 
 
 def quiet_stdout() -> None:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, TextIO
 from rich.color import ColorSystem
 from rich.style import Style
 
-from gemma_cli.engine.types import LiveStats, Piece, StopReason
+from gemma_cli.engine import LiveStats, Piece, StopReason
 
 DRAFT_STYLE = Style(color="cyan")
 TARGET_STYLE = Style()

@@ -24,13 +24,12 @@ from gemma_cli.cli.interrupt import CancelOnSigint
 from gemma_cli.cli.output import verbose_summary_lines
 from gemma_cli.cli.render import ReplyRenderer
 from gemma_cli.cli.slash import run_command
-from gemma_cli.engine.sampling import SamplingParams
-from gemma_cli.engine.types import GenerationResult
+from gemma_cli.engine import GenerationResult, SamplingParams
 from gemma_cli.errors import GemmaError
 from gemma_cli.pair import ModelPair
 
 if TYPE_CHECKING:
-    from gemma_cli.engine.generate import Engine
+    from gemma_cli.engine import Engine
 
 
 @dataclass(frozen=True)

@@ -50,20 +50,9 @@ def probe_payload() -> dict[str, Any]:
     """Runs in the child: everything the doctor wants to know from llama.cpp."""
     from gemma_cli.engine import llama as engine
 
-    ll = engine.lib()
-    info = engine.system_info()
-    payload: dict[str, Any] = {
-        "version": getattr(ll, "__version__", None) or _dist_version("llama-cpp-python"),
-        "system_info": info.strip(),
-        "gpu_offload": bool(ll.llama_supports_gpu_offload()),
-        "mmap": bool(ll.llama_supports_mmap()),
-        "build_has_amx": engine.build_has_amx(),
-        "cpu_repack": engine.choose_cpu_repack(),
-        "devices": None,
-    }
-    devices = getattr(engine, "backend_devices", None)  # optional engine helper
-    if callable(devices):
-        payload["devices"] = [dict(d) for d in devices()]
+    payload: dict[str, Any] = dict(engine.capabilities())
+    payload["version"] = payload["version"] or _dist_version("llama-cpp-python")
+    payload["devices"] = [dict(d) for d in engine.backend_devices()]
     return payload
 
 

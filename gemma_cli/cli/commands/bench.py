@@ -127,7 +127,7 @@ def bench(
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
     opt.check_generation(max_tokens, temperature, top_k, top_p)
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import SamplingParams
 
     sampling = SamplingParams(temperature, top_k, top_p)
     if sampling.greedy and (top_k, top_p) != (opt.DEFAULT_TOP_K, opt.DEFAULT_TOP_P):
@@ -198,6 +198,6 @@ def bench(
 
 
 def _default_threads() -> int:
-    from gemma_cli.engine.llama import default_threads
+    from gemma_cli.engine import default_threads
 
     return default_threads()

@@ -34,7 +34,7 @@ def chat(
     from gemma_cli.cli.chat_input import make_reader
     from gemma_cli.cli.output import use_color
     from gemma_cli.cli.repl import ChatRepl, ChatSettings
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import SamplingParams
 
     opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
     sampling = SamplingParams(temperature, top_k, top_p, min_p, limits.check_seed(seed))

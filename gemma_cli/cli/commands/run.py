@@ -70,7 +70,7 @@ def run(
     Examples: gemma run "Why is the sky blue?" | cat notes.txt | gemma run gemma3:270m "Summarize:"
     """
     from gemma_cli.cli.text_input import clean_text
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import SamplingParams
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
