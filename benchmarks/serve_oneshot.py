@@ -85,7 +85,7 @@ def main() -> None:
         server.terminate()
         server.wait(30)
 
-    mismatches = [p for p, (_, x), (_, y) in zip(prompts, a, b) if x.strip() != y.strip()]
+    mismatches = [p for p, (_, x), (_, y) in zip(prompts, a, b, strict=True) if x.strip() != y.strip()]
     report = {
         "model": args.model, "prompts": len(prompts), "tokens": args.tokens, "via": args.via,
         "in_process_total_s": round(sum(t for t, _ in a), 3), "served_total_s": round(sum(t for t, _ in b), 3),

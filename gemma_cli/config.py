@@ -20,6 +20,7 @@ ENVIRONMENT = {
     "GEMMA_CATALOG": "a model catalog JSON file replacing the built-in one (mirrors, tests)",
     "GEMMA_DEBUG": "1: show llama.cpp logs and Python tracebacks",
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
+    "GEMMA_STALL_TIMEOUT": "seconds without a byte before a download counts as stalled and is retried (default 30)",
     "GEMMA_HOST": "address of `gemma serve` (host:port; default 127.0.0.1:11436), and the server `ps`/`stop` talk to",
     "GEMMA_KEEP_ALIVE": "how long `gemma serve` keeps an idle model loaded (default 5m; 0 unloads at once, negative never)",
     "GEMMA_MAX_LOADED_MODELS": "models `gemma serve` keeps loaded at once (default 1; least recently used unloads first)",
@@ -57,3 +58,15 @@ def cpu_repack_override() -> bool | None:
     if value in {"0", "false", "no", "off"}:
         return False
     return None
+
+
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout() -> float:
+    """`GEMMA_STALL_TIMEOUT`: seconds without data before a transfer counts as stalled (as Ollama's ~30 s)."""
+    try:
+        value = float(os.environ.get("GEMMA_STALL_TIMEOUT", ""))
+    except ValueError:
+        return DEFAULT_STALL_TIMEOUT
+    return value if 0 < value < 3600 else DEFAULT_STALL_TIMEOUT

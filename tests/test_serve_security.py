@@ -10,12 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gemma_cli.errors import UsageError
+from gemma_cli.server.settings import DEFAULT_PORT, parse_duration, parse_host
 from gguf_factory import write_llama_gguf
 from hub_server import gemma_env, run_gemma
 from serve_helpers import ServerProcess, register
-
-from gemma_cli.errors import UsageError
-from gemma_cli.server.settings import DEFAULT_PORT, parse_duration, parse_host
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ class Slot:
 
     def ensure_engine(self, settings: Settings, options: Any) -> float:
         """Load (or reload for another context size) on this slot's thread; returns seconds spent."""
-        from gemma_cli.cli.engine_options import EngineChoice, draft_config, open_engine
+        from gemma_cli.session import EngineChoice, draft_config, open_engine
 
         if self._after is not None:
             self._after.result()
@@ -65,11 +65,11 @@ class Slot:
         if self.engine is not None and self.asked_ctx != n_ctx:
             self.close()  # another context size: reload, as Ollama does for num_ctx
         if self.engine is None:
-            self.engine = open_engine(self.pair, choice)
+            self.engine = open_engine(self.pair, choice, option="draft")
             self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
             self.loaded_at = datetime.now(timezone.utc)
             return time.perf_counter() - t0
-        draft = draft_config(self.pair, choice)
+        draft = draft_config(self.pair, choice, option="draft")
         if draft != self.engine.draft:
             self.engine.set_draft(draft)
         return 0.0
@@ -116,7 +116,7 @@ class ModelManager:
     # -- admission ------------------------------------------------------------
     async def submit(self, name: str, job: Job) -> None:
         """Queue `job` on model `name` (loading it if needed); QueueFullError when the queue is full."""
-        from gemma_cli.store import resolve_model
+        from gemma_cli.registry.resolve import resolve_model
 
         pair = None
         counted = False  # whether this job holds a place in the queue

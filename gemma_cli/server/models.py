@@ -57,8 +57,8 @@ def openai_models(tag_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _show_sync(name: str) -> dict[str, Any]:
     from gemma_cli.gguf_meta import read_gguf
-    from gemma_cli.store import resolve_model
-    from gemma_cli.store.inspect import describe
+    from gemma_cli.registry.inspect import describe
+    from gemma_cli.registry.resolve import resolve_model
 
     pair = resolve_model(name)
     info = describe(pair)
@@ -117,7 +117,7 @@ def running(manager: Any) -> list[dict[str, Any]]:
 
 
 async def delete(name: str) -> None:
-    from gemma_cli.store.store import remove
+    from gemma_cli.registry.manage import remove
 
     try:
         await asyncio.to_thread(remove, [name])
@@ -148,6 +148,10 @@ class _Progress:
         self._emit()
 
     def finish(self) -> None:
+        self._emit(force=True)
+
+    def abort(self, note: str) -> None:
+        """The transfer stopped early: the error itself follows as the stream's last line."""
         self._emit(force=True)
 
 

@@ -1,8 +1,9 @@
 """Turn untrusted JSON request bodies into typed, validated generation requests.
 
 Everything a client sends is checked here with a one-line reason (400), so
-the routes and the engine only ever see well-formed values. Validation
-reuses the CLI's rules (model names, sampling ranges, draft sources).
+the routes and the engine only ever see well-formed values. The rules are the
+CLI's: ranges from `gemma_cli.limits`, defaults and draft choices from
+`gemma_cli.session`, model names from the catalog.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from typing import Any, Mapping
 
 from starlette.requests import Request
 
+from gemma_cli import limits
 from gemma_cli.errors import UsageError
 from gemma_cli.server.errors import APIError
+from gemma_cli.session import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, DRAFT_CHOICES
 
-# Gemma's published generation config: the CLI's defaults (cli/engine_options.py).
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_K = 64
-DEFAULT_TOP_P = 0.95
-DRAFT_CHOICES = ("auto", "mtp", "model", "ngram", "none")
-MAX_DRAFT_TOKENS = 32
-MAX_CTX = 1 << 20
+MAX_CTX = 1 << 20  # a request may not ask llama.cpp for more (it would try to allocate it)
 ROLES = ("system", "user", "assistant")
 
 
@@ -42,7 +39,7 @@ class GenOptions:
     num_ctx: int | None = None
 
     def sampling(self):
-        from gemma_cli.engine.sampling import SamplingParams
+        from gemma_cli.engine import SamplingParams
 
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.seed).validate()
 
@@ -116,21 +113,26 @@ def _draft(value: Any, what: str) -> str:
     return value
 
 
+def _limit(check: Any, *args: Any) -> Any:
+    """A `gemma_cli.limits` check, its UsageError as a 400."""
+    try:
+        return check(*args)
+    except UsageError as exc:
+        raise APIError(400, str(exc)) from None
+
+
 def _draft_tokens(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    n = int(_number(value, what, integer=True))
-    if not 1 <= n <= MAX_DRAFT_TOKENS:
-        raise APIError(400, f"{what} must be between 1 and {MAX_DRAFT_TOKENS}, got {n}")
-    return n
+    return _limit(limits.check_draft_tokens, int(_number(value, what, integer=True)), what)
 
 
 def _num_ctx(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    n = int(_number(value, what, integer=True))
-    if not 1 <= n <= MAX_CTX:
-        raise APIError(400, f"{what} must be between 1 and {MAX_CTX}, got {n}")
+    n = _limit(limits.check_n_ctx, int(_number(value, what, integer=True)), what)
+    if n > MAX_CTX:
+        raise APIError(400, f"{what} must be at most {MAX_CTX}, got {n}")
     return n
 
 
@@ -140,19 +142,21 @@ def _max_tokens(value: Any, what: str, *, negative_unlimited: bool) -> int | Non
     n = int(_number(value, what, integer=True))
     if n < 0 and negative_unlimited:
         return None
-    if n <= 0:
-        raise APIError(400, f"{what} must be positive{' (or -1 for no limit)' if negative_unlimited else ''}, got {n}")
-    return n
+    return _limit(limits.check_max_tokens, n, what)
 
 
-def _seed(value: Any, what: str, *, negative_random: bool) -> int | None:
-    """Ollama's seed -1 (its default) means random; OpenAI's seeds are any int64, folded to non-negative."""
+def _seed(value: Any, what: str) -> int | None:
+    """-1 means a random seed, as on the command line (`limits.RANDOM_SEED`, Ollama's default too).
+
+    Other negative seeds are seeds: OpenAI's are any int64 and llama.cpp (so
+    Ollama) wraps them to unsigned; they are folded to non-negative here.
+    """
     if value is None:
         return None
     n = int(_number(value, what, integer=True))
-    if n < 0:
-        return None if negative_random else n % (1 << 64)
-    return n
+    if n == limits.RANDOM_SEED:
+        return None
+    return n % (1 << 64) if n < 0 else n
 
 
 def _checked(opts: GenOptions) -> GenOptions:
@@ -176,7 +180,7 @@ def ollama_options(options: Any) -> GenOptions:
         top_k=int(_number(get("top_k"), "options.top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
         top_p=_number(get("top_p"), "options.top_p") if get("top_p") is not None else DEFAULT_TOP_P,
         min_p=_number(get("min_p"), "options.min_p") if get("min_p") is not None else 0.0,
-        seed=_seed(get("seed"), "options.seed", negative_random=True),
+        seed=_seed(get("seed"), "options.seed"),
         max_tokens=_max_tokens(get("num_predict"), "options.num_predict", negative_unlimited=True),
         stop=_stop(get("stop"), "options.stop"),
         draft=_draft(get("draft"), "options.draft"),
@@ -197,7 +201,7 @@ def openai_options(body: Mapping[str, Any]) -> GenOptions:
         top_k=int(_number(get("top_k"), "top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
         top_p=_number(get("top_p"), "top_p") if get("top_p") is not None else DEFAULT_TOP_P,
         min_p=_number(get("min_p"), "min_p") if get("min_p") is not None else 0.0,
-        seed=_seed(get("seed"), "seed", negative_random=False),
+        seed=_seed(get("seed"), "seed"),
         max_tokens=_max_tokens(max_tokens, "max_tokens", negative_unlimited=False),
         stop=_stop(get("stop"), "stop"),
         draft=_draft(get("draft"), "draft"),

@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import app
 
 
-@app.command("serve")
 def serve_cmd(
     host: Annotated[Optional[str], typer.Option("--host", help="Address host:port (default $GEMMA_HOST or 127.0.0.1:11436).", show_default=False)] = None,
     keep_alive: Annotated[Optional[str], typer.Option("--keep-alive", help="Keep idle models loaded this long, e.g. 5m, 1h, 0, -1 (default $GEMMA_KEEP_ALIVE or 5m).", show_default=False)] = None,
@@ -25,16 +23,15 @@ def serve_cmd(
 
     Binds 127.0.0.1:11436 by default. Examples: gemma serve | GEMMA_HOST=0.0.0.0:11436 gemma serve
     """
+    from gemma_cli import limits
     from gemma_cli.errors import UsageError
     from gemma_cli.server.listen import serve
     from gemma_cli.server.settings import Settings, parse_duration
 
-    if ctx <= 0:
-        raise UsageError(f"--ctx must be positive, got {ctx}")
-    if threads is not None and threads <= 0:
-        raise UsageError(f"--threads must be positive, got {threads}")
-    if max_loaded is not None and max_loaded < 1:
-        raise UsageError(f"--max-loaded must be at least 1, got {max_loaded}")
+    limits.check_n_ctx(ctx, "--ctx")
+    limits.check_threads(threads, "--threads")
+    if max_loaded is not None:
+        limits.check_positive(max_loaded, "--max-loaded")
     if max_queue is not None and max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {max_queue}")
     settings = Settings.from_env(

@@ -7,8 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from gemma_cli.cli.app import app
-
 HostOpt = Annotated[Optional[str], typer.Option("--host", help="Server address host:port (default $GEMMA_HOST or 127.0.0.1:11436).", show_default=False)]
 
 
@@ -38,7 +36,6 @@ def _size(n: int) -> str:
     return str(n)
 
 
-@app.command("ps")
 def ps_cmd(
     host: HostOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
@@ -60,10 +57,9 @@ def ps_cmd(
         rows.append([str(m.get("name")), _size(int(m.get("size") or 0)), str(m.get("context_length") or "?"),
                      str(m.get("draft_source") or "-"), state])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    typer.echo("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+    typer.echo("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
 
 
-@app.command("stop")
 def stop_cmd(
     model: Annotated[str, typer.Argument(help="A model the server has loaded (see `gemma ps`).")],
     host: HostOpt = None,
