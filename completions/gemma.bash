@@ -13,16 +13,16 @@ _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
         "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
-        "list") echo "--json --available -h --help" ;;
+        "list") echo "--json --available --host -h --help" ;;
         "ps") echo "--host --json -h --help" ;;
-        "pull") echo "-q --quiet -h --help" ;;
+        "pull") echo "-q --quiet --host -h --help" ;;
         "rm") echo "-h --help" ;;
-        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host -h --help" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads -h --help" ;;
-        "show") echo "--json -h --help" ;;
+        "show") echo "--json --host -h --help" ;;
         "stop") echo "--host -h --help" ;;
         "verify") echo "--json -h --help" ;;
     esac
@@ -31,12 +31,15 @@ _gemma_options() {
 _gemma_value_options() {
     case "$1" in
         "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;
+        "list") echo "--host" ;;
         "ps") echo "--host" ;;
-        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "pull") echo "--host" ;;
+        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads" ;;
+        "show") echo "--host" ;;
         "stop") echo "--host" ;;
     esac
 }

@@ -66,6 +66,7 @@ complete -c gemma -n '__fish_seen_subcommand_from chat' -s n -l max-tokens -x -d
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from chat' -a '(__gemma_gguf)'
@@ -90,6 +91,7 @@ complete -c gemma -n '__fish_seen_subcommand_from doctor' -a '(__gemma_gguf)'
 # gemma list
 complete -c gemma -n '__fish_seen_subcommand_from list' -l json -d 'Machine-readable JSON on stdout'
 complete -c gemma -n '__fish_seen_subcommand_from list' -l available -d 'Show the catalog instead of the local store'
+complete -c gemma -n '__fish_seen_subcommand_from list' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from list' -s h -l help -d 'Show help for the command and exit'
 
 # gemma ps
@@ -99,6 +101,7 @@ complete -c gemma -n '__fish_seen_subcommand_from ps' -s h -l help -d 'Show help
 
 # gemma pull
 complete -c gemma -n '__fish_seen_subcommand_from pull' -s q -l quiet -d 'No progress bars'
+complete -c gemma -n '__fish_seen_subcommand_from pull' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from pull' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from pull' -a '(__gemma_models --catalog)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from pull' -a '(__gemma_gguf)'
@@ -125,6 +128,7 @@ complete -c gemma -n '__fish_seen_subcommand_from run' -s n -l max-tokens -x -d 
 complete -c gemma -n '__fish_seen_subcommand_from run' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_gguf)'
@@ -142,6 +146,7 @@ complete -c gemma -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show h
 
 # gemma show
 complete -c gemma -n '__fish_seen_subcommand_from show' -l json -d 'Machine-readable JSON on stdout'
+complete -c gemma -n '__fish_seen_subcommand_from show' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from show' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from show' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from show' -a '(__gemma_gguf)'

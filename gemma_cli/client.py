@@ -1,8 +1,10 @@
 """A small HTTP client for `gemma serve` (stdlib only), for commands that talk to a server.
 
 `Client.from_env()` reads GEMMA_HOST like the server does. Methods return the
-server's JSON; failures raise `ServerError` (a GemmaError: one line, exit 1)
-carrying the server's own `{"error": ...}` message and status.
+server's JSON; failures raise `ServerError` (a GemmaError: one line) carrying
+the server's own `{"error": ...}` message, its status, and the exit code the
+command would have ended with in-process (the server's `exit_code`), so
+client mode fails exactly as the in-process command does.
 """
 
 from __future__ import annotations
@@ -19,9 +21,27 @@ from gemma_cli.errors import GemmaError, ModelNotFoundError
 class ServerError(GemmaError):
     """The server refused a request or could not be reached."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ServerModelNotFound(ServerError, ModelNotFoundError):
+    """404 for a model: a ModelNotFoundError, as in-process."""
+
+
+def error_from(body: Any, status: int, fallback: str = "") -> ServerError:
+    """The exception for a server's error object (an HTTP error body or an in-band stream line)."""
+    message, code = fallback, None
+    if isinstance(body, dict) and body.get("error"):
+        err = body["error"]
+        message = str(err.get("message", err) if isinstance(err, dict) else err)
+        code = body.get("exit_code") if isinstance(body.get("exit_code"), int) else None
+    if status == 404 and "model" in message:
+        return ServerModelNotFound(message, status, code)
+    return ServerError(message or f"the server answered {status}", status, code)
 
 
 class Client:
@@ -47,10 +67,11 @@ class Client:
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            message = _error_text(exc.read(), exc.reason)
-            if exc.code == 404 and "model" in message:
-                raise ModelNotFoundError(message) from None
-            raise ServerError(message, exc.code) from None
+            try:
+                body = json.loads(exc.read())
+            except ValueError:
+                body = None
+            raise error_from(body, exc.code, str(exc.reason)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerError(f"cannot reach gemma serve at {self.base_url}: {reason}; is it running? (`gemma serve`)") from None
@@ -61,14 +82,18 @@ class Client:
         return json.loads(raw) if raw.strip() else {}
 
     def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
-        """NDJSON objects from a streaming Ollama endpoint; an in-band error raises ServerError."""
+        """NDJSON objects from a streaming Ollama endpoint; an in-band error raises ServerError.
+
+        Closing the generator early closes the connection, which the server
+        takes as a disconnect: it cancels the generation within a decode step.
+        """
         with self._open("POST", path, body) as resp:
             for line in resp:
                 if not line.strip():
                     continue
                 obj = json.loads(line)
                 if "error" in obj:
-                    raise ServerError(str(obj["error"]))
+                    raise error_from(obj, 0)
                 yield obj
 
     # -- API ------------------------------------------------------------------
@@ -105,14 +130,3 @@ class Client:
 
     def delete(self, model: str) -> None:
         self.request("DELETE", "/api/delete", {"model": model})
-
-
-def _error_text(raw: bytes, fallback: str) -> str:
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict) and data.get("error"):
-            err = data["error"]
-            return str(err.get("message", err) if isinstance(err, dict) else err)
-    except ValueError:
-        pass
-    return str(fallback)

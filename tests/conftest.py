@@ -22,6 +22,7 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("GEMMA_MODELS", str(base / "models"))
     os.environ.setdefault("GEMMA_HISTORY", str(base / "history"))
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ.pop("GEMMA_HOST", None)  # in-process commands stay in-process (client mode is tested explicitly)
 
 
 @pytest.fixture(scope="session")

@@ -57,3 +57,15 @@ def test_every_api_matches_gemma_run(server):
     metrics = httpx.get(url + "/metrics").text
     proposed = [line for line in metrics.splitlines() if line.startswith("gemma_draft_proposed_tokens_total")]
     assert proposed and float(proposed[0].split()[-1]) > 0, json.dumps(proposed)
+
+
+def test_client_mode_run_prints_what_in_process_run_prints(server):
+    """`GEMMA_HOST=... gemma run` on the real model: the same greedy text, the same JSON summary keys."""
+    srv, models = server
+    args = ("run", "gemma3:270m", PROMPT, "--temperature", "0", "-n", str(N), "--format", "json")
+    local = run_gemma(gemma_env(models), *args, "--threads", "1", timeout=180)
+    remote = run_gemma(gemma_env(models, GEMMA_HOST=srv.host), *args, timeout=180)
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert b["text"] == a["text"] and a["text"].strip() and set(b) == set(a)
+    assert b["model"] == a["model"] == "gemma3:270m" and b["draft_source"] == a["draft_source"] == "ngram"

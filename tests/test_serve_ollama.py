@@ -26,7 +26,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def engine_text(gguf: Path, prompt: str, n: int, **kwargs) -> str:
     """Greedy text from the engine in this process: what `gemma run` computes, without its start-up."""
-    from gemma_cli.engine.generate import DraftConfig, Engine
+    from gemma_cli.engine import DraftConfig, Engine
 
     with Engine(gguf, DraftConfig("none")) as engine:
         return engine.generate(engine.prompt_tokens(prompt, **kwargs), max_tokens=n).text()

@@ -61,3 +61,22 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         out["created"] = manifest.created
         out["sources"] = [layer.source for layer in manifest.layers]
     return out
+
+
+def list_entries(layout: Layout | None = None) -> list[dict[str, Any]]:
+    """Every stored model as `gemma list --json` prints it (and `gemma serve` sends for it).
+
+    An unreadable manifest is listed as {"name", "error"} rather than hidden.
+    """
+    from gemma_cli.store.store import list_models
+
+    out: list[dict[str, Any]] = []
+    for ref, m in list_models(layout):
+        if isinstance(m, Exception):
+            out.append({"name": str(ref), "error": str(m)})
+        else:
+            out.append({"name": m.name, "id": m.id, "size": m.size, "draft_source": m.draft_source,
+                        "drafter": m.drafter.filename if m.drafter else None, "modified": m.created,
+                        "target": m.target.digest, "drafter_digest": m.drafter.digest if m.drafter else None,
+                        "drafter_size": m.drafter.size if m.drafter else None})
+    return out

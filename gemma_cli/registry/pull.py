@@ -60,6 +60,13 @@ class PullResult:
     up_to_date: bool
     from_package: str | None = None  # the pip package a bundled model came from
 
+    def summary(self) -> dict[str, object]:
+        """What `gemma pull` reports, as data (`gemma serve` sends it with its last progress line)."""
+        m = self.manifest
+        return {"name": m.name, "up_to_date": self.up_to_date, "from_package": self.from_package,
+                "downloaded": self.downloaded, "target": m.target.filename,
+                "drafter": m.drafter.filename if m.drafter else None, "draft_source": m.draft_source, "size": m.size}
+
 
 def architecture_of(path) -> str:
     from gemma_cli.gguf_meta import read_gguf

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from gemma_cli.errors import ContextFullError, DownloadError, GemmaError, ModelFileError, ModelNotFoundError, UsageError
+from gemma_cli.errors import ContextFullError, DownloadError, ExitCode, GemmaError, ModelFileError, ModelNotFoundError, UsageError
 
 
 class APIError(Exception):
@@ -64,9 +64,24 @@ def message_for(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status `gemma` would end with for this error in-process (client mode reuses it)."""
+    if isinstance(exc, GemmaError):
+        return int(exc.exit_code)
+    if isinstance(exc, APIError) and exc.status in (400, 413):
+        return int(ExitCode.USAGE)
+    return int(ExitCode.ERROR)
+
+
+def error_body(exc: BaseException) -> dict[str, object]:
+    """`{"error": message}` as Ollama sends it, plus `exit_code` for gemma's own client mode."""
+    return {"error": message_for(exc), "exit_code": exit_code_for(exc)}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None,
+                   exit_code: int = ExitCode.ERROR) -> JSONResponse:
+    return JSONResponse({"error": message, "exit_code": int(exit_code)}, status_code=status, headers=headers)
 
 
 def response_for(exc: BaseException) -> JSONResponse:
-    return error_response(status_for(exc), message_for(exc))
+    return error_response(status_for(exc), message_for(exc), exit_code=exit_code_for(exc))

@@ -7,6 +7,7 @@ blocking work (disk, network) runs in threads so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -41,6 +42,17 @@ def _tags_sync() -> list[dict[str, Any]]:
             "draft_source": m.draft_source, "drafter": m.drafter.filename if m.drafter else None,
         })
     return out
+
+
+def _entries_sync() -> list[dict[str, Any]]:
+    from gemma_cli.registry.inspect import list_entries
+
+    return list_entries()
+
+
+async def entries() -> list[dict[str, Any]]:
+    """`gemma list --json` records, unreadable manifests included (GET /api/tags?gemma=1)."""
+    return await asyncio.to_thread(_entries_sync)
 
 
 async def tags() -> list[dict[str, Any]]:
@@ -81,7 +93,8 @@ def _show_sync(name: str) -> dict[str, Any]:
         "capabilities": ["completion"],
         "modified_at": _iso(info.get("created", "")),
         "gemma": {"draft_source": info["draft_source"], "draft_tokens": info["draft_tokens"],
-                  "drafter": info["drafter"], "tuned": info.get("tuned", {})},
+                  "drafter": info["drafter"], "tuned": info.get("tuned", {}),
+                  "describe": json.loads(json.dumps(info, default=str))},  # what `gemma show --json` prints
     }
 
 
@@ -185,7 +198,7 @@ async def pull_events(name: str) -> AsyncIterator[dict[str, Any]]:
             await task
             yield {"status": "verifying sha256 digest"}
             yield {"status": "writing manifest"}
-            yield {"status": "success"}
+            yield {"status": "success", "gemma": value.summary()}  # what `gemma pull` reports (client mode)
             return
 
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gemma_cli import __version__
 from gemma_cli.server import models
-from gemma_cli.server.errors import message_for
+from gemma_cli.server.errors import error_body
 from gemma_cli.server.jobs import Job
 from gemma_cli.server.running import STOP_REASONS, Running, draft_stats, prompt_work
 from gemma_cli.server.validate import flag, messages, model_name, ollama_options, read_json, text_field, unsupported
@@ -71,7 +71,17 @@ async def _lifecycle(request: Request, body: dict[str, Any], model: str, chat: b
                          "load_duration": int(run.load_s * NS)})
 
 
-async def _respond(request: Request, run: Running, model: str, stream: bool, chat: bool) -> Response:
+def detail_fields(run: Running) -> dict[str, Any]:
+    """`x_gemma` on the final object when the request asked for it: the full statistics
+    (`LiveStats.as_dict()`), the engine's stop reason and the load time, so `gemma run`
+    in client mode prints exactly what it prints in-process."""
+    out = run.outcome
+    assert out is not None
+    return {"x_gemma": {"stats": out.result.stats.as_dict(), "stop_reason": out.result.stop_reason.value,
+                        "load_s": out.load_s}}
+
+
+async def _respond(request: Request, run: Running, model: str, stream: bool, chat: bool, detail: bool = False) -> Response:
     def chunk(text: str) -> dict[str, Any]:
         if chat:
             return {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": text}, "done": False}
@@ -81,18 +91,26 @@ async def _respond(request: Request, run: Running, model: str, stream: bool, cha
         text = await run.text()
         obj = chunk(text)
         obj.update(final_fields(run))
+        if detail:
+            obj.update(detail_fields(run))
         return JSONResponse(obj)
 
     async def lines() -> AsyncIterator[bytes]:
         try:
             async for piece in run.pieces():
-                if piece.text:
-                    yield _line(chunk(piece.text))
+                if piece.text or (detail and piece.n_tokens):
+                    obj = chunk(piece.text)
+                    if detail:  # per piece: tokens, accepted draft tokens, and the drafted text's length
+                        obj["x_gemma"] = {"tokens": piece.n_tokens, "drafted": piece.n_drafted,
+                                          "draft_chars": piece.draft_chars}
+                    yield _line(obj)
             last = chunk("")
             last.update(final_fields(run))
+            if detail:
+                last.update(detail_fields(run))
             yield _line(last)
         except Exception as exc:  # noqa: BLE001 - after the headers, Ollama reports errors as a line
-            yield _line({"error": message_for(exc)})
+            yield _line(error_body(exc))
 
     return StreamingResponse(lines(), media_type=NDJSON)
 
@@ -111,7 +129,7 @@ async def generate(request: Request) -> Response:
     keep_alive = request.app.state.manager.keep_alive_for(body.get("keep_alive"))
     job = Job(opts, keep_alive, prompt_work(opts, text=prompt, system=system, raw=raw))
     run = await Running.start(request.app.state, model, job, request)
-    return await _respond(request, run, model, stream, chat=False)
+    return await _respond(request, run, model, stream, chat=False, detail=flag(body, "x_gemma", False))
 
 
 async def chat(request: Request) -> Response:
@@ -126,10 +144,12 @@ async def chat(request: Request) -> Response:
     keep_alive = request.app.state.manager.keep_alive_for(body.get("keep_alive"))
     job = Job(opts, keep_alive, prompt_work(opts, messages=msgs))
     run = await Running.start(request.app.state, model, job, request)
-    return await _respond(request, run, model, stream, chat=True)
+    return await _respond(request, run, model, stream, chat=True, detail=flag(body, "x_gemma", False))
 
 
 async def tags(request: Request) -> Response:
+    if request.query_params.get("gemma"):  # client mode: every record, unreadable manifests too
+        return JSONResponse({"models": await models.tags(), "gemma": await models.entries()})
     return JSONResponse({"models": await models.tags()})
 
 
@@ -170,7 +190,7 @@ async def pull(request: Request) -> Response:
             async for event in events:
                 yield _line(event)
         except Exception as exc:  # noqa: BLE001 - reported in-band
-            yield _line({"error": message_for(exc)})
+            yield _line(error_body(exc))
 
     return StreamingResponse(lines(), media_type=NDJSON)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from gemma_cli import config, limits
-from gemma_cli.cli import engine_options as opt
+from gemma_cli.cli import engine_options as opt, remote
 
 
 def chat(
@@ -25,6 +25,7 @@ def chat(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    host: remote.HostOpt = None,
 ) -> None:
     """Chat with a model: streamed replies, a live tokens/s and draft-acceptance line, /help for commands.
 
@@ -42,14 +43,30 @@ def chat(
         from gemma_cli.cli.text_input import clean_text
 
         system = clean_text(system)
-    pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     color = use_color(sys.stdout) and use_color(sys.stderr)
-    if terminal:
-        sys.stderr.write(f"loading {pair.name}…\r")
-        sys.stderr.flush()
-    engine = opt.open_engine(pair, choice, "chat")
+    server = remote.client(host, model)
+    repl_class = ChatRepl
+    if server is not None:
+        from gemma_cli.cli.remote_chat import RemoteChatRepl, ServerModel, pair_from_info
+
+        remote.options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_tokens=max_tokens,
+                       stop=None, draft=draft, draft_tokens=draft_tokens, ctx=ctx)  # checks, as in-process
+        show = remote.ensure_pulled(server, remote.model_name(model))
+        pair = pair_from_info(show["gemma"]["describe"])
+        if terminal:
+            sys.stderr.write(f"loading {pair.name}…\r")
+            sys.stderr.flush()
+        engine = ServerModel(server, pair, show, opt.draft_config(pair, choice, "chat"))
+        repl_class = RemoteChatRepl
+        engine.load(pair.name, ctx if ctx != 4096 else None)
+    else:
+        pair = opt.resolve(model, pull_missing=True)
+        if terminal:
+            sys.stderr.write(f"loading {pair.name}…\r")
+            sys.stderr.flush()
+        engine = opt.open_engine(pair, choice, "chat")
     try:
         d = engine.draft
         draft_desc = d.source if d.source == "none" else f"{d.source} (up to {d.tokens} tokens)"
@@ -62,7 +79,7 @@ def chat(
         sys.stderr.write(banner + "\n")
         sys.stderr.flush()
         settings = ChatSettings(sampling=sampling, max_tokens=max_tokens, draft=draft, draft_tokens=draft_tokens)
-        repl = ChatRepl(
+        repl = repl_class(
             engine,
             pair,
             settings,

@@ -8,6 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from gemma_cli.cli import remote
+from gemma_cli.cli.remote import HostOpt
 from gemma_cli.errors import IntegrityError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -45,33 +47,44 @@ def _table(rows: list[list[str]]) -> str:
 def pull_cmd(
     name: Annotated[str, typer.Argument(help="Model name, e.g. gemma4:e4b or gemma3:270m.")],
     quiet: QuietOpt = False,
+    host: HostOpt = None,
 ) -> None:
     """Download a model (target + drafter) into the local store; re-run to resume."""
     from gemma_cli.cli.progress import progress_for
-    from gemma_cli.registry.pull import pull
 
+    server = remote.client(host)
     try:
         with progress_for(quiet) as progress:
-            result = pull(name, progress)
+            if server is not None:
+                summary = remote.pull(server, name, progress)
+            else:
+                from gemma_cli.registry.pull import pull
+
+                summary = pull(name, progress).summary()
     except KeyboardInterrupt:
         import sys
 
         sys.stderr.write("\ninterrupted: what was downloaded is kept; run the same command to resume\n")
         raise
-    m = result.manifest
-    if result.up_to_date:
+    typer.echo(pull_line(summary))
+
+
+def pull_line(r: dict) -> str:
+    """`gemma pull`'s last line, from `PullResult.summary()` (local or from the server)."""
+    if r["up_to_date"]:
         state = "up to date"
-    elif result.from_package:
-        state = f"installed from the {result.from_package} package (no download)"
+    elif r.get("from_package"):
+        state = f"installed from the {r['from_package']} package (no download)"
     else:
-        state = f"pulled ({_size(result.downloaded)} downloaded)"
-    drafter = f" + {m.drafter.filename}" if m.drafter else f" ({m.draft_source} drafting)"
-    typer.echo(f"{m.name}: {state}: {m.target.filename}{drafter}, {_size(m.size)}")
+        state = f"pulled ({_size(r['downloaded'])} downloaded)"
+    drafter = f" + {r['drafter']}" if r.get("drafter") else f" ({r['draft_source']} drafting)"
+    return f"{r['name']}: {state}: {r['target']}{drafter}, {_size(r['size'])}"
 
 
-def _list(json_out: bool, available: bool) -> None:
+def _list(json_out: bool, available: bool, host: str | None) -> None:
     from gemma_cli.registry.catalog import load_catalog
-    from gemma_cli.store.store import list_models
+
+    server = None if available else remote.client(host)  # the catalog is this machine's
 
     if available:
         entries = load_catalog().entries.values()
@@ -86,39 +99,38 @@ def _list(json_out: bool, available: bool) -> None:
             rows.append([e.name, f"~{e.approx_size_gb} GB" if e.approx_size_gb else "?", e.draft_source, e.description])
         typer.echo(_table(rows))
         return
-    models = list_models()
+    if server is not None:
+        entries = remote.list_entries(server)
+    else:
+        from gemma_cli.registry.inspect import list_entries
+
+        entries = list_entries()
     if json_out:
-        out = []
-        for ref, m in models:
-            if isinstance(m, Exception):
-                out.append({"name": str(ref), "error": str(m)})
-            else:
-                out.append({"name": m.name, "id": m.id, "size": m.size, "draft_source": m.draft_source,
-                            "drafter": m.drafter.filename if m.drafter else None, "modified": m.created,
-                            "target": m.target.digest, "drafter_digest": m.drafter.digest if m.drafter else None})
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(entries, indent=2))
         return
     rows = [["NAME", "ID", "SIZE", "DRAFTER", "MODIFIED"]]
-    for ref, m in models:
-        if isinstance(m, Exception):
-            rows.append([str(ref), "?", "?", "?", "unreadable manifest"])
+    for m in entries:
+        if "error" in m:
+            rows.append([m["name"], "?", "?", "?", "unreadable manifest"])
             continue
-        drafter = f"{m.draft_source} ({_size(m.drafter.size)})" if m.drafter else m.draft_source
-        rows.append([m.name, m.id, _size(m.size), drafter, _ago(m.created)])
+        drafter = f"{m['draft_source']} ({_size(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
+        rows.append([m["name"], m["id"], _size(m["size"]), drafter, _ago(m["modified"])])
     typer.echo(_table(rows))
 
 
 def list_cmd(
     json_out: JsonOpt = False,
     available: Annotated[bool, typer.Option("--available", help="Show the catalog instead of the local store.")] = False,
+    host: HostOpt = None,
 ) -> None:
     """List pulled models (NAME, ID, SIZE, DRAFTER, MODIFIED)."""
-    _list(json_out, available)
+    _list(json_out, available, host)
 
 
-def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False) -> None:
+def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False,
+           host: HostOpt = None) -> None:
     """Alias of `list`."""
-    _list(json_out, available)
+    _list(json_out, available, host)
 
 
 def _show_lines(info: dict) -> list[str]:
@@ -159,12 +171,17 @@ def _show_lines(info: dict) -> list[str]:
 def show_cmd(
     name: Annotated[str, typer.Argument(help="Model name or .gguf path.")],
     json_out: JsonOpt = False,
+    host: HostOpt = None,
 ) -> None:
     """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
-    from gemma_cli.registry.inspect import describe
-    from gemma_cli.registry.resolve import resolve_model
+    server = remote.client(host)
+    if server is not None:
+        info = remote.describe(server, name)
+    else:
+        from gemma_cli.registry.inspect import describe
+        from gemma_cli.registry.resolve import resolve_model
 
-    info = describe(resolve_model(name))
+        info = describe(resolve_model(name))
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))
     else:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Iterable, List, Optional
 
 import typer
 
 from gemma_cli import limits
-from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.interrupt import CancelOnSigint
+from gemma_cli.cli import engine_options as opt, remote
+from gemma_cli.cli.interrupt import Cancellable, CancelOnSigint
 from gemma_cli.cli.output import quiet_stdout, render_verbose_summary
 from gemma_cli.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from gemma_cli.engine import Piece
 
 FORMATS = ("text", "json", "jsonl")
 
@@ -64,6 +67,7 @@ def run(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    host: remote.HostOpt = None,
 ) -> None:
     """Generate once from PROMPT (and/or piped stdin) and print only the text to stdout.
 
@@ -79,18 +83,46 @@ def run(
     model, text = read_prompt(model, prompt)
     system = clean_text(system) if system is not None else None
     stop = [clean_text(x) for x in stop] if stop else None
+    server = remote.client(host, model)
     if text is None:
-        if model is not None:
-            opt.resolve(model)  # an unknown (or unpulled) model is the first thing to report
+        if model is not None and server is not None:  # an unknown (or unpulled) model is the first thing to report
+            remote.describe(server, model)
+        elif model is not None:
+            opt.resolve(model)
         raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
+    if server is not None:
+        body = {"model": remote.model_name(model), "prompt": text, "raw": raw, "options": remote.options(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_tokens=max_tokens,
+            stop=stop, draft=draft, draft_tokens=draft_tokens, ctx=ctx)}
+        if system is not None:
+            body["system"] = system
+        generation = remote.start(server, "/api/generate", body)
+        try:
+            _write(generation, generation, fmt, verbose, lambda: generation.model, lambda: generation.load_s)
+        finally:
+            generation.close()
+        return
     pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     engine = opt.open_engine(pair, choice)
     try:
         tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
+        _write(generation, engine, fmt, verbose, lambda: pair.name, lambda: engine.load_seconds)
+    finally:
+        engine.close()
+
+
+def _write(generation: Iterable[Piece], canceller: Cancellable, fmt: str, verbose: bool,
+           name: Callable[[], str], load_s: Callable[[], float]) -> None:
+    """Stream the pieces to stdout in `fmt`, then the summary: the same for in-process and client mode.
+
+    `generation` is the engine's Generation or a RemoteGeneration (both end with
+    `.result`); `name` and `load_s` are read after the last piece.
+    """
+    try:
         out = sys.stdout
-        with CancelOnSigint(engine, second_interrupts=True) as sig:
+        with CancelOnSigint(canceller, second_interrupts=True) as sig:
             for piece in generation:
                 if fmt == "text":
                     out.write(piece.text)
@@ -98,12 +130,12 @@ def run(
                 elif fmt == "jsonl":
                     out.write(json.dumps({"text": piece.text, "tokens": piece.n_tokens, "drafted": piece.n_drafted}) + "\n")
                     out.flush()
-        result = generation.result
+        result = generation.result  # type: ignore[attr-defined]
         assert result is not None
         summary = {
-            "model": pair.name,
+            "model": name(),
             "stop_reason": result.stop_reason.value,
-            "load_s": engine.load_seconds,
+            "load_s": load_s(),
             **result.stats.as_dict(),
         }
         if fmt == "text" and out.isatty() and result.text and not result.text.endswith("\n"):
@@ -114,11 +146,9 @@ def run(
             out.write(json.dumps({"done": True, **summary}) + "\n")
         out.flush()
         if verbose:
-            render_verbose_summary(result.stats, engine.load_seconds)
+            render_verbose_summary(result.stats, load_s())
         if sig.fired:
             raise typer.Exit(ExitCode.INTERRUPT)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, successfully
         quiet_stdout()
         raise typer.Exit(ExitCode.OK) from None
-    finally:
-        engine.close()
