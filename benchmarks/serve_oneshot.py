@@ -2,15 +2,18 @@
 
     .venv/bin/python benchmarks/serve_oneshot.py                     # 20 prompts, 270M, 32 tokens
     .venv/bin/python benchmarks/serve_oneshot.py --prompts 5 --json out.json
-    .venv/bin/python benchmarks/serve_oneshot.py --via run           # B = `GEMMA_HOST=... gemma run` (client mode)
+    .venv/bin/python benchmarks/serve_oneshot.py --via client        # B = a bare Python client per prompt
 
 A: `gemma run MODEL PROMPT` per prompt: every process loads the model.
 B: the same prompts against one `gemma serve` started (and warmed) first, one
-new process per prompt: `--via client` (default) runs a tiny Python client
-(gemma_cli.client) per prompt; `--via run` runs `gemma run` with GEMMA_HOST set,
-which measures the CLI's client mode once it exists. Both sides are greedy with
-the same options, so their texts must be equal; the script checks that.
-Reported: end-to-end wall time of each loop and per prompt (median).
+new process per prompt: `--via run` (default) runs `gemma run` with GEMMA_HOST
+set (the CLI's client mode), `--via client` a tiny Python client
+(gemma_cli.client), which shows what is left of the CLI's own start-up.
+Each prompt is one process, exactly as `for p in ...; do gemma run ...; done`
+in a shell, timed from spawn to exit. Both sides are greedy with the same
+options, so their texts must be equal; the script checks that.
+Reported: end-to-end wall time of each loop, per prompt (median and each),
+and the load average before and after (the numbers are only as quiet as the machine).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def main() -> None:
     ap.add_argument("--model", default="gemma3:270m")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--via", choices=("client", "run"), default="client")
+    ap.add_argument("--via", choices=("client", "run"), default="run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     prompts = PROMPTS[: args.prompts]
@@ -65,6 +68,7 @@ def main() -> None:
     run = [PY, "-m", "gemma_cli", "run", args.model]
     opts = ["--temperature", "0", "-n", str(args.tokens)]
 
+    load_before = os.getloadavg()
     a = [timed(run + [p] + opts, env) for p in prompts]
 
     server = subprocess.Popen([PY, "-m", "gemma_cli", "serve"], env=dict(env, GEMMA_HOST="127.0.0.1:0"), cwd=ROOT,
@@ -92,6 +96,9 @@ def main() -> None:
         "in_process_median_s": round(statistics.median(t for t, _ in a), 3),
         "served_median_s": round(statistics.median(t for t, _ in b), 3),
         "same_text": not mismatches,
+        "in_process_each_s": [round(t, 2) for t, _ in a], "served_each_s": [round(t, 2) for t, _ in b],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
     }
     report["speedup"] = round(report["in_process_total_s"] / report["served_total_s"], 2)
     print(json.dumps(report, indent=2))
