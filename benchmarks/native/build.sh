@@ -18,7 +18,7 @@ ROOT="${1:-${GEMMA_NATIVE_DIR:-$REPO/.bench/native}}"
 JOBS="${JOBS:-2}"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-TOOLS=(llama-speculative-simple llama-bench llama-completion llama-simple)
+TOOLS=(llama-speculative-simple llama-bench llama-completion)
 GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 
 SRC="$ROOT/src/llama_cpp_python-$VERSION"
