@@ -3,6 +3,7 @@
     benchmarks/native/build.sh                                   # once: builds the native tools (minutes)
     .venv/bin/python benchmarks/vs_native.py                     # validation set, 5 rounds, 128 tokens
     .venv/bin/python benchmarks/vs_native.py --set tuning --rounds 3 --workloads code-edit,qa --json out.json
+    .venv/bin/python benchmarks/vs_native.py --mtp-only --mtp-k 2,3,4      # gemma MTP vs llama.cpp draft-mtp
 
 Per workload, every round runs each configuration once, in an order that flips
 every round (so a steady drift of the machine's speed biases no side):
@@ -16,7 +17,11 @@ on both sides, Gemma 3 270M Q4_K_M by default. Figures are medians over the
 rounds with min-max; ratios are medians of per-round ratios. "best native"
 is, per workload, the n-gram configuration with the highest median tok/s.
 gemma's rate is tokens after the first over the time after the first; see
-benchmarks/native/tools.py for what the native figures time.
+benchmarks/native/tools.py for what the native figures time. `--mtp` adds
+gemma's MTP (fixed k) against llama.cpp's `draft-mtp` on the synthetic
+mid-size Gemma 4 pair that benchmarks/mtp_vs_plain.py builds and caches.
+Native runs use llama.cpp's defaults otherwise (CPU weight repacking on;
+gemma's default is off): pass `--native-arg=--no-repack` to match.
 """
 
 from __future__ import annotations
@@ -174,7 +179,11 @@ def mtp_section(args, bins: Path, log) -> dict:
     """
     import mtp_vs_plain
 
-    target, assistant, meta = mtp_vs_plain.build_pair(args.threads, log)
+    if args.mtp_pair:
+        target, assistant = (Path(x).expanduser() for x in args.mtp_pair.split(",", 1))
+        meta: dict = {"given": True}
+    else:
+        target, assistant, meta = mtp_vs_plain.build_pair(args.threads, log)
     Engine, EngineConfig, DraftConfig, _ = gemma_api()
     sides: list[tuple[str, object]] = [("gemma plain", DraftConfig(source="none", tokens=1)), ("llama plain", native.PLAIN)]
     for k in args.mtp_k:
@@ -193,7 +202,9 @@ def mtp_section(args, bins: Path, log) -> dict:
 
 
 def print_mtp(w: dict) -> None:
-    print(f"\nMTP on the synthetic mid-size Gemma 4 pair ({w['prompt_tokens']} prompt tokens):")
+    pair = "the given pair" if w["pair"].get("given") else "the synthetic mid-size Gemma 4 pair"
+    print(f"\nMTP on {pair} ({Path(w['pair']['target']).name}, {w['prompt_tokens']} prompt tokens), "
+          f"greedy, fixed k, {len(next(iter(w['runs'].values())))} rounds:")
     print(f"{'config':<22}{'tok/s':>8}{'min-max':>16}{'accept':>8}{'drafted':>9}{'generated':>10}")
     for label, rs in w["runs"].items():
         rates = [r["tok_s"] for r in rs]
@@ -216,22 +227,23 @@ def _acc(s: dict) -> str:
 
 def print_table(results: list[dict], labels: list[str]) -> None:
     short = {label: label.replace("gemma ", "g-").replace("llama ", "n-") for label in labels}
-    cols = "".join(f"{short[label]:>11}" for label in labels)
+    width = {label: max(8, len(short[label]) + 2) for label in labels}
+    cols = "".join(f"{short[label]:>{width[label]}}" for label in labels)
     head = (f"{'workload':<26}{'ptok':>5}{cols}  {'best native':<14}{'default/best native':>21}"
-            f"{'default/plain':>19}{'g-plain/n-plain':>19}  {'g-default acc/drafted':>22}  {'best acc/drafted':>17}")
+            f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}")
     print(head)
     print("-" * len(head))
     for w in results:
         s = w["summary"]
         st = s["stats"]
-        rates = "".join(f"{st[label]['tok_s']:>11.1f}" for label in labels)
+        rates = "".join(f"{st[label]['tok_s']:>{width[label]}.1f}" for label in labels)
         best = s["best_native"] or "-"
         print(f"{w['workload']:<26}{w['prompt_tokens']:>5}{rates}  {short.get(best, best):<14}"
               f"{_r(s['default_vs_best_native']):>21}{_r(s['default_vs_plain']):>19}{_r(s['plain_vs_native_plain']):>19}"
-              f"  {_acc(st['gemma default']):>22}  {_acc(st[best]) if best in st else '-':>17}")
+              f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}")
     print()
-    print("tok/s: medians over rounds (min-max per config in --json). acc/drafted: accepted share of drafted "
-          "tokens / draft tokens proposed per run (median).")
+    print("tok/s: medians over rounds (each config's min-max in --json); ratios: median of per-round ratios (min-max).")
+    print("acc/drafted: share of drafted tokens accepted / draft tokens proposed per run (median); '-': nothing drafted.")
 
 
 def print_medians(results: list[dict]) -> None:
@@ -263,9 +275,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mtp", action="store_true", help="also run MTP on the synthetic mid-size Gemma 4 pair")
     p.add_argument("--mtp-only", action="store_true", help="only the MTP section (no corpus)")
     p.add_argument("--mtp-k", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4], help="MTP draft lengths, e.g. 2,3,4")
+    p.add_argument("--mtp-pair", default=None, help="TARGET.gguf,ASSISTANT.gguf to use instead of the cached mid-size pair")
     p.add_argument("--llama-bench", action="store_true", help="also report llama-bench tg<tokens> once")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.mtp_pair and (args.mtp_pair.count(",") != 1 or not all(Path(x).expanduser().is_file() for x in args.mtp_pair.split(","))):
+        p.error("--mtp-pair takes two existing files: TARGET.gguf,ASSISTANT.gguf")
     for name in ("rounds", "tokens", "threads", "ctx"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -298,23 +313,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     keep = {s.strip() for s in args.configs.split(",") if s.strip()}
     configs = [native.PLAIN] + [c for c in native.NGRAM_CONFIGS if not keep or c.label in keep]
-    args.model = args.model or gemma3_270m()
-    if not args.model.is_file():
-        print(f"error: model file not found: {args.model}", file=sys.stderr)
-        return 1
-    draft_default = gemma_default_draft(args.model, args.threads)
     load_start = os.getloadavg()
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} on {os.cpu_count()} CPUs")
-    print(f"model {args.model.name}, {args.threads} threads, ctx {args.ctx}, greedy, {args.tokens} tokens, {args.rounds} rounds, "
-          f"set {args.set}; gemma default = {draft_default}; native tools in {bins}")
-    out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "gemma_default": repr(draft_default),
-                 "load_average_start": load_start, "workloads": []}
+    out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_average_start": load_start, "workloads": []}
+    draft_default = None
+    if not args.mtp_only:
+        args.model = args.model or gemma3_270m()
+        if not args.model.is_file():
+            print(f"error: model file not found: {args.model}", file=sys.stderr)
+            return 1
+        draft_default = gemma_default_draft(args.model, args.threads)
+        out["gemma_default"] = repr(draft_default)
+        out["args"]["model"] = str(args.model)
+        print(f"model {args.model.name}, {args.threads} threads, ctx {args.ctx}, greedy, {args.tokens} tokens, "
+              f"{args.rounds} rounds, set {args.set}; gemma default = {draft_default}; native tools in {bins}")
     t0 = time.perf_counter()
     try:
-        if args.llama_bench:
+        if args.llama_bench and args.model:
             out["llama_bench_tg"] = native.llama_bench_tg(bins, args.model, tokens=args.tokens, threads=args.threads)
             print(f"llama-bench tg{args.tokens}: {out['llama_bench_tg']:.1f} tok/s")
-        out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log)
+        if prompts:
+            out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log)
         if args.mtp or args.mtp_only:
             out["mtp"] = mtp_section(args, bins, log)
     except native.NativeError as exc:
