@@ -5,21 +5,22 @@
 
 _gemma_subcommands() {
     case "$1" in
-        "") echo "bench chat create doctor list pull rm run show verify" ;;
+        "") echo "bench chat create doctor list pull rm rpc-worker run show verify" ;;
     esac
 }
 
 _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
-        "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
         "list") echo "--json --available -h --help" ;;
         "pull") echo "-q --quiet -h --help" ;;
         "rm") echo "-h --help" ;;
-        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads -h --help" ;;
+        "rpc-worker") echo "--host -p --port --threads --cache --allow-remote -h --help" ;;
+        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
         "show") echo "--json -h --help" ;;
         "verify") echo "--json -h --help" ;;
     esac
@@ -27,17 +28,19 @@ _gemma_options() {
 
 _gemma_value_options() {
     case "$1" in
-        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads --rpc --tensor-split" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;
-        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads" ;;
+        "rpc-worker") echo "--host -p --port --threads --cache" ;;
+        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split" ;;
     esac
 }
 
 _gemma_option_values() {
     case "${1:+$1 }$2" in
         "create --target") echo "model" ;;
+        "rpc-worker --cache") echo "file" ;;
     esac
 }
 
@@ -50,6 +53,7 @@ _gemma_arguments() {
         "list") case "$2" in  *) echo "none" ;; esac ;;
         "pull") case "$2" in 0) echo "catalog" ;; *) echo "none" ;; esac ;;
         "rm") case "$2" in  *) echo "model" ;; esac ;;
+        "rpc-worker") case "$2" in  *) echo "none" ;; esac ;;
         "run") case "$2" in 0) echo "model" ;; 1) echo "none" ;; *) echo "none" ;; esac ;;
         "show") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;
         "verify") case "$2" in  *) echo "model" ;; esac ;;

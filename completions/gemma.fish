@@ -27,6 +27,7 @@ complete -c gemma -n '__fish_use_subcommand' -a doctor -d 'Check llama.cpp, GPU,
 complete -c gemma -n '__fish_use_subcommand' -a list -d 'List pulled models (NAME, ID, SIZE, DRAFTER, MODIFIED)'
 complete -c gemma -n '__fish_use_subcommand' -a pull -d 'Download a model (target + drafter) into the local store'
 complete -c gemma -n '__fish_use_subcommand' -a rm -d 'Remove models'
+complete -c gemma -n '__fish_use_subcommand' -a rpc-worker -d 'Lend this machine\'s memory and compute to `gemma run/chat/bench --rpc` on another host'
 complete -c gemma -n '__fish_use_subcommand' -a run -d 'Generate once from PROMPT (and/or piped stdin) and print only the text to stdout'
 complete -c gemma -n '__fish_use_subcommand' -a show -d 'Show a model\'s architecture, size, quantization, drafter and tuning (from GGUF headers)'
 complete -c gemma -n '__fish_use_subcommand' -a verify -d 'Re-hash blobs against their sha256 and report corruption'
@@ -46,6 +47,8 @@ complete -c gemma -n '__fish_seen_subcommand_from bench' -l top-p -x -d 'Nucleus
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_gguf)'
@@ -63,6 +66,8 @@ complete -c gemma -n '__fish_seen_subcommand_from chat' -s n -l max-tokens -x -d
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from chat' -a '(__gemma_gguf)'
@@ -100,6 +105,14 @@ complete -c gemma -n '__fish_seen_subcommand_from rm' -s h -l help -d 'Show help
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_gguf)'
 
+# gemma rpc-worker
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l host -x -d 'Address to listen on (loopback unless --allow-remote)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -s p -l port -x -d 'TCP port'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l threads -x -d 'CPU threads for the computations (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l cache -r -F -d 'Keep received weights here by hash, so the next load of the same model sends less'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l allow-remote -d 'Allow a non-loopback --host (no authentication, no encryption: trusted networks only)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -s h -l help -d 'Show help for the command and exit'
+
 # gemma run
 complete -c gemma -n '__fish_seen_subcommand_from run' -s s -l system -x -d 'System prompt'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l raw -d 'Send the prompt as is, without the chat template (always so for models without one)'
@@ -117,6 +130,8 @@ complete -c gemma -n '__fish_seen_subcommand_from run' -s n -l max-tokens -x -d 
 complete -c gemma -n '__fish_seen_subcommand_from run' -l ctx -x -d 'Context window in tokens'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_gguf)'

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from gemma_cli import __version__
-from gemma_cli.cli.commands import bench, chat, doctor, models, run
+from gemma_cli.cli.commands import bench, chat, doctor, models, rpc_worker, run
 from gemma_cli.cli.output import quiet_stdout
 from gemma_cli.errors import ExitCode, GemmaError
 
@@ -54,6 +54,7 @@ def _register(app: typer.Typer) -> None:
     app.command("verify")(models.verify_cmd)
     app.command()(bench.bench)
     app.command()(doctor.doctor)
+    app.command("rpc-worker")(rpc_worker.rpc_worker)
     app.command("__complete-models", hidden=True)(doctor.complete_models)
 
 

@@ -38,6 +38,19 @@ GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload 
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: available cores).", rich_help_panel="Hardware")]
 
 
+def _arm_rpc_interrupts(value: str | None) -> str | None:
+    """At parse time, before any library starts threads: see rpc.install_interrupt_escape."""
+    if value:
+        from gemma_cli.engine.rpc import install_interrupt_escape
+
+        install_interrupt_escape()
+    return value
+
+
+Rpc = Annotated[Optional[str], typer.Option("--rpc", envvar="GEMMA_RPC", callback=_arm_rpc_interrupts, help="Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local).", rich_help_panel="Hardware")]
+TensorSplit = Annotated[Optional[str], typer.Option("--tensor-split", help="With --rpc: layer shares per worker, then this machine, e.g. 1,1,1 (default: by free memory).", rich_help_panel="Hardware")]
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """What the user chose on the command line, before anything is loaded."""
@@ -47,6 +60,8 @@ class EngineChoice:
     ctx: int = 4096
     gpu_layers: int = 0
     threads: int | None = None
+    rpc: str | None = None
+    tensor_split: str | None = None
 
 
 def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
@@ -63,6 +78,12 @@ def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default
             raise UsageError(f"{pair.name} has no drafter model for --draft {source}; use --draft ngram or none")
     if source == "mtp" and pair.draft_source != "mtp":
         raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use --draft model")
+    if source == "mtp" and choice.rpc:  # the assistant reads the target's KV cache, which then lives on the workers
+        if choice.draft != "auto":
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
+
+            raise UsageError(MTP_UNSUPPORTED)
+        source = "ngram"
     tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
     limits.check_draft_tokens(tokens)
     model_path = pair.drafter if source in ("mtp", "model") else None
@@ -81,8 +102,14 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
 
     limits.check_n_ctx(choice.ctx, "--ctx")
     limits.check_threads(choice.threads, "--threads")
+    if choice.tensor_split and not choice.rpc:
+        raise UsageError("--tensor-split only applies with --rpc")
+    if choice.rpc and choice.gpu_layers:
+        raise UsageError("--gpu-layers does not combine with --rpc; shape the split with --tensor-split")
     draft = draft_config(pair, choice, workload)
-    config = EngineConfig(n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads)
+    config = EngineConfig(
+        n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads, rpc=choice.rpc or None, tensor_split=choice.tensor_split
+    )
     return Engine(pair.target, draft, config)
 
 

@@ -9,6 +9,7 @@ evaluates only its new tokens.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class EngineConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     cpu_repack: bool | None = None  # None: automatic (see llama.choose_cpu_repack)
+    rpc: str | None = None  # "HOST:PORT,...": split the target across ggml RPC workers (rpc_placement.py)
+    tensor_split: str | None = None  # with rpc: shares per worker, then this machine
 
 
 def check_before_load(target: Path, draft: DraftConfig) -> None:
@@ -79,8 +82,18 @@ class Engine:
         t0 = time.perf_counter()
         self.config = config
         check_before_load(Path(target_path), draft)
-        self.target = Model(target_path, n_gpu_layers=config.n_gpu_layers, cpu_repack=config.cpu_repack)
-        self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
+        self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
+        placed: dict = {"n_gpu_layers": config.n_gpu_layers}
+        if config.rpc:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED, Placement
+
+            if draft.source == "mtp":
+                raise UsageError(MTP_UNSUPPORTED)
+            self.placement = Placement.plan(config.rpc, Path(target_path), config.tensor_split)
+            placed = self.placement.model_kwargs()
+        with self.placement.loading() if self.placement else contextlib.nullcontext():
+            self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
+            self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag
         self.costs = PassCosts()  # measured pass costs that sampled generations keep (see adaptive.py)
         self.draft = draft
@@ -113,6 +126,10 @@ class Engine:
             return NoDrafter()
         if draft.source == "ngram":
             return NgramDrafter(draft.ngram_max, draft.ngram_min)
+        if draft.source == "mtp" and self.placement is not None:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
+
+            raise UsageError(MTP_UNSUPPORTED)
         if draft.source == "mtp":  # the target itself was checked when it loaded
             from gemma_cli.compat import check_mtp_pair
 

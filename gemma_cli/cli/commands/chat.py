@@ -25,6 +25,8 @@ def chat(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
 ) -> None:
     """Chat with a model: streamed replies, a live tokens/s and draft-acceptance line, /help for commands.
 
@@ -43,7 +45,7 @@ def chat(
 
         system = clean_text(system)
     pair = opt.resolve(model, pull_missing=True)
-    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads, rpc, tensor_split)
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     color = use_color(sys.stdout) and use_color(sys.stderr)
     if terminal:

@@ -64,6 +64,8 @@ def run(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
 ) -> None:
     """Generate once from PROMPT (and/or piped stdin) and print only the text to stdout.
 
@@ -84,9 +86,12 @@ def run(
             opt.resolve(model)  # an unknown (or unpulled) model is the first thing to report
         raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
     pair = opt.resolve(model, pull_missing=True)
-    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads, rpc, tensor_split)
     engine = opt.open_engine(pair, choice)
     try:
+        if verbose and engine.placement is not None:
+            for line in engine.placement.describe():
+                sys.stderr.write(f"placement: {line}\n")
         tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
         out = sys.stdout

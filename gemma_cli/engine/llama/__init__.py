@@ -14,6 +14,9 @@ from gemma_cli.engine.llama._lib import (
     capabilities,
     choose_cpu_repack,
     last_log_line,
+    libggml,
+    log_lines,
+    supports_rpc,
     system_info,
 )
 from gemma_cli.engine.llama.context import VIEW_ROWS, Context, default_threads
@@ -33,5 +36,8 @@ __all__ = [
     "choose_cpu_repack",
     "default_threads",
     "last_log_line",
+    "libggml",
+    "log_lines",
+    "supports_rpc",
     "system_info",
 ]

@@ -43,6 +43,9 @@ class Model:
         n_gpu_layers: int = 0,
         cpu_repack: bool | None = None,
         use_mmap: bool = True,
+        devices: Sequence[int] = (),
+        tensor_split: Sequence[float] = (),
+        buft_overrides: int | None = None,
     ) -> None:
         self.path = Path(path)
         check_gguf_file(self.path)
@@ -52,6 +55,14 @@ class Model:
         params.use_mmap = use_mmap
         params.use_extra_bufts = choose_cpu_repack() if cpu_repack is None else cpu_repack
         self.cpu_repack = bool(params.use_extra_bufts)
+        if devices:  # ggml_backend_dev_t list (e.g. RPC workers, see engine/rpc.py); NULL-terminated
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+        if tensor_split:
+            self._tensor_split = (ctypes.c_float * ll.llama_max_devices())(*tensor_split)
+            params.tensor_split = self._tensor_split
+        if buft_overrides:  # address of a NULL-terminated llama_model_tensor_buft_override array the caller keeps alive
+            params.tensor_buft_overrides = buft_overrides
         forget_log()
         ptr = ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
