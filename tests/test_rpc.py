@@ -207,6 +207,19 @@ def test_frozen_worker_second_ctrl_c_ends_the_client(tmp_path, gemma3_path):
     assert err.strip().splitlines()[-1] == "Error: interrupted while waiting for an RPC worker that does not answer"
 
 
+def test_doctor_finding_reports_the_build_and_the_gemma_rpc_workers(workers):
+    from gemma_cli.engine.llama import capabilities
+    from gemma_cli.engine.rpc_protocol import doctor_finding
+
+    assert capabilities()["rpc"] is True  # what doctor's llama.cpp probe passes on
+    status, summary, hint = doctor_finding(True, ",".join(w.address for w in workers))
+    assert status == "ok" and hint is None and all(w.address in summary for w in workers)
+    status, summary, hint = doctor_finding(True, f"{workers[0].address},127.0.0.1:{free_port()}")
+    assert status == "warn" and "connection refused" in summary and "gemma rpc-worker" in hint
+    status, _, hint = doctor_finding(False, None)
+    assert status == "info" and "-DGGML_RPC=on" in hint
+
+
 def test_worker_refuses_a_public_address_without_allow_remote():
     proc = gemma("rpc-worker", "--host", "0.0.0.0", "--port", str(free_port()))
     assert proc.returncode == 2

@@ -27,12 +27,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from gemma_cli.engine.rpc_protocol import Endpoint, RpcError, WorkerInfo, port_refuses
+from gemma_cli.engine.rpc_protocol import BUILD_HINT, Endpoint, RpcError, WorkerInfo, port_refuses
 
-BUILD_HINT = (
-    'rebuild llama-cpp-python with RPC: CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall '
-    "--no-cache-dir --no-deps llama-cpp-python==0.3.36 (add your -DGGML_CUDA=on / -DGGML_METAL=on flags)"
-)
 DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 _ggml = None
 _abort_cb = None  # keep a reference: ggml calls it from C
@@ -45,13 +41,6 @@ def supports_rpc() -> bool:
     from gemma_cli.engine.llama import supports_rpc as built_with_rpc
 
     return built_with_rpc()
-
-
-def doctor_finding() -> tuple[str, str, str | None]:
-    """(status, summary, hint) for `gemma doctor`: "ok" when RPC is compiled in, else "info"."""
-    if supports_rpc():
-        return "ok", "compiled in: `gemma rpc-worker` and --rpc HOST:PORT work", None
-    return "info", "not compiled in: --rpc and `gemma rpc-worker` are unavailable", BUILD_HINT
 
 
 def require_rpc() -> None:

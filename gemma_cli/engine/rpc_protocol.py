@@ -24,6 +24,11 @@ MAX_WORKERS = 16  # GGML_RPC_MAX_SERVERS
 # The protocol of the ggml bundled with llama-cpp-python 0.3.36 (ggml-rpc.h).
 PROTO_VERSION = (7, 0, 0)
 
+BUILD_HINT = (
+    'rebuild llama-cpp-python with RPC: CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall '
+    "--no-cache-dir --no-deps llama-cpp-python==0.3.36 (add your -DGGML_CUDA=on / -DGGML_METAL=on flags)"
+)
+
 _CMD_GET_DEVICE_MEMORY = 11
 _CMD_HELLO = 14  # fixed across versions (static_assert in ggml-rpc.cpp)
 _CMD_DEVICE_COUNT = 15
@@ -220,3 +225,23 @@ def worker_report(spec: str, timeout: float = 2.0) -> list[tuple[bool, str]]:
             f"{w.free_bytes / 2**30:.1f} of {w.total_bytes / 2**30:.1f} GiB free, round trip {w.rtt_s * 1000:.2f} ms"
         )))
     return out
+
+
+def doctor_finding(has_rpc: bool | None, spec: str | None) -> tuple[str, str, str | None]:
+    """(status, summary, hint) for `gemma doctor`'s rpc check.
+
+    `has_rpc` is the llama.cpp probe's "rpc" (capabilities(); None when llama.cpp
+    cannot load); `spec` is GEMMA_RPC: those workers are probed too.
+    """
+    if has_rpc is None:
+        return "info", "unknown (llama.cpp cannot be loaded)", None
+    if not has_rpc:
+        return "info", "not compiled in: --rpc and `gemma rpc-worker` are unavailable", BUILD_HINT
+    mine = ".".join(map(str, PROTO_VERSION))
+    if not spec or not spec.strip():
+        return "ok", f"compiled in (protocol {mine}): `gemma rpc-worker` and --rpc HOST:PORT work", None
+    report = worker_report(spec)
+    lines = "; ".join(line for _, line in report)
+    if all(ok for ok, _ in report):
+        return "ok", f"compiled in (protocol {mine}); GEMMA_RPC: {lines}", None
+    return "warn", f"compiled in (protocol {mine}); GEMMA_RPC: {lines}", "start `gemma rpc-worker` on those hosts, or fix GEMMA_RPC"
