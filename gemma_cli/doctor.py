@@ -31,6 +31,7 @@ from typing import Any
 
 from gemma_cli import __version__, config
 from gemma_cli.errors import GemmaError
+from gemma_cli.load_guard import guard_load
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
@@ -471,6 +472,8 @@ def check_model(model: str, n_ctx: int = 4096) -> Check:
     try:
         pair = _resolve(model)
         files = [pair.target] + ([pair.drafter] if pair.drafter else [])
+        for f in files:
+            guard_load(f)  # header checks + probe load: what would abort `run` fails here
         weights = sum(p.stat().st_size for p in files)
         kv = kv_bytes(pair.target, n_ctx)
         if pair.drafter is not None and pair.draft_source != "mtp":  # an MTP head shares the target's KV

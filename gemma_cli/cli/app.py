@@ -13,6 +13,7 @@ import typer
 
 from gemma_cli import __version__
 from gemma_cli.errors import GemmaError
+from gemma_cli.text_safety import clean_display
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
@@ -54,7 +55,7 @@ def _register() -> None:
 
 def _error_line(message: str, hint: str | None = None) -> None:
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
-    sys.stderr.write(prefix + message.replace("\n", " ") + "\n")
+    sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
     if hint:
         sys.stderr.write(hint + "\n")
     sys.stderr.flush()

@@ -26,6 +26,7 @@ from typing import Callable, TextIO
 from gemma_cli.chat import Conversation
 from gemma_cli.cli import engine_options as opt
 from gemma_cli.cli.output import verbose_summary_lines
+from gemma_cli.text_safety import clean_display
 from gemma_cli.cli.render import ReplyRenderer
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.types import GenerationResult
@@ -395,7 +396,7 @@ class ChatRepl:
             self.say(self.conv.system or "(no system prompt)")
         elif what == "template":
             template = engine.target.chat_template()
-            self.say(template if template else "(the model has no chat template; using the built-in Gemma template)")
+            self.say(clean_display(template, 100_000, multiline=True) if template else "(the model has no chat template; using the built-in Gemma template)")
         elif what == "stats":
             if self.last is None:
                 self.say("(no reply yet)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from gemma_cli import config
 from gemma_cli.errors import ContextFullError, EngineError, ModelFileError
+from gemma_cli.load_guard import guard_load
 
 if TYPE_CHECKING:  # pragma: no cover
     import llama_cpp as _llama_cpp_t
@@ -114,6 +115,7 @@ class Model:
     ) -> None:
         self.path = Path(path)
         check_gguf_file(self.path)
+        guard_load(self.path)  # header checks + a child-process probe: no llama.cpp abort here
         ll = lib()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)

@@ -6,6 +6,8 @@ from typing import Any
 
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.pair import ModelPair
+from gemma_cli.preflight import check_header
+from gemma_cli.text_safety import clean_display, clean_tree
 from gemma_cli.registry.compat import MTP_ARCHS, vocab_problem
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.store import load
@@ -19,7 +21,8 @@ def _params(n: int) -> str:
 
 
 def _model_facts(info: GGUFInfo) -> dict[str, Any]:
-    return {
+    check_header(info)  # refuse what llama.cpp would abort on, as run would
+    return clean_tree({
         "file": str(info.path),
         "architecture": info.architecture,
         "parameters": info.n_params,
@@ -32,7 +35,7 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "chat_template": bool(info.get("tokenizer.chat_template")),
         "license": info.get("general.license"),
         "name": info.get("general.name"),
-    }
+    })  # strings from the file: no escape sequences, bounded length
 
 
 def describe(pair: ModelPair) -> dict[str, Any]:
@@ -44,7 +47,7 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         drafter = read_gguf(pair.drafter)
         facts = _model_facts(drafter)
         problem = vocab_problem(target, drafter)
-        facts["vocabulary"] = f"incompatible: {problem}" if problem else "compatible (same token list)"
+        facts["vocabulary"] = clean_display(f"incompatible: {problem}", 300) if problem else "compatible (same token list)"
         if drafter.architecture in MTP_ARCHS:
             facts["kv_cache"] = "shares the target's KV cache (no KV of its own)"
             facts["embedding_length_out"] = drafter.arch_key("embedding_length_out")
