@@ -89,11 +89,11 @@ def _marker(path: Path) -> Path | None:
     """Where a passed check of this exact file is remembered (None: cannot tell)."""
     try:
         st = path.stat()
-        try:
-            from importlib.metadata import version
+        try:  # the caller loads it next anyway; cheaper than importlib.metadata's scan
+            import llama_cpp
 
-            llama_version = version("llama_cpp_python")
-        except Exception:  # not installed as a distribution: the probe still applies
+            llama_version = str(getattr(llama_cpp, "__version__", "?"))
+        except Exception:  # broken install: the probe will say so
             llama_version = "?"
         ident = "\0".join(map(str, (PROBE_VERSION, llama_version, _probe_enabled(), path.resolve(),
                                      st.st_size, st.st_mtime_ns, st.st_ino)))

@@ -197,7 +197,8 @@ def test_highlight_colours_drafted_tokens(model: Path, env: dict[str, str]) -> N
     command(child, "/clear", "Cleared")
     command(child, "/set highlight on", "Set highlight on.")
     coloured, m2 = ask(child, "hello there")  # same prompt, greedy: the same reply, now coloured
-    assert reply_text(coloured).split("hello there", 1)[-1] == reply_text(plain).split("hello there", 1)[-1]
+    # rsplit: prompt_toolkit echoes the typed line once or twice, depending on how the keys arrive
+    assert reply_text(coloured).rsplit("hello there", 1)[-1] == reply_text(plain).rsplit("hello there", 1)[-1]
     drafted = re.findall(r"\x1b\[36m([^\x1b]+)\x1b\[0m", STATUS_SEGMENT.sub("", coloured))
     assert drafted, "no drafted text was coloured"
     assert sum(map(len, drafted)) < len(reply_text(coloured))  # the target's own tokens stay plain
