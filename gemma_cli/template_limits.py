@@ -116,6 +116,40 @@ def _check_replace(s: Any, old: Any, new: Any, count: Any = -1) -> None:
             raise _too_big("a string", size)
 
 
+def _check_size(what: str, size: int) -> None:
+    if size > MAX_OUTPUT:
+        raise _too_big(what, size)
+
+
+def _check_format(fmt: str, values: Iterable[Any], marker: str) -> None:
+    """Each `{...}` / `%` field may repeat a value: bound fields x the longest value."""
+    longest = max((_sized(v) or 32 for v in values), default=0)
+    _check_size("a string", len(fmt) + fmt.count(marker) * longest)
+
+
+def _check_amplifier(name: str, s: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Filters and str methods whose result can be far longer than their inputs."""
+    if not isinstance(s, str):
+        return
+    if name in ("do_indent", "indent"):
+        width = kwargs.get("width", args[0] if args else 4)
+        _check_size("a string", len(s) + (s.count("\n") + 1) * (_sized(width) or 16))
+    elif name in ("do_wordwrap", "wordwrap"):
+        width = kwargs.get("width", args[0] if args else 79)
+        wrap = kwargs.get("wrapstring", args[2] if len(args) > 2 else "\n")
+        if isinstance(width, int) and width > 0:
+            _check_size("a string", len(s) + len(s) // width * (_sized(wrap) or 1))
+    elif name == "expandtabs":
+        size = kwargs.get("tabsize", args[0] if args else 8)
+        if isinstance(size, int):
+            _check_size("a string", len(s) + s.count("\t") * size)
+    elif name in ("format", "format_map", "do_format"):
+        values = list(args) + list(kwargs.values())
+        if name == "format_map" and args and isinstance(args[0], dict):
+            values = list(args[0].values())
+        _check_format(s, values, "%" if name == "do_format" else "{")
+
+
 def _check_join(items: Any, sep: str) -> None:
     if isinstance(items, (list, tuple)):
         size = len(sep) * len(items) + sum(len(x) if isinstance(x, str) else 16 for x in items)
@@ -155,6 +189,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_POW_BITS:
+                raise TemplateLimitError("chat template computed a number too large; refusing it")
             for seq, n in ((left, right), (right, left)):
                 if _sized(seq) and isinstance(n, int) and _sized(seq) * n > MAX_OUTPUT:
                     raise _too_big("a sequence", _sized(seq) * n)
@@ -165,6 +201,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 raise TemplateLimitError("chat template computed a power too large; refusing it")
         elif operator == "%" and isinstance(left, str):
             _check_int_args([left])
+            values = right.values() if isinstance(right, dict) else right if isinstance(right, tuple) else [right]
+            _check_format(left, values, "%")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -179,6 +217,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 _check_int_args([owner])
                 if name == "join" and args:
                     _check_join(args[0], owner)
+            _check_amplifier(name, owner, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         if _sized(result) > MAX_OUTPUT:
             raise _too_big("a value", _sized(result))
@@ -196,6 +235,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 _check_replace(str(values[0]), *(str(v) for v in values[1:3]))
             elif name == "do_join" and values:
                 _check_join(values[0], str(values[1]) if len(values) > 1 else str(kwargs.get("d", "")))
+            elif values:
+                _check_amplifier(name, values[0], tuple(values[1:]), kwargs)
             result = f(*args, **kwargs)
             if _sized(result) > MAX_OUTPUT:
                 raise _too_big("a value", _sized(result))

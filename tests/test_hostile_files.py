@@ -165,6 +165,12 @@ HOSTILE_TEMPLATES = {
     "slice-generator": "{% for x in [1]|slice(10**6) %}{% for y in [1]|slice(10**6) %}{% endfor %}{% endfor %}",
     "wordwrap-spin": "{{ ('a ' * 1000000)|wordwrap(1) }}",
     "macro-recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "expandtabs-amplifies": "{{ ('\t' * 1000000).expandtabs(1000000) }}",
+    "indent-amplifies": "{{ ('a\n' * 1000000)|indent('b' * 1000000) }}",
+    "wordwrap-amplifies": "{{ ('a' * 1000000)|wordwrap(1, true, 'b' * 1000000) }}",
+    "format-fields-repeat": "{{ ('{0}' * 1000).format('x' * 1000000) }}",
+    "percent-fields-repeat": "{{ ('%s' * 1000) % (('x' * 1000000,) * 1000) }}",
+    "integer-squaring": "{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
 }
 
 
