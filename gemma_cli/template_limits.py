@@ -8,9 +8,9 @@ gigabytes. A model file carries its own template, so each of these would hang
 
 * every `{% for %}` iterates through `guard_iter`, which counts iterations
   against a budget and checks the deadline;
-* a trace function checks the deadline on every line of Python run during the
-  render (filters, macros, jinja internals), so no pure-Python path can spin
-  past it;
+* a trace function checks the deadline on every Python call and generator
+  step during the render, and on every line of filters and the stdlib code
+  they use, so no pure-Python path can spin past it;
 * `*`, `**`, `+`, `%` and `~` check the size of their result *before* making it;
 * calls and filters refuse huge integer arguments (`center(10**9)`), and
   `replace` is checked for amplification;
@@ -22,12 +22,14 @@ A tripped limit raises `TemplateLimitError` (a `TemplateError`): one line.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 import time
 from types import FrameType
 from typing import Any, Callable, Iterable, Iterator
 
+import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import markup_join, str_join
@@ -41,6 +43,14 @@ MAX_ITERATIONS = 200_000  # loop iterations over the whole render (real template
 MAX_INT_ARG = 1_000_000  # largest integer passed to a call or filter
 MAX_POW_BITS = 4096  # largest integer `**` may produce
 TIME_BUDGET = 1.5  # seconds for compile + render
+
+
+_JINJA_DIR = os.path.dirname(os.path.abspath(jinja2.__file__))
+_NOT_LINE_TRACED = frozenset(
+    ["<template>", __file__]
+    + [os.path.join(_JINJA_DIR, f"{m}.py") for m in ("compiler", "lexer", "parser", "nodes", "runtime", "environment",
+                                                      "sandbox", "visitor", "idtracking", "optimizer", "utils", "_identifier")]
+)
 
 
 class TemplateLimitError(TemplateError):
@@ -69,10 +79,16 @@ class _Budget:
             raise TemplateLimitError(f"chat template took longer than {self.seconds:g} s to render; refusing it")
 
     def tracer(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
+        """Checks the clock on every Python call and generator step during the render,
+        and on every line of the code that can loop by itself without calling Python:
+        filters and the stdlib helpers they use (textwrap). The compiled template
+        (its loops go through `guard_iter`) and jinja's compiler are not line-traced:
+        that would cost ten times the render."""
         if time.monotonic() > self.deadline:
             raise _Deadline
-        # This module's own guards are bounded and check the clock themselves: skip their lines.
-        return None if event == "call" and frame.f_code.co_filename == __file__ else self.tracer
+        if event == "call" and frame.f_code.co_filename in _NOT_LINE_TRACED:
+            return None
+        return self.tracer
 
 
 def _too_big(what: str, size: int) -> TemplateLimitError:
