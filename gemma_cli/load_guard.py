@@ -93,7 +93,7 @@ def _marker(path: Path) -> Path | None:
             import llama_cpp
 
             llama_version = str(getattr(llama_cpp, "__version__", "?"))
-        except Exception:  # broken install: the probe will say so
+        except ImportError:  # no llama.cpp at all: the load after this says so
             llama_version = "?"
         ident = "\0".join(map(str, (PROBE_VERSION, llama_version, _probe_enabled(), path.resolve(),
                                      st.st_size, st.st_mtime_ns, st.st_ino)))

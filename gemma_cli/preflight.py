@@ -206,9 +206,9 @@ def _check_vocab(info: GGUFInfo, n_embd: int | None) -> None:
         if v is not None and (not _is_int(v) or not 0 <= v < n_vocab):
             raise _Refuse(key, v, f"must be a token id below the vocabulary size ({n_vocab})")
     for t in info.tensors:
-        if t.name in ("token_embd.weight", "output.weight") and len(t.shape) == 2 and n_embd is not None:
-            if tuple(t.shape) != (n_embd, n_vocab):
-                raise _Refuse(t.name, list(t.shape), f"must have shape [{n_embd}, {n_vocab}] (embedding_length, vocabulary size)")
+        if (t.name in ("token_embd.weight", "output.weight") and len(t.shape) == 2 and n_embd is not None
+                and tuple(t.shape) != (n_embd, n_vocab)):
+            raise _Refuse(t.name, list(t.shape), f"must have shape [{n_embd}, {n_vocab}] (embedding_length, vocabulary size)")
 
 
 def check_header(info: GGUFInfo) -> None:

@@ -26,8 +26,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import jinja2
 from jinja2 import nodes
@@ -221,11 +222,11 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
             _check_format(left, values, "%")
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _check_int_args(args)
         _check_int_args(kwargs.values())
-        name = getattr(__obj, "__name__", "")
-        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+        name = getattr(obj, "__name__", "")
+        owner = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)
         if isinstance(owner, str):
             if name == "replace":
                 _check_replace(owner, *args[:3])
@@ -234,7 +235,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 if name == "join" and args:
                     _check_join(args[0], owner)
             _check_amplifier(name, owner, args, kwargs)
-        result = super().call(__context, __obj, *args, **kwargs)
+        result = super().call(context, obj, *args, **kwargs)
         if _sized(result) > MAX_OUTPUT:
             raise _too_big("a value", _sized(result))
         return result
@@ -288,9 +289,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _is_context(value: Any) -> bool:
+    from jinja2 import Environment
     from jinja2.nodes import EvalContext
     from jinja2.runtime import Context
-
-    from jinja2 import Environment
 
     return isinstance(value, (Context, EvalContext, Environment))

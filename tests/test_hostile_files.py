@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gguf_factory import char_vocab
 from hostile_factory import write_hostile
 
@@ -85,7 +84,7 @@ def _cli(*args: str, env_extra: dict[str, str], timeout: float = 60) -> tuple[su
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", **env_extra}
     env.pop("GEMMA_DEBUG", None)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "gemma_cli", *args], capture_output=True, timeout=timeout,
+    proc = subprocess.run([sys.executable, "-m", "gemma_cli", *args], check=False, capture_output=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL, cwd=REPO)
     return proc, time.monotonic() - t0
 

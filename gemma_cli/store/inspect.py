@@ -7,10 +7,10 @@ from typing import Any
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.pair import ModelPair
 from gemma_cli.preflight import check_header
-from gemma_cli.text_safety import clean_display, clean_tree
 from gemma_cli.registry.compat import MTP_ARCHS, vocab_problem
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.store import load
+from gemma_cli.text_safety import clean_display, clean_tree
 
 
 def _params(n: int) -> str:
