@@ -26,6 +26,15 @@ MAX_FILE_BYTES = 32 * 1024 * 1024  # a conversation file larger than this is not
 MAX_MESSAGES = 100_000
 
 
+def _valid_text(text: str) -> str:
+    """JSON may hold lone surrogates (\\ud800) that no tokenizer can encode: make them U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class ChatFileError(GemmaError):
     """A conversation file cannot be read or is not a valid gemma-cli conversation."""
 
@@ -118,16 +127,24 @@ class Conversation:
             doc["model"] = model
         return doc
 
-    def save(self, path: str | Path, *, model: str | None = None) -> Path:
-        """Write the conversation atomically (an interrupted save keeps the old file)."""
-        from gemma_cli.store.atomic import atomic_write_bytes
+    def save(self, path: str | Path, *, model: str | None = None, overwrite: bool = False) -> Path:
+        """Write the conversation atomically (an interrupted save keeps the old file).
+
+        An existing file is replaced only with `overwrite` (`/save!`), keeping its
+        permissions; a missing directory is an error, never created.
+        """
+        from gemma_cli.store.atomic import save_user_file
 
         path = Path(path).expanduser()
-        if path.is_dir():
-            raise ChatFileError(f"cannot save the conversation to {path}: it is a directory")
-        data = (json.dumps(self.to_json(model=model), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        data = (json.dumps(self.to_json(model=model), ensure_ascii=False, indent=2) + "\n").encode("utf-8", "replace")
         try:
-            atomic_write_bytes(path, data)
+            save_user_file(path, data, overwrite=overwrite)
+        except FileExistsError:
+            raise ChatFileError(f"{path} already exists; use /save! {path} to replace it") from None
+        except IsADirectoryError:
+            raise ChatFileError(f"cannot save the conversation to {path}: it is a directory") from None
+        except FileNotFoundError:
+            raise ChatFileError(f"cannot save the conversation to {path}: directory {path.parent} does not exist") from None
         except OSError as exc:
             raise ChatFileError(f"cannot save the conversation to {path}: {exc.strerror or exc}") from None
         return path
@@ -182,6 +199,7 @@ class Conversation:
                 raise bad(f"message {i + 1} has role {str(role)[:20]!r}; expected one of {', '.join(ROLES)}")
             if not isinstance(content, str):
                 raise bad(f"message {i + 1} has no text 'content'")
+            content = _valid_text(content)
             if role == "system":
                 if i != 0:
                     raise bad(f"message {i + 1}: a system prompt may only come first")

@@ -22,6 +22,7 @@ ENVIRONMENT = {
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
     "GEMMA_CACHE": "cache directory (probe-load results for model files; default: the user cache dir)",
     "GEMMA_PROBE": "0: skip the one-time child-process probe load of a new model file (header checks still run)",
+    "GEMMA_STALL_TIMEOUT": "seconds without a byte before a download counts as stalled and is retried (default 30)",
     "NO_COLOR": "disable colour on the terminal",
     "HF_ENDPOINT": "Hugging Face endpoint (huggingface_hub)",
     "HF_TOKEN": "Hugging Face token for gated repositories (huggingface_hub)",
@@ -53,3 +54,15 @@ def cpu_repack_override() -> bool | None:
     if value in {"0", "false", "no", "off"}:
         return False
     return None
+
+
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout() -> float:
+    """`GEMMA_STALL_TIMEOUT`: seconds without data before a transfer counts as stalled (as Ollama's ~30 s)."""
+    try:
+        value = float(os.environ.get("GEMMA_STALL_TIMEOUT", ""))
+    except ValueError:
+        return DEFAULT_STALL_TIMEOUT
+    return value if 0 < value < 3600 else DEFAULT_STALL_TIMEOUT

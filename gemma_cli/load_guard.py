@@ -18,6 +18,7 @@ costs this once: ~2.5 s for Gemma 3 270M, both checks overlapping.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -85,16 +86,25 @@ def _probe_enabled() -> bool:
     return os.environ.get("GEMMA_PROBE", "").strip().lower() not in {"0", "off", "no", "false"}
 
 
+def _llama_cpp_identity() -> str:
+    """Which llama_cpp install the probe ran against, without importing it here: only
+    engine/llama/_lib.py imports llama_cpp (and `gemma doctor` need not load it at all).
+    A reinstall rewrites its __init__.py, so size and mtime change with the version."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.origin is None:
+            return "?"  # no llama.cpp at all: the load after this says so
+        st = os.stat(spec.origin)
+        return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
+    except (ImportError, ValueError, OSError):
+        return "?"
+
+
 def _marker(path: Path) -> Path | None:
     """Where a passed check of this exact file is remembered (None: cannot tell)."""
     try:
         st = path.stat()
-        try:  # the caller loads it next anyway; cheaper than importlib.metadata's scan
-            import llama_cpp
-
-            llama_version = str(getattr(llama_cpp, "__version__", "?"))
-        except ImportError:  # no llama.cpp at all: the load after this says so
-            llama_version = "?"
+        llama_version = _llama_cpp_identity()
         ident = "\0".join(map(str, (PROBE_VERSION, llama_version, _probe_enabled(), path.resolve(),
                                      st.st_size, st.st_mtime_ns, st.st_ino)))
         return cache_dir() / "probed" / hashlib.sha256(ident.encode()).hexdigest()[:32]

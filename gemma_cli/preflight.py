@@ -122,7 +122,7 @@ def _check_geometry(h: _Header, n_layer: int) -> None:
     h.per_layer("feed_forward_length", n_layer, None, lo=1, hi=MAX_EMBD * 16)
     heads = h.per_layer("attention.head_count", n_layer, None, lo=1, hi=MAX_EMBD)
     kv_heads = h.per_layer("attention.head_count_kv", n_layer, heads, lo=1, hi=MAX_EMBD)
-    for il, (nh, nkv) in enumerate(zip(heads, kv_heads)):
+    for il, (nh, nkv) in enumerate(zip(heads, kv_heads, strict=True)):
         if nh % nkv:  # grouped-query attention broadcasts K/V: ggml_can_repeat asserts otherwise
             raise _Refuse(h.key("attention.head_count_kv"), kv_heads if len(set(kv_heads)) > 1 else nkv,
                           f"must divide head_count ({nh}) in every layer (layer {il} does not)")

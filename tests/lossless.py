@@ -155,7 +155,7 @@ def check_sampled_coupling(
     one-token logits can only disagree where u is within the rounding of a
     slice boundary; anything else is a bug in the coupling.
     """
-    from gemma_cli.engine.speculative import TokenSampler
+    from gemma_cli.engine.sampling import TokenSampler
 
     a, b = outcome(plain), outcome(spec)
     j = first_divergence(a, b)

@@ -162,7 +162,7 @@ def test_tune_writes_the_manifest_and_run_uses_it(
     tuned_k = 3 if before != 3 else 5
     proc = gemma(
         "bench", "benchtiny", "-w", str(workload_file), "--tune", "--draft-tokens", str(tuned_k),
-        "--runs", "1", "--max-tokens", "24", "--threads", "1", "--ctx", "1024", "--json", env=env,
+        "--runs", "1", "--max-tokens", "24", "--threads", "1", "--ctx", "1024", "--json", "--force", env=env,
     )
     assert proc.returncode == 0, proc.stderr
     (choice,) = json.loads(proc.stdout)["tuned"]
@@ -185,7 +185,7 @@ def test_tuning_builtins_also_sets_the_default_run_uses(bench_model: Path, tmp_p
     assert gemma("create", "benchtiny2", "--target", str(bench_model), "--quiet", env=env).returncode == 0
     proc = gemma(
         "bench", "benchtiny2", "-w", "chat", "--tune", "--draft-tokens", "6", "--runs", "1", "--max-tokens", "16",
-        "--threads", "1", "--ctx", "1024", "--json", env=env,
+        "--threads", "1", "--ctx", "1024", "--json", "--force", env=env,
     )
     assert proc.returncode == 0, proc.stderr
     tuned = {t["kind"]: (t["draft_source"], t["draft_tokens"]) for t in json.loads(proc.stdout)["tuned"]}

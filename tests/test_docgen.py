@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import typer
 
-from gemma_cli.cli import docgen
+import docgen  # tools/docgen, on the path through pytest's `pythonpath` setting
 
 ROOT = Path(__file__).resolve().parents[1]
-FIX = "run `python -m gemma_cli.cli.docgen` and commit the result"
+FIX = "run `python tools/gen_docs.py` and commit the result"
 BIN = str(Path(sys.executable).parent)  # where the `gemma` console script lives
 
 
@@ -36,7 +36,7 @@ def test_check_mode_is_machine_independent_and_names_drifted_files(tmp_path: Pat
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     env = {**os.environ, "HOME": str(tmp_path), "GEMMA_MODELS": str(tmp_path / "elsewhere"), "COLUMNS": "37", "LANG": "C"}
-    cmd = [sys.executable, "-m", "gemma_cli.cli.docgen", "--check", "--root", str(tmp_path)]
+    cmd = [sys.executable, str(ROOT / "tools/gen_docs.py"), "--check", "--root", str(tmp_path)]
     clean = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert clean.returncode == 0, clean.stderr
     (tmp_path / "completions/gemma.fish").write_text("# edited by hand\n")

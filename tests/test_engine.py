@@ -12,7 +12,6 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.types import StopReason
 from gemma_cli.errors import ContextFullError, GemmaError, IncompatibleModelsError, ModelFileError, UsageError
-from gguf_factory import write_llama_gguf
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -133,7 +132,7 @@ def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, ti
     from gemma_cli.engine import drafters
     from gemma_cli.engine.drafters import ModelDrafter
     from gemma_cli.engine.llama import Model
-    from gemma_cli.engine.speculative import TokenSampler
+    from gemma_cli.engine.sampling import TokenSampler
 
     # A clock that ticks one second per reading: the tiny model's prefill can be
     # shorter than this VM's wall-clock step, and the split must not depend on that.

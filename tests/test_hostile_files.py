@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from gguf_factory import char_vocab
-from hostile_factory import write_hostile
 
 from gemma_cli.engine.template import render_chat
+from gemma_cli.engine.template_limits import TemplateLimitError
 from gemma_cli.errors import ModelFileError
 from gemma_cli.load_guard import guard_load, probe_file
 from gemma_cli.preflight import preflight
-from gemma_cli.template_limits import TemplateLimitError
 from gemma_cli.text_safety import clean_display
+from gguf_factory import char_vocab
+from hostile_factory import write_hostile
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = char_vocab()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_create_list_show_rm_roundtrip(env, ggufs, tmp_path):
     assert "g4:tiny" in table and "mtp (" in table and by_name["g4:tiny"]["id"] in table
 
     # tuning recorded by `bench --tune` (in another process) shows up in `show`
-    code = "from gemma_cli.store import record_tuned; record_tuned('g4:tiny', 'code', 5, 'mtp')"
+    code = "from gemma_cli.registry.manage import record_tuned; record_tuned('g4:tiny', 'code', 5, 'mtp')"
     import subprocess
     import sys
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from gemma4_factory import TINY, write_gemma4_pair
-from gguf_factory import write_llama_gguf
+from gemma_cli.compat import check_mtp_pair
 from gemma_cli.engine import generate, speculative
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
-from gemma_cli.engine.mtp_pair import check_mtp_pair
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.errors import IncompatibleModelsError
+from gguf_factory import write_llama_gguf
 from lossless import check_greedy_lossless, chi_square_pvalue, exact_continuations, sample_outcomes
 
 GREEDY = SamplingParams(temperature=0.0)

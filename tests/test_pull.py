@@ -77,7 +77,7 @@ def _manifest(models: Path, family: str, tag: str) -> dict:
 
 def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_path):
     from gemma_cli.registry.pull import pull
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     result = pull("tiny")  # default tag from the catalog
     assert result.downloaded == len(files["big.gguf"]) + len(files["draft.gguf"])
@@ -97,7 +97,7 @@ def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_pa
 
 def test_pull_mtp_pair_detects_gemma4_assistant(env, hub):
     from gemma_cli.registry.pull import pull
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     pull("g4:mtp")
     pair = resolve_model("g4:mtp")

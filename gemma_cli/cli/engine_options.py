@@ -1,7 +1,9 @@
 """Options shared by `run`, `chat` and `bench`, and turning them into an Engine.
 
 One definition per option keeps help texts, defaults and validation identical
-across commands (and in the generated man page and completions).
+across commands (and in the generated man page and completions). The ranges
+themselves live in `gemma_cli.limits`; this is where they become usage errors
+named after the option.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.errors import UsageError
 from gemma_cli.pair import ModelPair
 
-DRAFT_CHOICES = ("auto", "mtp", "model", "ngram", "none")
+#: What --draft accepts: `auto` (the pair's own drafter), then the engine's sources, richest first.
+DRAFT_CHOICES = ("auto", *reversed(limits.DRAFT_SOURCES))
 
 # Gemma's published generation config (as Ollama's gemma3 Modelfile uses).
 DEFAULT_TEMPERATURE = 1.0
@@ -27,7 +31,7 @@ Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Samplin
 TopK = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).", rich_help_panel="Sampling")]
 MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability (0 = off).", rich_help_panel="Sampling")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output.", rich_help_panel="Sampling")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output (-1 = random).", rich_help_panel="Sampling")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Stop after this many generated tokens.", rich_help_panel="Sampling")]
 Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens.", rich_help_panel="Hardware")]
 GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU (CUDA/Metal builds; -1 = all).", rich_help_panel="Hardware")]
@@ -47,7 +51,7 @@ class EngineChoice:
 
 def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Map --draft/--draft-tokens and the pair's drafter onto a DraftConfig."""
-    from gemma_cli.engine.generate import DraftConfig
+    from gemma_cli.engine import DraftConfig
 
     if choice.draft not in DRAFT_CHOICES:
         raise UsageError(f"--draft must be one of {', '.join(DRAFT_CHOICES)}, got {choice.draft!r}")
@@ -60,25 +64,46 @@ def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default
     if source == "mtp" and pair.draft_source != "mtp":
         raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use --draft model")
     tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
+    limits.check_draft_tokens(tokens)
     model_path = pair.drafter if source in ("mtp", "model") else None
-    return DraftConfig(source=source, tokens=tokens, model_path=model_path).validate()
+    return DraftConfig(source=source, tokens=tokens, model_path=model_path)
+
+
+def check_generation(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0) -> None:
+    """--max-tokens and the sampling options, as usage errors (before anything loads)."""
+    limits.check_max_tokens(max_tokens, "--max-tokens")
+    limits.check_sampling(temperature, top_k, top_p, min_p)
 
 
 def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Load the pair with the chosen draft source (imports llama.cpp only now)."""
-    from gemma_cli.engine.generate import Engine, EngineConfig
+    from gemma_cli.engine import Engine, EngineConfig
 
-    if choice.ctx <= 0:
-        raise UsageError(f"--ctx must be positive, got {choice.ctx}")
-    if choice.threads is not None and choice.threads <= 0:
-        raise UsageError(f"--threads must be positive, got {choice.threads}")
+    limits.check_n_ctx(choice.ctx, "--ctx")
+    limits.check_threads(choice.threads, "--threads")
     draft = draft_config(pair, choice, workload)
     config = EngineConfig(n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads)
     return Engine(pair.target, draft, config)
 
 
-def resolve(model: str | None) -> ModelPair:
-    """A model name, a .gguf path, or None (the default model) -> ModelPair."""
-    from gemma_cli.store import resolve_model
+def resolve(model: str | None, *, pull_missing: bool = False) -> ModelPair:
+    """A model name, a .gguf path, or None (the default model) -> ModelPair.
 
-    return resolve_model(model)
+    With `pull_missing` (run, chat), a catalog model not in the store yet is
+    pulled first, with a line and progress bars on stderr, as `ollama run` does.
+    """
+    import sys
+
+    from gemma_cli.registry.resolve import NotPulledError, resolve_model, resolve_or_pull
+
+    try:
+        return resolve_model(model)
+    except NotPulledError as missing:
+        if not pull_missing:
+            raise
+        sys.stderr.write(f"{missing.ref} is not pulled yet; pulling it now (Ctrl-C stops, the same command resumes)\n")
+        sys.stderr.flush()
+    from gemma_cli.cli.progress import progress_for
+
+    with progress_for(False) as progress:
+        return resolve_or_pull(model, progress)

@@ -11,7 +11,16 @@ import sys
 
 from rich.console import Console
 
-from gemma_cli.engine.types import LiveStats
+from gemma_cli.engine import LiveStats
+
+
+def quiet_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so interpreter shutdown does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 def use_color(stream=None) -> bool:

@@ -43,7 +43,7 @@ def render_chat(
     """The prompt text for `messages` (roles: system, user, assistant)."""
     import jinja2
 
-    from gemma_cli.template_limits import LimitedSandbox
+    from gemma_cli.engine.template_limits import LimitedSandbox
 
     env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
     env.globals["raise_exception"] = _raise

@@ -7,13 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from gemma_cli import config
+from gemma_cli import config, limits
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import app
-from gemma_cli.errors import UsageError
 
 
-@app.command()
 def chat(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /set system).")] = None,
@@ -34,14 +31,18 @@ def chat(
     Ctrl-C stops a reply, Ctrl-D or /bye leaves. Example: gemma chat gemma3:270m --system "Be brief."
     """
     from gemma_cli.chat import Conversation
+    from gemma_cli.cli.chat_input import make_reader
     from gemma_cli.cli.output import use_color
-    from gemma_cli.cli.repl import ChatRepl, ChatSettings, make_reader
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.cli.repl import ChatRepl, ChatSettings
+    from gemma_cli.engine import SamplingParams
 
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
-    pair = opt.resolve(model)
+    opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, limits.check_seed(seed))
+    if system is not None:
+        from gemma_cli.cli.text_input import clean_text
+
+        system = clean_text(system)
+    pair = opt.resolve(model, pull_missing=True)
     choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     color = use_color(sys.stdout) and use_color(sys.stderr)

@@ -8,7 +8,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from gemma_cli.cli.app import app
 from gemma_cli.errors import IntegrityError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -40,10 +39,9 @@ def _ago(iso: str) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
 
-@app.command("pull")
 def pull_cmd(
     name: Annotated[str, typer.Argument(help="Model name, e.g. gemma4:e4b or gemma3:270m.")],
     quiet: QuietOpt = False,
@@ -52,8 +50,14 @@ def pull_cmd(
     from gemma_cli.cli.progress import progress_for
     from gemma_cli.registry.pull import pull
 
-    with progress_for(quiet) as progress:
-        result = pull(name, progress)
+    try:
+        with progress_for(quiet) as progress:
+            result = pull(name, progress)
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("\ninterrupted: what was downloaded is kept; run the same command to resume\n")
+        raise
     m = result.manifest
     if result.up_to_date:
         state = "up to date"
@@ -104,7 +108,6 @@ def _list(json_out: bool, available: bool) -> None:
     typer.echo(_table(rows))
 
 
-@app.command("list")
 def list_cmd(
     json_out: JsonOpt = False,
     available: Annotated[bool, typer.Option("--available", help="Show the catalog instead of the local store.")] = False,
@@ -113,7 +116,6 @@ def list_cmd(
     _list(json_out, available)
 
 
-@app.command("ls", hidden=True)
 def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False) -> None:
     """Alias of `list`."""
     _list(json_out, available)
@@ -154,14 +156,13 @@ def _show_lines(info: dict) -> list[str]:
     return lines
 
 
-@app.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="Model name or .gguf path.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
-    from gemma_cli.store import resolve_model
-    from gemma_cli.store.inspect import describe
+    from gemma_cli.registry.inspect import describe
+    from gemma_cli.registry.resolve import resolve_model
 
     info = describe(resolve_model(name))
     if json_out:
@@ -170,10 +171,9 @@ def show_cmd(
         typer.echo("\n".join(_show_lines(info)))
 
 
-@app.command("rm")
 def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
     """Remove models; blobs still used by another model are kept."""
-    from gemma_cli.store.store import remove
+    from gemma_cli.registry.manage import remove
 
     results = remove(names)
     freed = results[-1][1] if results else 0
@@ -182,7 +182,6 @@ def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remov
     typer.echo(f"freed {_size(freed)}")
 
 
-@app.command("create")
 def create_cmd(
     name: Annotated[str, typer.Argument(help="New model name, e.g. mypair:latest.")],
     target: Annotated[str, typer.Option("--target", help="Target GGUF: a path or hf://owner/repo/file.gguf.")],
@@ -200,13 +199,14 @@ def create_cmd(
     typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {_size(m.size)}")
 
 
-@app.command("verify")
 def verify_cmd(
     names: Annotated[Optional[List[str]], typer.Argument(help="Models to check (default: all).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash blobs against their sha256 and report corruption."""
-    from gemma_cli.store.verify import verify
+    import sys
+
+    from gemma_cli.registry.manage import repair_hint, sweep_leftovers, verify
 
     reports = verify(names or None)
     if json_out:
@@ -214,10 +214,13 @@ def verify_cmd(
     else:
         for r in reports:
             typer.echo(f"{r.status.upper():<9} {r.model} {r.role} {r.digest[:12]}")
+    for left in sweep_leftovers():
+        verb = "removed" if left.removed else "found"
+        sys.stderr.write(f"{verb} {left.path} ({_size(left.size)}): {left.reason}\n")
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]
         raise IntegrityError(
             f"{len(bad)} of {len(reports)} blobs failed verification ({first.model} {first.role}: {first.status}); "
-            f"run `gemma pull {first.model}` to repair"
+            + repair_hint(first)
         )

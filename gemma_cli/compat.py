@@ -1,15 +1,23 @@
-"""Pre-load validation of a Gemma 4 target + `gemma4-assistant` MTP drafter pair.
+"""Can this drafter draft for this target? One rulebook, read from GGUF headers before any weights load.
 
-llama.cpp does not validate the pair: several mismatches end in a GGML_ASSERT
-or an out-of-bounds tensor view, which abort the whole process when the MTP
-context is created or first decodes (see docs/mtp.md). So every rule is
-checked here, from the GGUF headers alone, before llama.cpp loads anything,
-and a mismatch becomes one clear `IncompatibleModelsError` naming both files.
+`gemma create` refuses a pair with the reason, `gemma show` reports it,
+`gemma pull` classifies a drafter (MTP head or small model) and the engine
+checks before llama.cpp loads anything, all with the rules below:
 
-The assistant has no KV cache of its own: its SWA layers attend to the
-target's second-to-last layer's cache and its full-attention layers to the
-last layer's. Hence the rules on the target's layer pattern and on equal
-KV head counts, head sizes, window and RoPE.
+- A small drafter model ("model"): llama.cpp's speculative-decoding rule
+  (common_speculative_are_compatible): same tokenizer type and BOS/EOS ids,
+  vocabulary sizes within MAX_VOCAB_DIFF, identical token texts from id
+  FIRST_COMPARED_TOKEN on (the first ids are specials that may differ).
+- A Gemma 4 MTP assistant (ASSISTANT_ARCH, llama.cpp's LLM_ARCH_GEMMA4_ASSISTANT):
+  llama.cpp does not validate the pair, and several mismatches end in a
+  GGML_ASSERT or an out-of-bounds tensor view that abort the whole process
+  when the MTP context is created or first decodes (see docs/mtp.md). The
+  assistant has no KV cache of its own: its SWA layers attend to the
+  target's second-to-last layer's cache and its full-attention layers to the
+  last layer's; it reads the target's hidden state (embedding_length_out) and
+  embeds tokens with the target's table. Hence the rules on the target's layer
+  pattern, equal KV head counts, head sizes, window, RoPE, hidden width and
+  an identical vocabulary.
 """
 
 from __future__ import annotations
@@ -17,13 +25,93 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from gemma_cli.errors import IncompatibleModelsError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 
 TARGET_ARCH = "gemma4"
-ASSISTANT_ARCH = "gemma4-assistant"
+ASSISTANT_ARCH = "gemma4-assistant"  # the only spelling llama.cpp's loader accepts (llama-arch.cpp)
+MAX_VOCAB_DIFF = 128  # llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE
+FIRST_COMPARED_TOKEN = 5  # llama.cpp's SPEC_VOCAB_CHECK_START_TOKEN_ID
+_SPECIAL_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
+
+
+class _Refused(Exception):
+    """Internal: a rule failed; the message is the reason."""
+
+
+def is_mtp_assistant(architecture: str | None) -> bool:
+    return architecture == ASSISTANT_ARCH
+
+
+def draft_source_for(drafter_arch: str | None, fallback: str) -> str:
+    """'mtp' for a Gemma 4 assistant, 'model' for any other drafter GGUF; without one, the fallback (ngram/none)."""
+    if drafter_arch is None:
+        return fallback if fallback in ("ngram", "none") else "ngram"
+    return "mtp" if is_mtp_assistant(drafter_arch) else "model"
+
+
+def token_list_problem(n_target: int, n_drafter: int, target_text: Callable[[int], str],
+                       drafter_text: Callable[[int], str]) -> str | None:
+    """The vocabulary rule (sizes, token texts) for any token source: GGUF headers or a loaded model."""
+    if abs(n_target - n_drafter) > MAX_VOCAB_DIFF:
+        return f"vocabulary sizes differ by more than {MAX_VOCAB_DIFF} ({n_target} vs {n_drafter})"
+    for i in range(FIRST_COMPARED_TOKEN, min(n_target, n_drafter)):
+        a, b = target_text(i), drafter_text(i)
+        if a != b:
+            return f"token {i} differs ({a!r} vs {b!r})"
+    return None
+
+
+def vocab_problem(target: GGUFInfo, drafter: GGUFInfo) -> str | None:
+    """Why a small drafter model's vocabulary is incompatible with the target's, or None."""
+    t, d = target.tokens, drafter.tokens
+    if not t or not d:
+        return "a model has no token list (tokenizer.ggml.tokens)"
+    for key in _SPECIAL_KEYS:
+        if target.get(key) != drafter.get(key):
+            return f"different tokenizers ({key}: {target.get(key)!r} vs {drafter.get(key)!r})"
+    return token_list_problem(len(t), len(d), t.__getitem__, d.__getitem__)
+
+
+def mtp_problem(target: GGUFInfo, assistant: GGUFInfo) -> str | None:
+    """Why llama.cpp cannot safely run this Gemma 4 target + MTP assistant, or None."""
+    try:
+        _mtp_rules(target, assistant)
+    except _Refused as refused:
+        return str(refused)
+    return None
+
+
+def pair_problem(target: GGUFInfo, drafter: GGUFInfo) -> str | None:
+    """Why `drafter` cannot draft for `target` (MTP or model rules by its architecture), or None."""
+    if is_mtp_assistant(drafter.architecture):
+        return mtp_problem(target, drafter)
+    return vocab_problem(target, drafter)
+
+
+def check_pair(target: GGUFInfo, drafter: GGUFInfo) -> None:
+    """Raise IncompatibleModelsError with the reason when `drafter` cannot draft for `target`."""
+    why = pair_problem(target, drafter)
+    if why:
+        raise IncompatibleModelsError(f"drafter {drafter.path.name} cannot draft for {target.path.name}: {why}")
+
+
+def check_model_pair(target_path: str | os.PathLike[str], drafter_path: str | os.PathLike[str]) -> None:
+    """`check_pair` for files (headers cached): what the engine calls before loading a drafter model."""
+    check_pair(_read(Path(target_path)), _read(Path(drafter_path)))
+
+
+def check_mtp_pair(target_path: str | os.PathLike[str], assistant_path: str | os.PathLike[str]) -> None:
+    """Raise IncompatibleModelsError unless llama.cpp can safely run this MTP pair.
+
+    Reads headers only (cheap, cached); call it before loading either model.
+    """
+    tp, ap = Path(target_path), Path(assistant_path)
+    why = mtp_problem(_read(tp), _read(ap))
+    if why:
+        raise IncompatibleModelsError(f"{ap.name} cannot draft (MTP) for {tp.name}: {why}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,19 +160,14 @@ def check_gemma4_target(target_path: str | os.PathLike[str]) -> None:
         )
 
 
-def check_mtp_pair(target_path: str | os.PathLike[str], assistant_path: str | os.PathLike[str]) -> None:
-    """Raise IncompatibleModelsError unless llama.cpp can safely run this MTP pair.
+def _mtp_rules(t: GGUFInfo, a: GGUFInfo) -> None:
+    """Every MTP pair rule in the order a reader would check them; raises _Refused(why)."""
 
-    Reads headers only (cheap, cached); call it before loading either model.
-    """
-    tp, ap = Path(target_path), Path(assistant_path)
-    t, a = _read(tp), _read(ap)
-
-    def fail(why: str) -> None:
-        raise IncompatibleModelsError(f"{ap.name} cannot draft (MTP) for {tp.name}: {why}")
+    def fail(why: str) -> NoReturn:
+        raise _Refused(why)
 
     # -- architectures ----------------------------------------------------
-    if a.architecture != ASSISTANT_ARCH:
+    if not is_mtp_assistant(a.architecture):
         fail(f"the drafter is a {a.architecture!r} model, not a Gemma 4 MTP assistant ({ASSISTANT_ARCH!r})")
     if t.architecture != TARGET_ARCH:
         fail(f"MTP assistants draft for Gemma 4 ({TARGET_ARCH!r}) targets; the target is {t.architecture!r}")
@@ -124,7 +207,8 @@ def check_mtp_pair(target_path: str | os.PathLike[str], assistant_path: str | os
     if out is None:
         fail("the assistant lacks embedding_length_out (the target hidden size it reads)")
     if out != t_embd:
-        fail(f"the assistant reads {out}-wide hidden states but the target's are {t_embd} wide (embedding_length_out)")
+        fail(f"the assistant's embedding_length_out {out} (the hidden-state width it reads) "
+             f"does not match the target's embedding_length {t_embd}")
     if out == a_embd:
         fail("the assistant's embedding_length_out equals its own width; it must carry the target hidden size")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gemma_cli.compat import is_mtp_assistant, pair_problem
+from gemma_cli.errors import GemmaError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.pair import ModelPair
 from gemma_cli.preflight import check_header
-from gemma_cli.registry.compat import MTP_ARCHS, vocab_problem
+from gemma_cli.registry.catalog import load_catalog
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.store import load
 from gemma_cli.text_safety import clean_display, clean_tree
@@ -46,17 +48,15 @@ def describe(pair: ModelPair) -> dict[str, Any]:
     if pair.drafter is not None:
         drafter = read_gguf(pair.drafter)
         facts = _model_facts(drafter)
-        problem = vocab_problem(target, drafter)
+        problem = pair_problem(target, drafter)
         facts["vocabulary"] = clean_display(f"incompatible: {problem}", 300) if problem else "compatible (same token list)"
-        if drafter.architecture in MTP_ARCHS:
+        if is_mtp_assistant(drafter.architecture):
             facts["kv_cache"] = "shares the target's KV cache (no KV of its own)"
             facts["embedding_length_out"] = drafter.arch_key("embedding_length_out")
         out["drafter"] = facts
     try:
-        from gemma_cli.registry.catalog import load_catalog
-
         manifest = load(load_catalog().ref(pair.name), Layout.default())
-    except Exception:  # a path, not a store name
+    except GemmaError:  # a path, not a store name
         manifest = None
     if manifest is not None:
         out["tuned"] = manifest.tuned

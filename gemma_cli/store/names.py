@@ -39,7 +39,11 @@ def parse_name(name: str, default_tag: str | None = None) -> ModelRef:
     raw = name
     if not isinstance(name, str) or not name.strip():
         raise InvalidModelNameError("empty model name")
-    if len(name) > 200 or any(ord(c) < 32 or c in "/\\" for c in name):
+    if len(name) > 200:
+        raise InvalidModelNameError(
+            f"invalid model name {raw[:40]!r}… ({len(name)} characters): a name is family:tag, each part at most 64 characters"
+        )
+    if any(ord(c) < 32 or c in "/\\" for c in name):
         raise InvalidModelNameError(
             f"invalid model name {raw[:80]!r}: names are family:tag and may not contain '/', '\\' or control characters"
         )

@@ -10,14 +10,66 @@ instead of a crash inside llama.cpp.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-from gemma_cli.errors import ModelFileError, ModelNotFoundError
+from gemma_cli.errors import DownloadError, GemmaError, ModelFileError, ModelNotFoundError
 from gemma_cli.pair import NGRAM_DRAFT_TOKENS, ModelPair
 from gemma_cli.registry.catalog import DEFAULT_MODEL, load_catalog
+from gemma_cli.registry.pull import PullProgress, materialise_package, pull
 from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Manifest
 from gemma_cli.store.store import iter_manifests, load
+
+
+class NotPulledError(ModelNotFoundError):
+    """A catalog model that is not in the store yet (`resolve_or_pull` pulls it)."""
+
+    def __init__(self, message: str, *, ref: str) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+def looks_like_model(arg: str) -> bool:
+    """Is a lone argument a model rather than a prompt?
+
+    A path ending in .gguf, anything of the form family:tag, a catalog family
+    or alias, or a name in the store. Text with spaces is always a prompt, and
+    so is a word like "Summarize:" (an empty tag is not a name).
+    """
+    if arg.endswith(".gguf"):
+        return True
+    if not arg or any(c.isspace() for c in arg) or len(arg) > 200:
+        return False
+    try:
+        catalog = load_catalog()
+        ref = catalog.ref(arg)
+    except GemmaError:
+        return False
+    if ":" in arg or catalog.get(ref) is not None:
+        return True
+    try:
+        return Layout.default().manifest(ref).exists()
+    except (GemmaError, OSError):
+        return False
+
+
+def resolve_or_pull(name: str | None, progress: PullProgress | None = None,
+                    on_pull: Callable[[str], None] | None = None) -> ModelPair:
+    """`resolve_model`, pulling a catalog model that is not in the store yet (as `ollama run` does).
+
+    `on_pull(name)` is called before the download starts, so the caller can say so.
+    """
+    try:
+        return resolve_model(name)
+    except NotPulledError as missing:
+        if on_pull is not None:
+            on_pull(missing.ref)
+        try:
+            pull(missing.ref, progress)
+        except DownloadError as exc:
+            raise type(exc)(f"{missing.ref} is not pulled yet and could not be downloaded: {exc}", hint=exc.hint) from None
+        return resolve_model(name)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -25,10 +77,10 @@ def _looks_like_path(name: str) -> bool:
 
 
 def pair_from_manifest(manifest: Manifest, layout: Layout) -> ModelPair:
-    target = blobs.check_blob(layout, manifest.target.digest, manifest.target.size, manifest.name)
+    target = blobs.check_blob(layout, manifest.target.digest, manifest.target.size, manifest.name, catalog=manifest.catalog)
     drafter = None
     if manifest.drafter:
-        drafter = blobs.check_blob(layout, manifest.drafter.digest, manifest.drafter.size, manifest.name)
+        drafter = blobs.check_blob(layout, manifest.drafter.digest, manifest.drafter.size, manifest.name, catalog=manifest.catalog)
     tuned = {w: int(v["draft_tokens"]) for w, v in manifest.tuned.items() if isinstance(v.get("draft_tokens"), int)}
     return ModelPair(
         name=manifest.name,
@@ -56,12 +108,10 @@ def resolve_model(name: str | None) -> ModelPair:
     manifest = load(ref, layout)
     entry = catalog.get(ref)
     if manifest is None and entry is not None and entry.package:
-        from gemma_cli.registry.pull import materialise_package
-
         manifest = materialise_package(ref, entry, layout)
     if manifest is None:
         if entry is not None:
-            raise ModelNotFoundError(f"model {ref} is not pulled yet; run `gemma pull {ref}`")
+            raise NotPulledError(f"model {ref} is not pulled yet; run `gemma pull {ref}`", ref=str(ref))
         have = [str(r) for r, _ in iter_manifests(layout)]
         raise ModelNotFoundError(f"unknown model {name!r}{catalog.suggest(name, have)}")
     return pair_from_manifest(manifest, layout)
