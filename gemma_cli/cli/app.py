@@ -16,6 +16,7 @@ from gemma_cli import __version__
 from gemma_cli.cli.commands import bench, chat, doctor, models, rpc_worker, run
 from gemma_cli.cli.output import quiet_stdout
 from gemma_cli.errors import ExitCode, GemmaError
+from gemma_cli.text_safety import clean_display
 
 app = typer.Typer(
     name="gemma",
@@ -63,7 +64,7 @@ _register(app)
 
 def _error_line(message: str, hint: str | None = None) -> None:
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
-    sys.stderr.write(prefix + message.replace("\n", " ") + "\n")
+    sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
     if hint:
         sys.stderr.write(hint + "\n")
     sys.stderr.flush()

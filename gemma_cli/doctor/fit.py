@@ -9,6 +9,7 @@ from pathlib import Path
 from gemma_cli.doctor.report import FAIL, GIB, INFO, OK, WARN, Check
 from gemma_cli.errors import GemmaError
 from gemma_cli.gguf_meta import read_gguf
+from gemma_cli.load_guard import guard_load
 from gemma_cli.pair import ModelPair
 from gemma_cli.registry.resolve import resolve_model
 
@@ -67,6 +68,8 @@ def check_model(model: str, n_ctx: int = 4096) -> Check:
     try:
         pair = _resolve(model)
         files = [pair.target] + ([pair.drafter] if pair.drafter else [])
+        for f in files:
+            guard_load(f)  # header checks + probe load: what would abort `run` fails here
         weights = sum(p.stat().st_size for p in files)
         kv = kv_bytes(pair.target, n_ctx)
         if pair.drafter is not None and pair.draft_source != "mtp":  # an MTP head shares the target's KV

@@ -8,9 +8,11 @@ from gemma_cli.compat import is_mtp_assistant, pair_problem
 from gemma_cli.errors import GemmaError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.pair import ModelPair
+from gemma_cli.preflight import check_header
 from gemma_cli.registry.catalog import load_catalog
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.store import load
+from gemma_cli.text_safety import clean_display, clean_tree
 
 
 def _params(n: int) -> str:
@@ -21,7 +23,8 @@ def _params(n: int) -> str:
 
 
 def _model_facts(info: GGUFInfo) -> dict[str, Any]:
-    return {
+    check_header(info)  # refuse what llama.cpp would abort on, as run would
+    return clean_tree({
         "file": str(info.path),
         "architecture": info.architecture,
         "parameters": info.n_params,
@@ -34,7 +37,7 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "chat_template": bool(info.get("tokenizer.chat_template")),
         "license": info.get("general.license"),
         "name": info.get("general.name"),
-    }
+    })  # strings from the file: no escape sequences, bounded length
 
 
 def describe(pair: ModelPair) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         drafter = read_gguf(pair.drafter)
         facts = _model_facts(drafter)
         problem = pair_problem(target, drafter)
-        facts["vocabulary"] = f"incompatible: {problem}" if problem else "compatible (same token list)"
+        facts["vocabulary"] = clean_display(f"incompatible: {problem}", 300) if problem else "compatible (same token list)"
         if is_mtp_assistant(drafter.architecture):
             facts["kv_cache"] = "shares the target's KV cache (no KV of its own)"
             facts["embedding_length_out"] = drafter.arch_key("embedding_length_out")

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from gemma_cli.engine.llama._lib import choose_cpu_repack, forget_log, last_log_line, lib
 from gemma_cli.errors import EngineError, ModelFileError
+from gemma_cli.load_guard import guard_load
 
 _GGUF_MAGIC = b"GGUF"
 VOCAB_SPM = 1  # llama_vocab_type: SentencePiece
@@ -49,6 +50,7 @@ class Model:
     ) -> None:
         self.path = Path(path)
         check_gguf_file(self.path)
+        guard_load(self.path)  # header checks + a child-process probe: no llama.cpp abort here
         ll = lib()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)
