@@ -54,6 +54,20 @@ def check_n_ctx(n: int, name: str = "context size") -> int:
     return int(check_positive(n, name))
 
 
+# Prompts: a text is refused before it is tokenized whole when it certainly does not fit (Engine.check_fits).
+CHEAP_BYTES_PER_TOKEN = 8  # up to n_ctx x this many bytes, tokenizing the whole text is cheap enough to just do it
+COUNT_CHUNK_BYTES = 1 << 20  # longer texts are counted a chunk at a time, stopping once past the context
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for a message: '512 bytes', '48.0 KB', '30.0 MB'."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
 def check_threads(n: int | None, name: str = "--threads") -> int | None:
     """CPU threads: None means all available cores."""
     return None if n is None else int(check_positive(n, name))

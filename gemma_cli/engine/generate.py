@@ -156,6 +156,7 @@ class Engine:
     # -- generation ------------------------------------------------------
     def chat_tokens(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Render `messages` with the model's chat template (sandboxed) and tokenize."""
+        self.check_fits("".join(str(m.get("content") or "") for m in messages))  # before rendering a huge text
         model = self.target
         bos = model.token_text(model.bos) if model.bos >= 0 else ""
         eos = model.token_text(model.eos) if model.eos >= 0 else ""
@@ -171,7 +172,36 @@ class Engine:
         return self.chat_tokens(messages)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Prompt text to tokens; a text that cannot fit the context is refused before it is tokenized whole."""
+        self.check_fits(text)
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
+
+    def check_fits(self, text: str) -> None:
+        """ContextFullError when `text` certainly does not fit the context, at a cost bounded by the context.
+
+        llama.cpp's tokenizer needs ~150 bytes of memory per input byte, so a
+        30 MB stdin used to take 2.2 GB and half a minute only to be refused.
+        A text longer than n_ctx x the vocabulary's longest token cannot fit
+        (no tokenizing at all); a long one is counted in chunks, stopping as
+        soon as the count is past the context. What passes is tokenized whole
+        by the caller and checked exactly by `generate`.
+        """
+        room = self.ctx.n_ctx - 1  # a prompt must leave one position for the reply
+        if len(text) <= room * limits.CHEAP_BYTES_PER_TOKEN // 4:  # 4 = the most UTF-8 bytes per character
+            return
+        n_bytes = len(text.encode("utf-8", "replace"))
+        if n_bytes <= room * limits.CHEAP_BYTES_PER_TOKEN:
+            return
+        at_least = -(-n_bytes // self.target.max_token_bytes())
+        if at_least <= room and n_bytes > limits.COUNT_CHUNK_BYTES:
+            slack = 2 * (n_bytes // limits.COUNT_CHUNK_BYTES + 1)  # chunk edges may split a token or two
+            counted = self.target.count_tokens(text, stop_after=room + slack, chunk_bytes=limits.COUNT_CHUNK_BYTES)
+            at_least = max(at_least, counted - slack)
+        if at_least > room:
+            raise ContextFullError(
+                f"the prompt is at least {at_least} tokens ({limits.format_bytes(n_bytes)}) but the context holds "
+                f"{self.ctx.n_ctx}; raise --ctx or shorten the input"
+            )
 
     def generate(
         self,
