@@ -73,8 +73,16 @@ def check_threads(n: int | None, name: str = "--threads") -> int | None:
     return None if n is None else int(check_positive(n, name))
 
 
+GREEDY_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / T would overflow, and no float32 logit gap is that fine
+
+
+def is_greedy(temperature: float) -> bool:
+    """Does this temperature mean argmax (0, and anything too small to divide by)?"""
+    return temperature < GREEDY_TEMPERATURE
+
+
 def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float) -> None:
-    """The sampling values `SamplingParams` holds (temperature 0 = greedy; top_k 0, top_p 1, min_p 0 = off)."""
+    """The sampling values `SamplingParams` holds (temperature below GREEDY_TEMPERATURE = greedy; top_k 0, top_p 1, min_p 0 = off)."""
     if not (temperature >= 0.0):
         raise UsageError(f"temperature must be >= 0, got {temperature}")
     if top_k < 0:
