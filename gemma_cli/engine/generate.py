@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from gemma_cli import limits
 from gemma_cli.engine.adaptive import PassCosts
+from gemma_cli.engine.dialogue import STOPS, render_dialogue
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.generation import CacheSlot, Generation
 from gemma_cli.engine.llama import Context, Model
@@ -158,15 +159,27 @@ class Engine:
         """Render `messages` with the model's chat template (sandboxed) and tokenize."""
         self.check_fits("".join(str(m.get("content") or "") for m in messages))  # before rendering a huge text
         model = self.target
+        if self.is_base_model:  # no chat template: a transcript the base model continues (dialogue.py)
+            return self.tokenize(render_dialogue(messages, add_generation_prompt=add_generation_prompt))
         bos = model.token_text(model.bos) if model.bos >= 0 else ""
         eos = model.token_text(model.eos) if model.eos >= 0 else ""
         text = render_chat(model.chat_template(), messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
+    @property
+    def is_base_model(self) -> bool:
+        """A GGUF without a chat template: a base model, which continues text rather than chats."""
+        return self.target.chat_template() is None
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        """Stop strings a chat reply needs: a base model's transcript goes on to the next user line."""
+        return STOPS if self.is_base_model else ()
+
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
         """A one-shot prompt: through the chat template, or as is for `raw` and for
         base models whose GGUF has no template (they continue text, they do not chat)."""
-        if raw or self.target.chat_template() is None:
+        if raw or self.is_base_model:
             return self.tokenize(f"{system}\n\n{text}" if system else text)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return self.chat_tokens(messages)
