@@ -95,7 +95,10 @@ class Engine:
         """Switch draft source or length (the REPL's /set draft...)."""
         draft.validate()
         if draft.tokens + 1 > self.ctx.n_batch:
-            raise UsageError(f"draft length {draft.tokens} needs n_batch >= {draft.tokens + 1}")
+            raise UsageError(
+                f"draft length {draft.tokens} needs a batch of {draft.tokens + 1} tokens but this context's batch holds "
+                f"{self.ctx.n_batch}; use a draft length up to {self.ctx.n_batch - 1}"
+            )
         same_model = (
             self.draft.source == draft.source and self.draft.model_path == draft.model_path and self._drafter_model is not None
         )
