@@ -17,9 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gguf_factory import write_llama_gguf
-from hub_server import ROOT, assert_one_line_error, gemma_cmd, gemma_env
-
 from gemma_cli import limits
 from gemma_cli.chat import Conversation
 from gemma_cli.engine import DraftConfig, Engine, EngineConfig, SamplingParams
@@ -28,6 +25,8 @@ from gemma_cli.engine.llama.threads import cgroup_cpu_limit, choose_threads, thr
 from gemma_cli.engine.sampling import warp
 from gemma_cli.engine.types import LiveStats
 from gemma_cli.errors import ContextFullError
+from gguf_factory import write_llama_gguf
+from hub_server import ROOT, assert_one_line_error, gemma_cmd, gemma_env
 
 GREEDY = SamplingParams(temperature=0.0)
 MB = 1024 * 1024
@@ -200,8 +199,8 @@ def test_idle_threads_sleep_unless_the_user_chose():
 
 
 def test_the_wait_policy_is_in_place_before_llama_cpp_loads(env, tiny_model):
-    code = ("import os; from gemma_cli.engine.llama import Model, Context; m = Model(%r); c = Context(m, n_ctx=256); "
-            "print(os.environ.get('OMP_WAIT_POLICY'), c.n_threads >= 1)" % str(tiny_model))
+    code = (f"import os; from gemma_cli.engine.llama import Model, Context; m = Model({str(tiny_model)!r}); "
+            "c = Context(m, n_ctx=256); print(os.environ.get('OMP_WAIT_POLICY'), c.n_threads >= 1)")
     clean = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     proc = subprocess.run([*gemma_cmd()[:1], "-c", code], env={**clean, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -17,9 +17,9 @@ from gemma_cli.engine.llama._lib import (
     system_info,
 )
 from gemma_cli.engine.llama.context import VIEW_ROWS, Context
-from gemma_cli.engine.llama.threads import choose_threads, default_threads
 from gemma_cli.engine.llama.model import Model, check_gguf_file
 from gemma_cli.engine.llama.mtp_context import MTPContext
+from gemma_cli.engine.llama.threads import choose_threads, default_threads
 
 __all__ = [
     "VIEW_ROWS",

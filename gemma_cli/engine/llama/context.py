@@ -18,7 +18,6 @@ from gemma_cli.engine.llama.model import Model
 from gemma_cli.engine.llama.threads import default_threads
 from gemma_cli.errors import ContextFullError, EngineError
 
-
 CTX_STEP = 256  # llama.cpp allocates contexts in multiples of this many tokens
 VIEW_ROWS = 64  # rows a logits view spans: more than any draft verification needs
 
