@@ -33,7 +33,7 @@ TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 =
 MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability (0 = off).", rich_help_panel="Sampling")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output (-1 = random).", rich_help_panel="Sampling")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Stop after this many generated tokens.", rich_help_panel="Sampling")]
-Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens.", rich_help_panel="Hardware")]
+Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens (rounded up to a multiple of 256).", rich_help_panel="Hardware")]
 GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU (CUDA/Metal builds; -1 = all).", rich_help_panel="Hardware")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: available cores).", rich_help_panel="Hardware")]
 
@@ -110,7 +110,12 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
     config = EngineConfig(
         n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads, rpc=choice.rpc or None, tensor_split=choice.tensor_split
     )
-    return Engine(pair.target, draft, config)
+    engine = Engine(pair.target, draft, config)
+    if engine.n_ctx != choice.ctx:
+        import sys
+
+        sys.stderr.write(f"note: --ctx {choice.ctx} was rounded up to {engine.n_ctx} (llama.cpp sizes contexts in steps of 256 tokens)\n")
+    return engine
 
 
 def resolve(model: str | None, *, pull_missing: bool = False) -> ModelPair:

@@ -35,6 +35,8 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "size_bytes": info.file_size,
         "vocab_size": len(info.tokens),
         "chat_template": bool(info.get("tokenizer.chat_template")),
+        # No template: a base model (llama.cpp has no turn format for it); `chat` frames it as a transcript.
+        "kind": "chat model (has a chat template)" if info.get("tokenizer.chat_template") else "base model (no chat template: continues text)",
         "license": info.get("general.license"),
         "name": info.get("general.name"),
     })  # strings from the file: no escape sequences, bounded length

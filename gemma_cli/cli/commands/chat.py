@@ -11,6 +11,16 @@ from gemma_cli import config, limits
 from gemma_cli.cli import engine_options as opt
 
 
+def base_model_note(name: str) -> str:
+    """What chatting with a base model is, and how to get an assistant instead."""
+    return (
+        f"note: {name} is a base model (pre-trained, not instruction-tuned): it continues text, so its replies "
+        "continue a User:/Assistant: transcript and end at the next user line. For an assistant, use an "
+        "instruction-tuned model, e.g. gemma create gemma3-it:270m --target "
+        "hf://unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf, or gemma pull gemma4:e2b"
+    )
+
+
 def chat(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /set system).")] = None,
@@ -59,6 +69,8 @@ def chat(
             f"gemma chat · {pair.name} · context {engine.n_ctx} · draft {draft_desc} · "
             f"loaded in {engine.load_seconds:.2f}s\n/help for commands, Ctrl-C stops a reply, Ctrl-D or /bye exits"
         )
+        if engine.is_base_model:
+            banner += "\n" + base_model_note(pair.name)
         if terminal:
             sys.stderr.write("\x1b[2K")
         sys.stderr.write(banner + "\n")

@@ -131,6 +131,7 @@ def _show_lines(info: dict) -> list[str]:
         f"Embedding     {t['embedding_length']}",
         f"Quantization  {t['quantization']}",
         f"Size          {_size(t['size_bytes'])}",
+        f"Kind          {t['kind']}",
         f"Chat template {'yes' if t['chat_template'] else 'no'}",
         f"License       {t['license'] or 'not stated in the GGUF'}",
     ]

@@ -38,6 +38,9 @@ def lib() -> "_llama_cpp_t":
         return _lib
     with _init_lock:
         if _lib is None:
+            from gemma_cli.engine.llama.threads import threads_env
+
+            os.environ.update(threads_env(os.environ))  # before libgomp loads with llama.cpp
             import llama_cpp
 
             @llama_cpp.llama_log_callback
