@@ -70,6 +70,15 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
         check_gemma4_target(target)
 
 
+def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None:
+    """Refuse a pair whose weights + KV cache cannot fit in RAM, before llama.cpp allocates (memory.py)."""
+    from gemma_cli.memory import check_fits, estimate_memory
+
+    drafter = draft.model_path if draft.source in ("mtp", "model") else None
+    check_fits(estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
+                               gpu_layers=config.n_gpu_layers))
+
+
 class Engine:
     """Owns the target model and context, the drafter, and the KV cache between calls."""
 
@@ -79,6 +88,7 @@ class Engine:
         t0 = time.perf_counter()
         self.config = config
         check_before_load(Path(target_path), draft)
+        check_memory(Path(target_path), draft, config)
         self.target = Model(target_path, n_gpu_layers=config.n_gpu_layers, cpu_repack=config.cpu_repack)
         self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag

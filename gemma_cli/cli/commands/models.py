@@ -121,6 +121,14 @@ def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("-
     _list(json_out, available)
 
 
+def _memory_line(mem: dict | None) -> str:
+    if not mem:
+        return "Memory        unknown"
+    parts = [f"{_size(e['total_bytes'])} at {n} tokens (KV {_size(e['kv_bytes'])})" for n, e in mem["estimates"].items()]
+    avail = mem.get("available_bytes")
+    return "Memory        about " + ", ".join(parts) + (f"; {_size(avail)} available" if avail else "")
+
+
 def _show_lines(info: dict) -> list[str]:
     t = info["target"]
     lines = [
@@ -131,6 +139,7 @@ def _show_lines(info: dict) -> list[str]:
         f"Embedding     {t['embedding_length']}",
         f"Quantization  {t['quantization']}",
         f"Size          {_size(t['size_bytes'])}",
+        _memory_line(info.get("memory")),
         f"Chat template {'yes' if t['chat_template'] else 'no'}",
         f"License       {t['license'] or 'not stated in the GGUF'}",
     ]
