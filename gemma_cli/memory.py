@@ -22,6 +22,7 @@ What the estimate counts, following the vendored llama.cpp:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,17 @@ class MemoryEstimate:
                 "ram_bytes": self.ram}
 
 
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
+    return read_gguf(path)
+
+
+def _read(path: str | os.PathLike[str]) -> GGUFInfo:
+    # The engine estimates on every load; a 262k-token header is parsed once per file version.
+    st = os.stat(path)
+    return _read_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
 def _weights(info: GGUFInfo) -> int:
     # The file size: mmap maps the whole file, and a file longer than its header claims still counts.
     return info.file_size or Path(info.path).stat().st_size
@@ -155,11 +167,11 @@ def _weights(info: GGUFInfo) -> int:
 def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[str] | None = None, *,
                     drafter_is_mtp: bool = False, n_ctx: int = 4096, gpu_layers: int = 0) -> MemoryEstimate:
     """The estimate for a target (+ drafter) at `n_ctx`; reads headers only."""
-    t = read_gguf(target)
+    t = _read(target)
     t_w, kv = _weights(t), kv_cache_bytes(t, n_ctx)
     d_w = 0
     if drafter is not None:
-        d = read_gguf(drafter)
+        d = _read(drafter)
         d_w = _weights(d)
         if not drafter_is_mtp:  # a small drafter model has its own cache; an MTP head shares the target's
             kv += kv_cache_bytes(d, n_ctx)
