@@ -62,6 +62,8 @@ def test_create_accepts_the_pair(pairs, shape, tmp_path):
     assert made.returncode == 0, made.stderr
     shown = run_gemma(env, "show", f"fam-{shape}:tiny")
     assert shown.returncode == 0 and "mtp" in shown.stdout.lower(), shown.stdout + shown.stderr
+    assert ("Experts       8 per layer, 2 per token" in shown.stdout) == (shape == "26b-a4b"), shown.stdout
+    assert "Memory        about" in shown.stdout
 
 
 @pytest.mark.parametrize("shape", SHAPES)

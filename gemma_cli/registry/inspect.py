@@ -35,6 +35,8 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "chat_template": bool(info.get("tokenizer.chat_template")),
         "license": info.get("general.license"),
         "name": info.get("general.name"),
+        "experts": info.arch_key("expert_count"),
+        "experts_used": info.arch_key("expert_used_count"),
     }
 
 

@@ -155,6 +155,10 @@ def _show_lines(info: dict) -> list[str]:
     else:
         lines.append(f"Drafter       none ({info['draft_source']} drafting)")
     lines.append(f"Draft length  {info['draft_tokens']} (recommended)")
+    if t.get("experts"):
+        lines.append(f"Experts       {t['experts']} per layer, {t.get('experts_used')} per token: each drafted token may route to "
+                     "other experts, so a verify pass reads more weights than a plain step at batch 1; keep drafts short "
+                     "and check with `gemma bench`")
     tuned = info.get("tuned") or {}
     if tuned:
         lines.append("Tuned         " + ", ".join(
