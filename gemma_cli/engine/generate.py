@@ -74,6 +74,15 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
         check_gemma4_target(target)
 
 
+def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None:
+    """Refuse a pair whose weights + KV cache cannot fit in RAM, before llama.cpp allocates (memory.py)."""
+    from gemma_cli.memory import check_fits, estimate_memory
+
+    drafter = draft.model_path if draft.source in ("mtp", "model") else None
+    check_fits(estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
+                               gpu_layers=config.n_gpu_layers))
+
+
 class Engine:
     """Owns the target model and context, the drafter, and the KV cache between calls."""
 
@@ -83,6 +92,8 @@ class Engine:
         t0 = time.perf_counter()
         self.config = config
         check_before_load(Path(target_path), draft)
+        if not config.rpc:  # split across RPC workers: the weights and KV live mostly elsewhere
+            check_memory(Path(target_path), draft, config)
         self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
         placed: dict = {"n_gpu_layers": config.n_gpu_layers}
         if config.rpc:
