@@ -25,7 +25,7 @@ def e2b(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def huge(tmp_path_factory) -> tuple[Path, Path]:
     """Tiny weights, but a header claiming 4096 KV heads and a 128k context: ~275 GB of KV cache."""
-    kv = {"attention.head_count_kv": 4096}
+    kv = {"attention.head_count": 4096, "attention.head_count_kv": 4096}  # valid (KV heads divide heads), huge KV
     spec = replace(TINY, n_ctx=HUGE_CTX)
     return write_gemma4_pair(tmp_path_factory.mktemp("mem-huge"), spec, target_overrides=kv, assistant_overrides=kv)
 
