@@ -96,7 +96,7 @@ def _check_generic(h: _Header) -> int:
     groups = h.uint("expert_group_count", 0)
     group_used = h.uint("expert_group_used_count", 0)
     if used > n_expert:
-        raise _Refuse(h.key("expert_used_count"), used, f"must not exceed expert_count ({n_expert})")
+        raise _Refuse(h.key("expert_used_count"), used, f"exceeds expert_count ({n_expert})")
     if n_expert > 0:
         if used == 0:
             raise _Refuse(h.key("expert_used_count"), used, f"must be at least 1 with {n_expert} experts")

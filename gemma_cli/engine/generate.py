@@ -24,6 +24,7 @@ from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.template import render_chat
 from gemma_cli.errors import ContextFullError, UsageError
+from gemma_cli.load_guard import guard_load
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Engine:
         self.config = config
         check_before_load(Path(target_path), draft)
         if not config.rpc:  # split across RPC workers: the weights and KV live mostly elsewhere
+            guard_load(Path(target_path))  # a hostile header is refused as such, not as a memory estimate (cached)
             check_memory(Path(target_path), draft, config)
         self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
         placed: dict = {"n_gpu_layers": config.n_gpu_layers}
