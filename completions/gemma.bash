@@ -5,22 +5,23 @@
 
 _gemma_subcommands() {
     case "$1" in
-        "") echo "bench chat create doctor list ps pull rm run serve show stop verify" ;;
+        "") echo "bench chat create doctor list ps pull rm rpc-worker run serve show stop verify" ;;
     esac
 }
 
 _gemma_options() {
     case "$1" in
         "") echo "-V --version -h --help" ;;
-        "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads -h --help" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host -h --help" ;;
+        "bench") echo "-w --workload --runs --json --tune --force --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host -h --help" ;;
         "create") echo "--target --draft --draft-tokens -q --quiet -h --help" ;;
         "doctor") echo "--json --timeout --ctx -h --help" ;;
         "list") echo "--json --available --host -h --help" ;;
         "ps") echo "--host --json -h --help" ;;
         "pull") echo "-q --quiet --host -h --help" ;;
         "rm") echo "-h --help" ;;
-        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host -h --help" ;;
+        "rpc-worker") echo "--host -p --port --threads --cache --allow-remote -h --help" ;;
+        "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host -h --help" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads -h --help" ;;
         "show") echo "--json --host -h --help" ;;
         "stop") echo "--host -h --help" ;;
@@ -30,14 +31,15 @@ _gemma_options() {
 
 _gemma_value_options() {
     case "$1" in
-        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads" ;;
-        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host" ;;
+        "bench") echo "-w --workload --runs --draft --draft-tokens -n --max-tokens -t --temperature --top-k --top-p --ctx --gpu-layers --threads --rpc --tensor-split" ;;
+        "chat") echo "-s --system --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host" ;;
         "create") echo "--target --draft --draft-tokens" ;;
         "doctor") echo "--timeout --ctx" ;;
         "list") echo "--host" ;;
         "ps") echo "--host" ;;
         "pull") echo "--host" ;;
-        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --host" ;;
+        "rpc-worker") echo "--host -p --port --threads --cache" ;;
+        "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads" ;;
         "show") echo "--host" ;;
         "stop") echo "--host" ;;
@@ -47,6 +49,7 @@ _gemma_value_options() {
 _gemma_option_values() {
     case "${1:+$1 }$2" in
         "create --target") echo "model" ;;
+        "rpc-worker --cache") echo "file" ;;
     esac
 }
 
@@ -60,6 +63,7 @@ _gemma_arguments() {
         "ps") case "$2" in  *) echo "none" ;; esac ;;
         "pull") case "$2" in 0) echo "catalog" ;; *) echo "none" ;; esac ;;
         "rm") case "$2" in  *) echo "model" ;; esac ;;
+        "rpc-worker") case "$2" in  *) echo "none" ;; esac ;;
         "run") case "$2" in 0) echo "model" ;; 1) echo "none" ;; *) echo "none" ;; esac ;;
         "serve") case "$2" in  *) echo "none" ;; esac ;;
         "show") case "$2" in 0) echo "model" ;; *) echo "none" ;; esac ;;

@@ -28,6 +28,7 @@ complete -c gemma -n '__fish_use_subcommand' -a list -d 'List pulled models (NAM
 complete -c gemma -n '__fish_use_subcommand' -a ps -d 'List the models a running `gemma serve` has loaded (NAME, SIZE, CONTEXT, DRAFT, UNTIL)'
 complete -c gemma -n '__fish_use_subcommand' -a pull -d 'Download a model (target + drafter) into the local store'
 complete -c gemma -n '__fish_use_subcommand' -a rm -d 'Remove models'
+complete -c gemma -n '__fish_use_subcommand' -a rpc-worker -d 'Lend this machine\'s memory and compute to `gemma run/chat/bench --rpc` on another host'
 complete -c gemma -n '__fish_use_subcommand' -a run -d 'Generate once from PROMPT (and/or piped stdin) and print only the text to stdout'
 complete -c gemma -n '__fish_use_subcommand' -a serve -d 'Serve the Ollama-compatible API (/api/...) and the OpenAI-compatible API (/v1/...)'
 complete -c gemma -n '__fish_use_subcommand' -a show -d 'Show a model\'s architecture, size, quantization, drafter and tuning (from GGUF headers)'
@@ -46,9 +47,11 @@ complete -c gemma -n '__fish_seen_subcommand_from bench' -s n -l max-tokens -x -
 complete -c gemma -n '__fish_seen_subcommand_from bench' -s t -l temperature -x -d 'Sampling temperature'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l top-k -x -d 'Keep the k most likely tokens (0 = off)'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l top-p -x -d 'Nucleus sampling mass (1 = off)'
-complete -c gemma -n '__fish_seen_subcommand_from bench' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from bench' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from bench' -a '(__gemma_gguf)'
@@ -63,9 +66,11 @@ complete -c gemma -n '__fish_seen_subcommand_from chat' -l top-p -x -d 'Nucleus 
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l min-p -x -d 'Drop tokens below min_p x the top probability (0 = off)'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l seed -x -d 'Random seed: same seed, same output (-1 = random)'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -s n -l max-tokens -x -d 'Stop after this many generated tokens'
-complete -c gemma -n '__fish_seen_subcommand_from chat' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from chat' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from chat' -a '(__gemma_models)' -d model
@@ -83,7 +88,7 @@ complete -c gemma -n '__fish_seen_subcommand_from create' -a '(__gemma_gguf)'
 # gemma doctor
 complete -c gemma -n '__fish_seen_subcommand_from doctor' -l json -d 'Print the report as JSON'
 complete -c gemma -n '__fish_seen_subcommand_from doctor' -l timeout -x -d 'Seconds to wait for the Hugging Face endpoint'
-complete -c gemma -n '__fish_seen_subcommand_from doctor' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from doctor' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from doctor' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from doctor' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from doctor' -a '(__gemma_gguf)'
@@ -111,6 +116,14 @@ complete -c gemma -n '__fish_seen_subcommand_from rm' -s h -l help -d 'Show help
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_gguf)'
 
+# gemma rpc-worker
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l host -x -d 'Address to listen on (loopback unless --allow-remote)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -s p -l port -x -d 'TCP port'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l threads -x -d 'CPU threads for the computations (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l cache -r -F -d 'Keep received weights here by hash, so the next load of the same model sends less'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -l allow-remote -d 'Allow a non-loopback --host (no authentication, no encryption: trusted networks only)'
+complete -c gemma -n '__fish_seen_subcommand_from rpc-worker' -s h -l help -d 'Show help for the command and exit'
+
 # gemma run
 complete -c gemma -n '__fish_seen_subcommand_from run' -s s -l system -x -d 'System prompt'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l raw -d 'Send the prompt as is, without the chat template (always so for models without one)'
@@ -125,9 +138,11 @@ complete -c gemma -n '__fish_seen_subcommand_from run' -l top-p -x -d 'Nucleus s
 complete -c gemma -n '__fish_seen_subcommand_from run' -l min-p -x -d 'Drop tokens below min_p x the top probability (0 = off)'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l seed -x -d 'Random seed: same seed, same output (-1 = random)'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s n -l max-tokens -x -d 'Stop after this many generated tokens'
-complete -c gemma -n '__fish_seen_subcommand_from run' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l rpc -x -d 'Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from run' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from run' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from run' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from run' -a '(__gemma_models)' -d model
@@ -139,7 +154,7 @@ complete -c gemma -n '__fish_seen_subcommand_from serve' -l keep-alive -x -d 'Ke
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-loaded -x -d 'Models loaded at once (default $GEMMA_MAX_LOADED_MODELS or 1)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l max-queue -x -d 'Requests that may wait before 503 (default $GEMMA_MAX_QUEUE or 64)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'Log a statistics line per generation, and uvicorn\'s own messages'
-complete -c gemma -n '__fish_seen_subcommand_from serve' -l ctx -x -d 'Context window in tokens'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l threads -x -d 'CPU threads (default: available cores)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show help for the command and exit'

@@ -107,10 +107,20 @@ class Conversation:
         room = max(1, min(reply_room, n_ctx // 2))
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = list(self.turns)
-        tokens = engine.chat_tokens(head + turns)
-        while len(tokens) + room > n_ctx and len(turns) > 1:
+
+        def render() -> list[int] | None:
+            try:
+                return engine.chat_tokens(head + turns)
+            except ContextFullError:  # certainly too long (refused before tokenizing): drop more, unless only the new message is left
+                if len(turns) > 1:
+                    return None
+                raise
+
+        tokens = render()
+        while (tokens is None or len(tokens) + room > n_ctx) and len(turns) > 1:
             del turns[:2]  # one user message and its reply
-            tokens = engine.chat_tokens(head + turns)
+            tokens = render()
+        assert tokens is not None
         if len(tokens) >= n_ctx:
             raise ContextFullError(
                 f"this message needs {len(tokens)} tokens but the context holds {n_ctx}; "

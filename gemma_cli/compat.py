@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from gemma_cli.errors import IncompatibleModelsError
+from gemma_cli.gemma4_layout import assistant_layout_problem, target_layout_problem
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 
 TARGET_ARCH = "gemma4"
@@ -158,6 +159,9 @@ def check_gemma4_target(target_path: str | os.PathLike[str]) -> None:
         raise IncompatibleModelsError(
             f"{tp.name} is a malformed Gemma 4 model: it needs a per-layer attention.sliding_window_pattern with at least one sliding-window layer"
         )
+    why = target_layout_problem(t, pattern, layers)
+    if why:
+        raise IncompatibleModelsError(f"{tp.name} is a malformed Gemma 4 model: {why}")
 
 
 def _mtp_rules(t: GGUFInfo, a: GGUFInfo) -> None:
@@ -182,6 +186,11 @@ def _mtp_rules(t: GGUFInfo, a: GGUFInfo) -> None:
     if t_pat[-2:] != [True, False]:
         got = ", ".join("SWA" if b else "full" for b in t_pat[-2:])
         fail(f"the target's last two layers must be [SWA, full] (the assistant reads their KV cache); they are [{got}]")
+    if not any(t_pat):
+        fail("the target has no sliding-window layer (llama.cpp requires one)")
+    why = target_layout_problem(t, t_pat, t_layers)
+    if why:
+        fail(f"the target is malformed: {why}")
 
     # -- assistant layout --------------------------------------------------
     a_layers = _positive_int(a, "block_count")
@@ -197,6 +206,9 @@ def _mtp_rules(t: GGUFInfo, a: GGUFInfo) -> None:
         fail(f"the assistant has no per-layer attention.sliding_window_pattern array of length {a_layers}")
     if not any(a_pat):
         fail("the assistant has no sliding-window layer (llama.cpp requires one)")
+    why = assistant_layout_problem(a)
+    if why:
+        fail(why)
 
     # -- widths ----------------------------------------------------------
     t_embd = _positive_int(t, "embedding_length")

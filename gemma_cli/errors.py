@@ -49,6 +49,10 @@ class EngineError(GemmaError):
     """llama.cpp refused an operation (context creation, decode)."""
 
 
+class InsufficientMemoryError(GemmaError):
+    """The pair's weights and KV cache would not fit in the RAM available (checked before loading)."""
+
+
 class ContextFullError(EngineError):
     """The prompt alone does not fit into the context window."""
 

@@ -54,13 +54,35 @@ def check_n_ctx(n: int, name: str = "context size") -> int:
     return int(check_positive(n, name))
 
 
+# Prompts: a text is refused before it is tokenized whole when it certainly does not fit (Engine.check_fits).
+CHEAP_BYTES_PER_TOKEN = 8  # up to n_ctx x this many bytes, tokenizing the whole text is cheap enough to just do it
+COUNT_CHUNK_BYTES = 1 << 20  # longer texts are counted a chunk at a time, stopping once past the context
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for a message: '512 bytes', '48.0 KB', '30.0 MB'."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
 def check_threads(n: int | None, name: str = "--threads") -> int | None:
     """CPU threads: None means all available cores."""
     return None if n is None else int(check_positive(n, name))
 
 
+GREEDY_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / T would overflow, and no float32 logit gap is that fine
+
+
+def is_greedy(temperature: float) -> bool:
+    """Does this temperature mean argmax (0, and anything too small to divide by)?"""
+    return temperature < GREEDY_TEMPERATURE
+
+
 def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float) -> None:
-    """The sampling values `SamplingParams` holds (temperature 0 = greedy; top_k 0, top_p 1, min_p 0 = off)."""
+    """The sampling values `SamplingParams` holds (temperature below GREEDY_TEMPERATURE = greedy; top_k 0, top_p 1, min_p 0 = off)."""
     if not (temperature >= 0.0):
         raise UsageError(f"temperature must be >= 0, got {temperature}")
     if top_k < 0:

@@ -32,6 +32,8 @@ class EngineChoice:
     ctx: int = 4096
     gpu_layers: int = 0
     threads: int | None = None
+    rpc: str | None = None
+    tensor_split: str | None = None
 
 
 def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default", option: str = "--draft"):
@@ -52,6 +54,12 @@ def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default
             raise UsageError(f"{pair.name} has no drafter model for {option} {source}; use {option} ngram or none")
     if source == "mtp" and pair.draft_source != "mtp":
         raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use {option} model")
+    if source == "mtp" and choice.rpc:  # the assistant reads the target's KV cache, which then lives on the workers
+        if choice.draft != "auto":
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
+
+            raise UsageError(MTP_UNSUPPORTED)
+        source = "ngram"
     tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
     limits.check_draft_tokens(tokens)
     model_path = pair.drafter if source in ("mtp", "model") else None
@@ -64,6 +72,12 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
 
     limits.check_n_ctx(choice.ctx, "--ctx" if option.startswith("--") else "num_ctx")
     limits.check_threads(choice.threads, "--threads")
+    if choice.tensor_split and not choice.rpc:
+        raise UsageError("--tensor-split only applies with --rpc")
+    if choice.rpc and choice.gpu_layers:
+        raise UsageError("--gpu-layers does not combine with --rpc; shape the split with --tensor-split")
     draft = draft_config(pair, choice, workload, option)
-    config = EngineConfig(n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads)
+    config = EngineConfig(
+        n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads, rpc=choice.rpc or None, tensor_split=choice.tensor_split
+    )
     return Engine(pair.target, draft, config)

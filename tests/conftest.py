@@ -21,6 +21,7 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     base = tmp_path_factory.mktemp("user")
     os.environ.setdefault("GEMMA_MODELS", str(base / "models"))
     os.environ.setdefault("GEMMA_HISTORY", str(base / "history"))
+    os.environ.setdefault("GEMMA_CACHE", str(base / "cache"))  # probe-load markers (gemma_cli.load_guard)
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ.pop("GEMMA_HOST", None)  # in-process commands stay in-process (client mode is tested explicitly)
 

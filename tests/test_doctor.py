@@ -18,7 +18,7 @@ from gemma_cli import doctor
 from gemma_cli.doctor import FAIL, OK, WARN
 
 GEMMA = [sys.executable, "-m", "gemma_cli"]
-CHECKS = ["llama.cpp", "gpu", "cpu", "cpu-repack", "store", "disk", "hub"]
+CHECKS = ["llama.cpp", "gpu", "rpc", "cpu", "cpu-repack", "store", "disk", "hub"]
 
 
 def closed_port() -> int:

@@ -47,8 +47,12 @@ def test_every_api_matches_gemma_run(server):
     assert comp["x_gemma"]["prompt_cached_tokens"] > 0  # the same prompt again: the KV prefix was reused
 
     messages = [{"role": "user", "content": PROMPT}]
-    chat = httpx.post(url + "/api/chat", json={"model": "gemma3:270m", "messages": messages, "stream": False,
-                                               "options": {"temperature": 0, "num_predict": N}}, timeout=60).json()
+    # The first chat request evaluates its whole prompt in one batch; later identical ones re-evaluate only the
+    # last token (KV reuse). llama.cpp rounds those two ways differently, and on this prompt's base-model
+    # transcript frame the first token after "because" is a near-tie, so compare two requests on the warm cache.
+    chat_body = {"model": "gemma3:270m", "messages": messages, "stream": False, "options": {"temperature": 0, "num_predict": N}}
+    httpx.post(url + "/api/chat", json=chat_body, timeout=60).raise_for_status()
+    chat = httpx.post(url + "/api/chat", json=chat_body, timeout=60).json()
     body = {"model": "gemma3:270m", "messages": messages, "temperature": 0, "max_tokens": N, "stream": True}
     events = sse(httpx.post(url + "/v1/chat/completions", json=body, timeout=60).content)
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == chat["message"]["content"]

@@ -13,9 +13,10 @@ from pathlib import Path
 import typer
 
 from gemma_cli import __version__
-from gemma_cli.cli.commands import bench, chat, doctor, models, run, serve, server_client
+from gemma_cli.cli.commands import bench, chat, doctor, models, rpc_worker, run, serve, server_client
 from gemma_cli.cli.output import quiet_stdout
 from gemma_cli.errors import ExitCode, GemmaError
+from gemma_cli.text_safety import clean_display
 
 app = typer.Typer(
     name="gemma",
@@ -57,6 +58,7 @@ def _register(app: typer.Typer) -> None:
     app.command("serve")(serve.serve_cmd)
     app.command("ps")(server_client.ps_cmd)
     app.command("stop")(server_client.stop_cmd)
+    app.command("rpc-worker")(rpc_worker.rpc_worker)
     app.command("__complete-models", hidden=True)(doctor.complete_models)
 
 
@@ -65,7 +67,7 @@ _register(app)
 
 def _error_line(message: str, hint: str | None = None) -> None:
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
-    sys.stderr.write(prefix + message.replace("\n", " ") + "\n")
+    sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
     if hint:
         sys.stderr.write(hint + "\n")
     sys.stderr.flush()

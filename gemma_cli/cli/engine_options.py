@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gemma_cli import limits
+from gemma_cli import limits, session
 from gemma_cli.pair import ModelPair
 from gemma_cli.session import (  # noqa: F401 - the commands' one import for these
     DEFAULT_TEMPERATURE,
@@ -22,7 +22,6 @@ from gemma_cli.session import (  # noqa: F401 - the commands' one import for the
     DRAFT_CHOICES,
     EngineChoice,
     draft_config,
-    open_engine,
 )
 
 Draft = Annotated[str, typer.Option("--draft", help="Draft source: auto (the pair's drafter), mtp, model, ngram or none.", rich_help_panel="Speculative decoding")]
@@ -33,15 +32,38 @@ TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 =
 MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability (0 = off).", rich_help_panel="Sampling")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed, same output (-1 = random).", rich_help_panel="Sampling")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Stop after this many generated tokens.", rich_help_panel="Sampling")]
-Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens.", rich_help_panel="Hardware")]
+Ctx = Annotated[int, typer.Option("--ctx", help="Context window in tokens (rounded up to a multiple of 256).", rich_help_panel="Hardware")]
 GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU (CUDA/Metal builds; -1 = all).", rich_help_panel="Hardware")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: available cores).", rich_help_panel="Hardware")]
+
+
+def _arm_rpc_interrupts(value: str | None) -> str | None:
+    """At parse time, before any library starts threads: see rpc.install_interrupt_escape."""
+    if value:
+        from gemma_cli.engine.rpc import install_interrupt_escape
+
+        install_interrupt_escape()
+    return value
+
+
+Rpc = Annotated[Optional[str], typer.Option("--rpc", envvar="GEMMA_RPC", callback=_arm_rpc_interrupts, help="Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local).", rich_help_panel="Hardware")]
+TensorSplit = Annotated[Optional[str], typer.Option("--tensor-split", help="With --rpc: layer shares per worker, then this machine, e.g. 1,1,1 (default: by free memory).", rich_help_panel="Hardware")]
 
 
 def check_generation(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0) -> None:
     """--max-tokens and the sampling options, as usage errors (before anything loads)."""
     limits.check_max_tokens(max_tokens, "--max-tokens")
     limits.check_sampling(temperature, top_k, top_p, min_p)
+
+
+def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
+    """Load the pair (`gemma_cli.session.open_engine`) and say when llama.cpp rounded --ctx up."""
+    engine = session.open_engine(pair, choice, workload)
+    if engine.n_ctx != choice.ctx:
+        import sys
+
+        sys.stderr.write(f"note: --ctx {choice.ctx} was rounded up to {engine.n_ctx} (llama.cpp sizes contexts in steps of 256 tokens)\n")
+    return engine
 
 
 def resolve(model: str | None, *, pull_missing: bool = False) -> ModelPair:

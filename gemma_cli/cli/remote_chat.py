@@ -62,6 +62,11 @@ class ServerModel:
         self.num_ctx: int | None = None  # sent with every turn when --ctx was given
         self.current: remote.RemoteGeneration | None = None
 
+    @property
+    def is_base_model(self) -> bool:
+        """No chat template: the server frames the chat as a transcript, as in-process."""
+        return not self.target.template
+
     def set_draft(self, config: Any) -> None:
         self.draft = config  # sent with the next turn
 

@@ -126,7 +126,7 @@ class ChatRepl:
         conv.add_user(text)
         try:
             fitted = conv.fit(engine, s.max_tokens)
-            generation = engine.generate(fitted.tokens, max_tokens=s.max_tokens, sampling=s.sampling)
+            generation = engine.generate(fitted.tokens, max_tokens=s.max_tokens, sampling=s.sampling, stop=engine.chat_stops)
         except GemmaError:
             conv.pop_user()
             raise

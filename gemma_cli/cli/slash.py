@@ -17,6 +17,7 @@ from gemma_cli.chat import Conversation
 from gemma_cli.cli import engine_options as opt
 from gemma_cli.cli.output import verbose_summary_lines
 from gemma_cli.errors import UsageError
+from gemma_cli.text_safety import clean_display
 
 if TYPE_CHECKING:
     from gemma_cli.cli.repl import ChatRepl
@@ -161,7 +162,7 @@ def _show(repl: ChatRepl, what: str) -> None:
         repl.say(repl.conv.system or "(no system prompt)")
     elif what == "template":
         template = engine.target.chat_template()
-        repl.say(template if template else "(the model has no chat template; using the built-in Gemma template)")
+        repl.say(clean_display(template, 100_000, multiline=True) if template else "(the model has no chat template; using the built-in Gemma template)")
     elif what == "stats":
         if repl.last is None:
             repl.say("(no reply yet)")

@@ -17,6 +17,7 @@ from gemma_cli.doctor.hardware import (
     build_features,
     check_cpu,
     check_gpu,
+    check_rpc,
     check_llama,
     check_repack,
     cpu_features,
@@ -35,6 +36,7 @@ def run_doctor(model: str | None = None, n_ctx: int = 4096, hub_timeout: float =
     checks = [
         check_llama(probe),
         check_gpu(probe),
+        check_rpc(probe),
         check_cpu(features, probe),
         check_repack(probe, features),
         check_store(root),
@@ -55,7 +57,7 @@ def require_ok(report: Report) -> None:
 
 __all__ = [
     "OK", "WARN", "FAIL", "INFO", "Check", "Report", "DoctorFailed", "run_doctor", "require_ok",
-    "probe_llama", "build_features", "check_llama", "check_gpu", "cpu_features", "check_cpu", "check_repack",
+    "probe_llama", "build_features", "check_llama", "check_gpu", "check_rpc", "cpu_features", "check_cpu", "check_repack",
     "check_store", "check_disk", "store_model_names", "catalog_model_names", "check_hub",
     "memory", "kv_bytes", "check_model",
 ]

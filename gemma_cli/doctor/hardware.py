@@ -124,6 +124,14 @@ def check_llama(probe: dict[str, Any]) -> Check:
     })
 
 
+def check_rpc(probe: dict[str, Any]) -> Check:
+    """Whether this build can split models across machines (and, with GEMMA_RPC, whether those workers answer)."""
+    from gemma_cli.engine.rpc_protocol import doctor_finding
+
+    status, summary, hint = doctor_finding(None if "error" in probe else probe.get("rpc"), os.environ.get("GEMMA_RPC"))
+    return Check("rpc", status, summary, hint)
+
+
 def check_gpu(probe: dict[str, Any]) -> Check:
     if "error" in probe:
         return Check("gpu", INFO, "unknown (llama.cpp cannot be loaded)")
@@ -131,7 +139,8 @@ def check_gpu(probe: dict[str, Any]) -> Check:
     devices = probe.get("devices")
     gpus = [d for d in devices or [] if d.get("type") in ("gpu", "igpu")]
     details = {"gpu_offload": probe.get("gpu_offload", False), "backends": backends, "devices": devices}
-    if not probe.get("gpu_offload"):
+    # An RPC-enabled CPU build reports offload support (to remote devices): that is no local GPU.
+    if not probe.get("gpu_offload") or (not backends and not gpus and probe.get("rpc")):
         return Check("gpu", INFO, "none: this llama.cpp build is CPU-only", (
             'for a GPU, rebuild llama-cpp-python with CMAKE_ARGS="-DGGML_CUDA=on" (NVIDIA) or '
             '"-DGGML_METAL=on" (Apple), then use --gpu-layers -1'), details)

@@ -9,6 +9,7 @@ evaluates only its new tokens.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,14 @@ from typing import Mapping, Sequence
 
 from gemma_cli import limits
 from gemma_cli.engine.adaptive import PassCosts
+from gemma_cli.engine.dialogue import STOPS, render_dialogue
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.generation import CacheSlot, Generation
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.template import render_chat
 from gemma_cli.errors import ContextFullError, UsageError
+from gemma_cli.load_guard import guard_load
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class EngineConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     cpu_repack: bool | None = None  # None: automatic (see llama.choose_cpu_repack)
+    rpc: str | None = None  # "HOST:PORT,...": split the target across ggml RPC workers (rpc_placement.py)
+    tensor_split: str | None = None  # with rpc: shares per worker, then this machine
 
 
 def check_before_load(target: Path, draft: DraftConfig) -> None:
@@ -70,6 +75,15 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
         check_gemma4_target(target)
 
 
+def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None:
+    """Refuse a pair whose weights + KV cache cannot fit in RAM, before llama.cpp allocates (memory.py)."""
+    from gemma_cli.memory import check_fits, estimate_memory
+
+    drafter = draft.model_path if draft.source in ("mtp", "model") else None
+    check_fits(estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
+                               gpu_layers=config.n_gpu_layers))
+
+
 class Engine:
     """Owns the target model and context, the drafter, and the KV cache between calls."""
 
@@ -79,8 +93,21 @@ class Engine:
         t0 = time.perf_counter()
         self.config = config
         check_before_load(Path(target_path), draft)
-        self.target = Model(target_path, n_gpu_layers=config.n_gpu_layers, cpu_repack=config.cpu_repack)
-        self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
+        if not config.rpc:  # split across RPC workers: the weights and KV live mostly elsewhere
+            guard_load(Path(target_path))  # a hostile header is refused as such, not as a memory estimate (cached)
+            check_memory(Path(target_path), draft, config)
+        self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
+        placed: dict = {"n_gpu_layers": config.n_gpu_layers}
+        if config.rpc:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED, Placement
+
+            if draft.source == "mtp":
+                raise UsageError(MTP_UNSUPPORTED)
+            self.placement = Placement.plan(config.rpc, Path(target_path), config.tensor_split)
+            placed = self.placement.model_kwargs()
+        with self.placement.loading() if self.placement else contextlib.nullcontext():
+            self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
+            self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag
         self.costs = PassCosts()  # measured pass costs that sampled generations keep (see adaptive.py)
         self.draft = draft
@@ -94,7 +121,10 @@ class Engine:
         """Switch draft source or length (the REPL's /set draft...)."""
         draft.validate()
         if draft.tokens + 1 > self.ctx.n_batch:
-            raise UsageError(f"draft length {draft.tokens} needs n_batch >= {draft.tokens + 1}")
+            raise UsageError(
+                f"draft length {draft.tokens} needs a batch of {draft.tokens + 1} tokens but this context's batch holds "
+                f"{self.ctx.n_batch}; use a draft length up to {self.ctx.n_batch - 1}"
+            )
         same_model = (
             self.draft.source == draft.source and self.draft.model_path == draft.model_path and self._drafter_model is not None
         )
@@ -113,6 +143,10 @@ class Engine:
             return NoDrafter()
         if draft.source == "ngram":
             return NgramDrafter(draft.ngram_max, draft.ngram_min)
+        if draft.source == "mtp" and self.placement is not None:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
+
+            raise UsageError(MTP_UNSUPPORTED)
         if draft.source == "mtp":  # the target itself was checked when it loaded
             from gemma_cli.compat import check_mtp_pair
 
@@ -156,22 +190,64 @@ class Engine:
     # -- generation ------------------------------------------------------
     def chat_tokens(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Render `messages` with the model's chat template (sandboxed) and tokenize."""
+        self.check_fits("".join(str(m.get("content") or "") for m in messages))  # before rendering a huge text
         model = self.target
+        if self.is_base_model:  # no chat template: a transcript the base model continues (dialogue.py)
+            return self.tokenize(render_dialogue(messages, add_generation_prompt=add_generation_prompt))
         bos = model.token_text(model.bos) if model.bos >= 0 else ""
         eos = model.token_text(model.eos) if model.eos >= 0 else ""
         text = render_chat(model.chat_template(), messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
+    @property
+    def is_base_model(self) -> bool:
+        """A GGUF without a chat template: a base model, which continues text rather than chats."""
+        return self.target.chat_template() is None
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        """Stop strings a chat reply needs: a base model's transcript goes on to the next user line."""
+        return STOPS if self.is_base_model else ()
+
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
         """A one-shot prompt: through the chat template, or as is for `raw` and for
         base models whose GGUF has no template (they continue text, they do not chat)."""
-        if raw or self.target.chat_template() is None:
+        if raw or self.is_base_model:
             return self.tokenize(f"{system}\n\n{text}" if system else text)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return self.chat_tokens(messages)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Prompt text to tokens; a text that cannot fit the context is refused before it is tokenized whole."""
+        self.check_fits(text)
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
+
+    def check_fits(self, text: str) -> None:
+        """ContextFullError when `text` certainly does not fit the context, at a cost bounded by the context.
+
+        llama.cpp's tokenizer needs ~150 bytes of memory per input byte, so a
+        30 MB stdin used to take 2.2 GB and half a minute only to be refused.
+        A text longer than n_ctx x the vocabulary's longest token cannot fit
+        (no tokenizing at all); a long one is counted in chunks, stopping as
+        soon as the count is past the context. What passes is tokenized whole
+        by the caller and checked exactly by `generate`.
+        """
+        room = self.ctx.n_ctx - 1  # a prompt must leave one position for the reply
+        if len(text) <= room * limits.CHEAP_BYTES_PER_TOKEN // 4:  # 4 = the most UTF-8 bytes per character
+            return
+        n_bytes = len(text.encode("utf-8", "replace"))
+        if n_bytes <= room * limits.CHEAP_BYTES_PER_TOKEN:
+            return
+        at_least = -(-n_bytes // self.target.max_token_bytes())
+        if at_least <= room and n_bytes > limits.COUNT_CHUNK_BYTES:
+            slack = 2 * (n_bytes // limits.COUNT_CHUNK_BYTES + 1)  # chunk edges may split a token or two
+            counted = self.target.count_tokens(text, stop_after=room + slack, chunk_bytes=limits.COUNT_CHUNK_BYTES)
+            at_least = max(at_least, counted - slack)
+        if at_least > room:
+            raise ContextFullError(
+                f"the prompt is at least {at_least} tokens ({limits.format_bytes(n_bytes)}) but the context holds "
+                f"{self.ctx.n_ctx}; raise --ctx or shorten the input"
+            )
 
     def generate(
         self,

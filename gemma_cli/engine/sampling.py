@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gemma_cli.limits import is_greedy
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What the user asked for. temperature 0 means greedy (argmax)."""
+    """What the user asked for. temperature 0 (or below limits.GREEDY_TEMPERATURE) means greedy (argmax)."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -28,7 +30,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return is_greedy(self.temperature)
 
     def validate(self) -> "SamplingParams":
         """Raise UsageError for values no sampler can honour (rules in `gemma_cli.limits`)."""
@@ -55,6 +57,8 @@ class Dist:
 def warp(logits: np.ndarray, params: SamplingParams) -> Dist:
     """Temperature, then top-k, top-p (nucleus) and min-p filters, renormalised."""
     n = logits.shape[0]
+    if params.greedy:  # a tiny temperature would overflow logits / T: it means argmax
+        return Dist(np.array([int(logits.argmax())], dtype=np.int64), np.ones(1))
     k = params.top_k if 0 < params.top_k < n else n
     if k < n:
         ids = top_k_ids(logits, k)

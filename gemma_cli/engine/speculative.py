@@ -109,6 +109,11 @@ def decode_steps(
             controller.record(proposed=len(draft), accepted=n_acc, batch=len(draft) + 1,
                               verify_s=t2 - t1, draft_s=t1 - t0 - drafter.catch_up_seconds, key=key)
             stats.step_seconds += t2 - t0
+            if draft:
+                stats.draft_steps += 1
+            else:  # this generation's own plain steps are the speedup estimate's baseline
+                stats.plain_steps += 1
+                stats.plain_step_seconds += t2 - t0
         stats.draft_proposed += len(draft)
         stats.draft_accepted += n_acc
         stats.target_passes += 1

@@ -13,6 +13,7 @@ from gemma_cli.compat import check_pair, draft_source_for
 from gemma_cli.errors import ModelFileError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, NGRAM_DRAFT_TOKENS
+from gemma_cli.preflight import check_header
 from gemma_cli.registry.catalog import FileSpec, load_catalog
 from gemma_cli.registry.pull import NullProgress, PullProgress, abort_progress, fetch_layer
 from gemma_cli.store import blobs
@@ -84,9 +85,11 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
         raise UsageError(f"draft length must be between {MIN_DRAFT_TOKENS} and {MAX_DRAFT_TOKENS}, got {draft_tokens}")
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target")
+        check_header(t_info)  # before copying: a file llama.cpp would abort on is refused now
         d_info = d_digest = d_src = None
         if draft not in ("ngram", "none"):
             d_info, d_digest, d_src = _source(draft, layout, progress, f"{ref} drafter")
+            check_header(d_info)
             check_pair(t_info, d_info)
         t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
         d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None

@@ -7,10 +7,13 @@ from typing import Any
 from gemma_cli.compat import is_mtp_assistant, pair_problem
 from gemma_cli.errors import GemmaError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.memory import available_memory, estimate_memory
 from gemma_cli.pair import ModelPair
+from gemma_cli.preflight import check_header
 from gemma_cli.registry.catalog import load_catalog
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.store import load
+from gemma_cli.text_safety import clean_display, clean_tree
 
 
 def _params(n: int) -> str:
@@ -21,7 +24,8 @@ def _params(n: int) -> str:
 
 
 def _model_facts(info: GGUFInfo) -> dict[str, Any]:
-    return {
+    check_header(info)  # refuse what llama.cpp would abort on, as run would
+    return clean_tree({
         "file": str(info.path),
         "architecture": info.architecture,
         "parameters": info.n_params,
@@ -32,9 +36,13 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "size_bytes": info.file_size,
         "vocab_size": len(info.tokens),
         "chat_template": bool(info.get("tokenizer.chat_template")),
+        # No template: a base model (llama.cpp has no turn format for it); `chat` frames it as a transcript.
+        "kind": "chat model (has a chat template)" if info.get("tokenizer.chat_template") else "base model (no chat template: continues text)",
         "license": info.get("general.license"),
         "name": info.get("general.name"),
-    }
+        "experts": info.arch_key("expert_count"),
+        "experts_used": info.arch_key("expert_used_count"),
+    })  # strings from the file: no escape sequences, bounded length
 
 
 def describe(pair: ModelPair) -> dict[str, Any]:
@@ -46,11 +54,12 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         drafter = read_gguf(pair.drafter)
         facts = _model_facts(drafter)
         problem = pair_problem(target, drafter)
-        facts["vocabulary"] = f"incompatible: {problem}" if problem else "compatible (same token list)"
+        facts["vocabulary"] = clean_display(f"incompatible: {problem}", 300) if problem else "compatible (same token list)"
         if is_mtp_assistant(drafter.architecture):
             facts["kv_cache"] = "shares the target's KV cache (no KV of its own)"
             facts["embedding_length_out"] = drafter.arch_key("embedding_length_out")
         out["drafter"] = facts
+    out["memory"] = memory_facts(pair)
     try:
         manifest = load(load_catalog().ref(pair.name), Layout.default())
     except GemmaError:  # a path, not a store name
@@ -61,6 +70,17 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         out["created"] = manifest.created
         out["sources"] = [layer.source for layer in manifest.layers]
     return out
+
+
+MEMORY_CONTEXTS = (4096, 8192)  # the default --ctx and the README table's context
+
+
+def memory_facts(pair: ModelPair) -> dict[str, Any]:
+    """Estimated RAM at the default and an 8k context (gemma_cli.memory), and what is available now."""
+    is_mtp = pair.draft_source == "mtp"
+    estimates = {str(n): estimate_memory(pair.target, pair.drafter, drafter_is_mtp=is_mtp, n_ctx=n).as_dict()
+                 for n in MEMORY_CONTEXTS}
+    return {"estimates": estimates, "available_bytes": available_memory()[0]}
 
 
 def list_entries(layout: Layout | None = None) -> list[dict[str, Any]]:

@@ -26,12 +26,14 @@ def prompt_work(options: GenOptions, *, text: str | None = None, messages: Seque
     """What a job runs on the model's thread: render and tokenize the prompt, start a Generation."""
 
     def work(engine: Any) -> Any:
+        stop = tuple(options.stop)
         if messages:
             tokens = engine.chat_tokens(list(messages))
+            stop += tuple(s for s in engine.chat_stops if s not in stop)  # a base model's transcript frame, as in `gemma chat`
         else:
             tokens = engine.prompt_tokens(text or "", system=system, raw=raw)
         max_tokens = options.max_tokens or engine.n_ctx
-        return engine.generate(tokens, max_tokens=max_tokens, sampling=options.sampling(), stop=options.stop)
+        return engine.generate(tokens, max_tokens=max_tokens, sampling=options.sampling(), stop=stop)
 
     return work
 

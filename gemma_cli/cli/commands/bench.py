@@ -116,6 +116,8 @@ def bench(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
 ) -> None:
     """Measure plain vs speculative decoding side by side on this machine (and tune it with --tune).
 
@@ -154,7 +156,7 @@ def bench(
 
     err = stderr_console()
     progress = (lambda line: err.print(line)) if sys.stderr.isatty() else None
-    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads))
+    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads, rpc, tensor_split))
     try:
         choices = []
         if tune:

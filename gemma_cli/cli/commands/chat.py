@@ -11,6 +11,16 @@ from gemma_cli import config, limits
 from gemma_cli.cli import engine_options as opt, remote
 
 
+def base_model_note(name: str) -> str:
+    """What chatting with a base model is, and how to get an assistant instead."""
+    return (
+        f"note: {name} is a base model (pre-trained, not instruction-tuned): it continues text, so its replies "
+        "continue a User:/Assistant: transcript and end at the next user line. For an assistant, use an "
+        "instruction-tuned model, e.g. gemma create gemma3-it:270m --target "
+        "hf://unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf, or gemma pull gemma4:e2b"
+    )
+
+
 def chat(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (change it later with /set system).")] = None,
@@ -25,6 +35,8 @@ def chat(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
     host: remote.HostOpt = None,
 ) -> None:
     """Chat with a model: streamed replies, a live tokens/s and draft-acceptance line, /help for commands.
@@ -43,7 +55,7 @@ def chat(
         from gemma_cli.cli.text_input import clean_text
 
         system = clean_text(system)
-    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads, rpc, tensor_split)
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     color = use_color(sys.stdout) and use_color(sys.stderr)
     server = remote.client(host, model)
@@ -74,6 +86,8 @@ def chat(
             f"gemma chat · {pair.name} · context {engine.n_ctx} · draft {draft_desc} · "
             f"loaded in {engine.load_seconds:.2f}s\n/help for commands, Ctrl-C stops a reply, Ctrl-D or /bye exits"
         )
+        if engine.is_base_model:
+            banner += "\n" + base_model_note(pair.name)
         if terminal:
             sys.stderr.write("\x1b[2K")
         sys.stderr.write(banner + "\n")

@@ -133,6 +133,14 @@ def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("-
     _list(json_out, available, host)
 
 
+def _memory_line(mem: dict | None) -> str:
+    if not mem:
+        return "Memory        unknown"
+    parts = [f"{_size(e['total_bytes'])} at {n} tokens (KV {_size(e['kv_bytes'])})" for n, e in mem["estimates"].items()]
+    avail = mem.get("available_bytes")
+    return "Memory        about " + ", ".join(parts) + (f"; {_size(avail)} available" if avail else "")
+
+
 def _show_lines(info: dict) -> list[str]:
     t = info["target"]
     lines = [
@@ -143,6 +151,8 @@ def _show_lines(info: dict) -> list[str]:
         f"Embedding     {t['embedding_length']}",
         f"Quantization  {t['quantization']}",
         f"Size          {_size(t['size_bytes'])}",
+        f"Kind          {t['kind']}",
+        _memory_line(info.get("memory")),
         f"Chat template {'yes' if t['chat_template'] else 'no'}",
         f"License       {t['license'] or 'not stated in the GGUF'}",
     ]
@@ -158,6 +168,10 @@ def _show_lines(info: dict) -> list[str]:
     else:
         lines.append(f"Drafter       none ({info['draft_source']} drafting)")
     lines.append(f"Draft length  {info['draft_tokens']} (recommended)")
+    if t.get("experts"):
+        lines.append(f"Experts       {t['experts']} per layer, {t.get('experts_used')} per token: each drafted token may route to "
+                     "other experts, so a verify pass reads more weights than a plain step at batch 1; keep drafts short "
+                     "and check with `gemma bench`")
     tuned = info.get("tuned") or {}
     if tuned:
         lines.append("Tuned         " + ", ".join(

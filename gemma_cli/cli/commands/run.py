@@ -67,6 +67,8 @@ def run(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
     host: remote.HostOpt = None,
 ) -> None:
     """Generate once from PROMPT (and/or piped stdin) and print only the text to stdout.
@@ -103,9 +105,12 @@ def run(
             generation.close()
         return
     pair = opt.resolve(model, pull_missing=True)
-    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads, rpc, tensor_split)
     engine = opt.open_engine(pair, choice)
     try:
+        if verbose and engine.placement is not None:
+            for line in engine.placement.describe():
+                sys.stderr.write(f"placement: {line}\n")
         tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
         _write(generation, engine, fmt, verbose, lambda: pair.name, lambda: engine.load_seconds)

@@ -14,11 +14,15 @@ from gemma_cli.engine.llama._lib import (
     capabilities,
     choose_cpu_repack,
     last_log_line,
+    libggml,
+    log_lines,
+    supports_rpc,
     system_info,
 )
-from gemma_cli.engine.llama.context import VIEW_ROWS, Context, default_threads
+from gemma_cli.engine.llama.context import VIEW_ROWS, Context
 from gemma_cli.engine.llama.model import Model, check_gguf_file
 from gemma_cli.engine.llama.mtp_context import MTPContext
+from gemma_cli.engine.llama.threads import choose_threads, default_threads
 
 __all__ = [
     "VIEW_ROWS",
@@ -30,8 +34,12 @@ __all__ = [
     "build_has_amx",
     "capabilities",
     "check_gguf_file",
+    "choose_threads",
     "choose_cpu_repack",
     "default_threads",
     "last_log_line",
+    "libggml",
+    "log_lines",
+    "supports_rpc",
     "system_info",
 ]

@@ -28,6 +28,7 @@ _init_lock = threading.Lock()
 _lib = None
 _log_tail: collections.deque[str] = collections.deque(maxlen=8)
 _log_callback = None  # keep a reference: llama.cpp calls it from C
+_log_sinks: list[Callable[[str], None]] = []  # see log_lines
 
 
 def lib() -> "_llama_cpp_t":
@@ -37,6 +38,9 @@ def lib() -> "_llama_cpp_t":
         return _lib
     with _init_lock:
         if _lib is None:
+            from gemma_cli.engine.llama.threads import threads_env
+
+            os.environ.update(threads_env(os.environ))  # before libgomp loads with llama.cpp
             import llama_cpp
 
             @llama_cpp.llama_log_callback
@@ -46,6 +50,9 @@ def lib() -> "_llama_cpp_t":
                     _log_tail.append(text.decode("utf-8", "replace").strip())
                 if os.environ.get("GEMMA_DEBUG") and text:
                     os.write(2, text)
+                if _log_sinks and text:
+                    for sink in list(_log_sinks):
+                        sink(text.decode("utf-8", "replace"))
 
             _log_callback = _on_log
             llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
@@ -60,6 +67,41 @@ def ext() -> Any:
     from llama_cpp import llama_cpp_ext
 
     return llama_cpp_ext
+
+
+@contextlib.contextmanager
+def log_lines(keep: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The complete log lines (every level) that `keep` accepts while the block runs.
+
+    Used to report where llama.cpp placed a model's layers and buffers.
+    """
+    lines: list[str] = []
+    pending = [""]
+
+    def sink(text: str) -> None:
+        pending[0] += text
+        *done, pending[0] = pending[0].split("\n")
+        lines.extend(ln for ln in done if keep(ln))
+
+    lib()
+    _log_sinks.append(sink)
+    try:
+        yield lines
+    finally:
+        _log_sinks.remove(sink)
+
+
+def supports_rpc() -> bool:
+    """Was this llama.cpp built with ggml's RPC backend (`CMAKE_ARGS=-DGGML_RPC=on`)?"""
+    return bool(lib().llama_supports_rpc())
+
+
+def libggml() -> ctypes.CDLL:
+    """A private handle on libggml: its own function objects, so argtypes set by the caller stay local."""
+    lib()
+    from llama_cpp._ggml import libggml as shared
+
+    return ctypes.CDLL(shared._name)
 
 
 def last_log_line() -> str:
@@ -109,6 +151,7 @@ def capabilities() -> dict[str, object]:
         "mmap": bool(ll.llama_supports_mmap()),
         "build_has_amx": build_has_amx(),
         "cpu_repack": choose_cpu_repack(),
+        "rpc": supports_rpc(),
     }
 
 

@@ -8,7 +8,6 @@ costs one global read per decode when it is not installed.
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Sequence
 
 import numpy as np
@@ -16,17 +15,10 @@ import numpy as np
 from gemma_cli.engine.llama import _lib
 from gemma_cli.engine.llama._lib import ext, forget_log, last_log_line, lib
 from gemma_cli.engine.llama.model import Model
+from gemma_cli.engine.llama.threads import default_threads
 from gemma_cli.errors import ContextFullError, EngineError
 
-
-def default_threads() -> int:
-    """Physical-ish core count available to this process (llama.cpp is compute bound per core)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
-
-
+CTX_STEP = 256  # llama.cpp allocates contexts in multiples of this many tokens
 VIEW_ROWS = 64  # rows a logits view spans: more than any draft verification needs
 
 
@@ -55,6 +47,9 @@ class Context:
             raise ValueError(f"batch size must be positive, got {n_batch}")
         ll = lib()
         threads = n_threads or default_threads()
+        # llama.cpp pads n_ctx up to CTX_STEP but caps n_batch at the n_ctx asked for: round first, so
+        # `--ctx 8` is a 256-token context with a batch that still holds a draft.
+        n_ctx = -(-int(n_ctx) // CTX_STEP) * CTX_STEP
         params = ll.llama_context_default_params()
         params.n_ctx = int(n_ctx)
         params.n_batch = int(n_batch)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from gemma_cli.engine.llama._lib import choose_cpu_repack, forget_log, last_log_line, lib
 from gemma_cli.errors import EngineError, ModelFileError
+from gemma_cli.load_guard import guard_load
 
 _GGUF_MAGIC = b"GGUF"
 VOCAB_SPM = 1  # llama_vocab_type: SentencePiece
@@ -43,15 +44,27 @@ class Model:
         n_gpu_layers: int = 0,
         cpu_repack: bool | None = None,
         use_mmap: bool = True,
+        devices: Sequence[int] = (),
+        tensor_split: Sequence[float] = (),
+        buft_overrides: int | None = None,
     ) -> None:
         self.path = Path(path)
         check_gguf_file(self.path)
+        guard_load(self.path)  # header checks + a child-process probe: no llama.cpp abort here
         ll = lib()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)
         params.use_mmap = use_mmap
         params.use_extra_bufts = choose_cpu_repack() if cpu_repack is None else cpu_repack
         self.cpu_repack = bool(params.use_extra_bufts)
+        if devices:  # ggml_backend_dev_t list (e.g. RPC workers, see engine/rpc.py); NULL-terminated
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+        if tensor_split:
+            self._tensor_split = (ctypes.c_float * ll.llama_max_devices())(*tensor_split)
+            params.tensor_split = self._tensor_split
+        if buft_overrides:  # address of a NULL-terminated llama_model_tensor_buft_override array the caller keeps alive
+            params.tensor_buft_overrides = buft_overrides
         forget_log()
         ptr = ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
@@ -68,6 +81,7 @@ class Model:
         self._pieces: dict[int, bytes] = {}
         self._eog_cache: dict[int, bool] = {}
         self._encodable: bool | set[str] | None = None
+        self._max_token_bytes: int | None = None
 
     # -- metadata ---------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -166,6 +180,46 @@ class Model:
         if n < 0:
             raise EngineError("tokenization failed")
         return list(buf[:n])
+
+    def max_token_bytes(self) -> int:
+        """The most input bytes one token can stand for (special tokens by their text), scanned once.
+
+        A text of B bytes is at least ceil(B / max_token_bytes) tokens, which
+        lets a huge prompt be refused without tokenizing it (Gemma 3: 48, a
+        run of sixteen '…'). One pass over the vocabulary, ~0.3 s for 262k tokens.
+        """
+        if self._max_token_bytes is None:
+            ll = lib()
+            fn, vocab, buf = ll.llama_token_to_piece, self.vocab, ctypes.create_string_buffer(256)
+            most = 1
+            for token in range(self.n_vocab):
+                n = fn(vocab, token, buf, 256, 0, True)
+                most = max(most, -n if n < 0 else n)
+            self._max_token_bytes = most
+        return self._max_token_bytes
+
+    def count_tokens(self, text: str, *, stop_after: int, chunk_bytes: int = 1 << 20) -> int:
+        """How many tokens `text` is (about), tokenized in chunks, stopping once past `stop_after`.
+
+        Splits at whitespace, so the count can differ from one whole
+        tokenization by a token or so per chunk; it bounds memory to one
+        chunk's worth, where tokenizing megabytes at once costs ~150 bytes
+        of llama.cpp memory per input byte.
+        """
+        data = text.encode("utf-8")
+        total, start, first = 0, 0, True
+        while start < len(data) and total <= stop_after:
+            end = min(len(data), start + chunk_bytes)
+            if end < len(data):
+                cut = max(data.rfind(b" ", start, end), data.rfind(b"\n", start, end))
+                if cut > start:
+                    end = cut
+                else:  # no whitespace: cut at a UTF-8 character boundary
+                    while end > start + 1 and (data[end] & 0xC0) == 0x80:
+                        end -= 1
+            total += len(self.tokenize(data[start:end].decode("utf-8", "replace"), add_special=first))
+            start, first = end, False
+        return total
 
     def piece(self, token: int) -> bytes:
         """The bytes a token contributes to the output (special tokens render empty)."""
