@@ -150,7 +150,7 @@ class MemoryEstimate:
 
 @functools.lru_cache(maxsize=4)
 def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
-    return read_gguf(path)
+    return read_gguf(path, strings=False)  # shapes and hyperparameters only: skip decoding the vocabulary
 
 
 def _read(path: str | os.PathLike[str]) -> GGUFInfo:
@@ -175,7 +175,7 @@ def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[s
         d_w = _weights(d)
         if not drafter_is_mtp:  # a small drafter model has its own cache; an MTP head shares the target's
             kv += kv_cache_bytes(d, n_ctx)
-    n_vocab = len(t.tokens) or 262_144
+    n_vocab = len(t.metadata.get("tokenizer.ggml.tokens") or ()) or 262_144  # a SkippedArray keeps its length
     overhead = (t_w + d_w) // 10 + (256 << 20) + 4 * n_vocab * 16  # compute buffers, logits rows
     n_layer = max(_int(t.arch_key("block_count")), 1)
     gpu = 0
