@@ -10,7 +10,7 @@ import pytest
 
 from gemma4_factory import write_gemma4_pair
 from gguf_factory import char_vocab, write_llama_gguf
-from hub_server import assert_one_line_error, gemma_env, run_gemma
+from hub_server import EXIT_USAGE, assert_one_line_error, gemma_env, run_gemma
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,12 @@ def test_create_rejects_bad_files(env, ggufs, which, needle):
 
 
 def test_bad_names_and_missing_models(env, ggufs):
-    assert_one_line_error(run_gemma(env, "create", "../escape", "--target", str(ggufs["target"])), "invalid model name")
-    assert_one_line_error(run_gemma(env, "create", "x:a/b", "--target", str(ggufs["target"])), "invalid model name")
+    assert_one_line_error(run_gemma(env, "create", "../escape", "--target", str(ggufs["target"])), "invalid model name", code=EXIT_USAGE)
+    assert_one_line_error(run_gemma(env, "create", "x:a/b", "--target", str(ggufs["target"])), "invalid model name", code=EXIT_USAGE)
     assert_one_line_error(run_gemma(env, "show", "gemma4:e4b"), "gemma pull gemma4:e4b")
     assert_one_line_error(run_gemma(env, "show", "gemma4:e4"), "did you mean")
     assert_one_line_error(run_gemma(env, "rm", "nothing"), "not in the store")
-    assert_one_line_error(run_gemma(env, "create", "x", "--target", "hf://only-owner"), "invalid hugging face uri")
+    assert_one_line_error(run_gemma(env, "create", "x", "--target", "hf://only-owner"), "invalid hugging face uri", code=EXIT_USAGE)
 
 
 def test_verify_and_load_detect_corruption(env, ggufs, tmp_path):

@@ -12,8 +12,8 @@ import pytest
 
 from gemma4_factory import write_gemma4_pair
 from gguf_factory import write_llama_gguf
-from hub_server import (ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma,
-                        write_catalog)
+from hub_server import (EXIT_RUNTIME, EXIT_USAGE, ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env,
+                        run_gemma, write_catalog)
 
 REPO = "test-org/tiny-GGUF"
 
@@ -194,21 +194,21 @@ def test_concurrent_pulls_of_one_model_download_once(env, hub, files, tmp_path):
     assert blob.read_bytes() == files["big.gguf"]
 
 
-@pytest.mark.parametrize("name, needles", [
-    ("bad:gated", ["gated", "hf auth login"]),
-    ("bad:private", ["not found", "log in"]),
-    ("bad:forbidden", ["403", "log in"]),
-    ("bad:missing-file", ["nope.gguf", "not found"]),
-    ("bad:missing-repo", ["nobody/nothing", "not found"]),
-    ("bad:junk", ["not a valid gguf"]),
-    ("tiny:nonexistent", ["unknown model", "tiny:big"]),
-    ("../../etc/passwd", ["invalid model name"]),
-    ("tiny:../x", ["invalid model name"]),
-    ("a\\b", ["invalid model name"]),
+@pytest.mark.parametrize("name, needles, code", [
+    ("bad:gated", ["gated", "hf auth login"], EXIT_RUNTIME),
+    ("bad:private", ["not found", "log in"], EXIT_RUNTIME),
+    ("bad:forbidden", ["403", "log in"], EXIT_RUNTIME),
+    ("bad:missing-file", ["nope.gguf", "not found"], EXIT_RUNTIME),
+    ("bad:missing-repo", ["nobody/nothing", "not found"], EXIT_RUNTIME),
+    ("bad:junk", ["not a valid gguf"], EXIT_RUNTIME),
+    ("tiny:nonexistent", ["unknown model", "tiny:big"], EXIT_RUNTIME),
+    ("../../etc/passwd", ["invalid model name"], EXIT_USAGE),
+    ("tiny:../x", ["invalid model name"], EXIT_USAGE),
+    ("a\\b", ["invalid model name"], EXIT_USAGE),
 ])
-def test_pull_errors_are_one_line(env, name, needles, tmp_path):
+def test_pull_errors_are_one_line(env, name, needles, code, tmp_path):
     proc = run_gemma(env, "pull", name)
-    assert_one_line_error(proc, *needles)
+    assert_one_line_error(proc, *needles, code=code)
     assert not list((tmp_path / "models").glob("manifests/*/*.json"))
 
 
