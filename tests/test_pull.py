@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -181,17 +182,72 @@ def test_interrupted_pull_resumes_and_serves_each_byte_once(env, hub, files, tmp
     assert not partial.exists()
 
 
+def _blocked_on_a_lock(pid: int) -> bool:
+    """The process sleeps in the kernel's file-lock wait (Linux /proc), i.e. the lock is contended."""
+    try:
+        return "lock" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def _overlapping_pulls(env, hub, data: bytes, tmp_path: Path, first: str, second: str) -> list[subprocess.Popen]:
+    """Start `first`, hold its download of big.gguf half way, start `second`, see it wait on a lock."""
+    import hashlib
+
+    partial = tmp_path / "models" / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}.partial"
+    hub.state.stall_after["big.gguf"] = len(data) // 2
+    procs = [subprocess.Popen(gemma_cmd("pull", first), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)]
+    try:
+        _wait_for(lambda: partial.exists() and partial.stat().st_size >= len(data) // 2)
+        procs.append(subprocess.Popen(gemma_cmd("pull", second), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        _wait_for(lambda: _blocked_on_a_lock(procs[1].pid))  # the second pull waits for the first: they overlap
+        assert procs[1].poll() is None and len(hub.gets("big.gguf")) == 1  # and it has not fetched anything
+    finally:
+        hub.release()
+    return procs
+
+
 def test_concurrent_pulls_of_one_model_download_once(env, hub, files, tmp_path):
-    hub.state.throttle = 0.002  # ~2 MB/s: the two processes overlap
-    procs = [subprocess.Popen(gemma_cmd("pull", "tiny:big"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = _overlapping_pulls(env, hub, files["big.gguf"], tmp_path, "tiny:big", "tiny:big")
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert hub.served("big.gguf") == len(files["big.gguf"])
     assert hub.served("draft.gguf") == len(files["draft.gguf"])
+    assert "up to date" in outs[1][0]  # the second found the model complete once the first was done
     manifest = _manifest(tmp_path / "models", "tiny", "big")
     blob = tmp_path / "models" / "blobs" / ("sha256-" + manifest["target"]["digest"].split(":")[1])
     assert blob.read_bytes() == files["big.gguf"]
+
+
+def test_concurrent_pulls_of_two_models_sharing_a_blob_fetch_it_once(env, hub, files, tmp_path):
+    procs = _overlapping_pulls(env, hub, files["big.gguf"], tmp_path, "tiny:big", "tiny:solo")
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert hub.served("big.gguf") == len(files["big.gguf"])  # one download for both models
+    big, solo = _manifest(tmp_path / "models", "tiny", "big"), _manifest(tmp_path / "models", "tiny", "solo")
+    assert big["target"]["digest"] == solo["target"]["digest"]
+    assert "tiny:solo: pulled (0 B downloaded)" in outs[1][0], outs[1]  # it waited, then found the blob in the store
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(env, hub, tmp_path):
+    import pexpect
+
+    hub.state.throttle = 0.0005
+    piped = run_gemma(env, "pull", "tiny:solo")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr  # not a terminal: no bars
+    assert piped.stdout.count("\n") == 1 and "tiny:solo: pulled" in piped.stdout
+    for quiet in (False, True):
+        shutil.rmtree(tmp_path / "models")
+        child = pexpect.spawn(gemma_cmd()[0], gemma_cmd("pull", "tiny:solo", *(["--quiet"] if quiet else []))[1:],
+                              env=env, cwd=str(ROOT), encoding="utf-8", timeout=60, dimensions=(24, 120))
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        shown = child.before
+        assert "tiny:solo: pulled" in shown
+        assert ("tiny:solo target" in shown and "MB" in shown) is not quiet, shown  # the bar: label, bytes, speed
 
 
 @pytest.mark.parametrize("name, needles, code", [
