@@ -306,3 +306,22 @@ def test_disk_full_keeps_partial_and_writes_no_manifest(env, hub, files, tmp_pat
     assert run_gemma(env, "pull", "tiny:solo").returncode == 0  # space is back: resumes
     assert hub.gets("big.gguf")[-1].range == f"bytes={kept}-"
     assert hub.served("big.gguf") - before == len(files["big.gguf"]) - kept
+
+
+def test_create_from_hf_uris_and_a_pinned_revision(env, hub, files, tmp_path):
+    target, draft = f"hf://{REPO}/big.gguf@v1.0", f"hf://{REPO}/draft.gguf"
+    made = run_gemma(env, "create", "mine", "--target", target, "--draft", draft, "--quiet")
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    paths = [r.path.split("?")[0] for r in hub.state.requests]
+    assert f"/{REPO}/resolve/v1.0/big.gguf" in paths  # the pinned revision is what was asked for
+    assert f"/{REPO}/resolve/main/draft.gguf" in paths  # no revision: main
+    m = _manifest(tmp_path / "models", "mine", "latest")
+    blobs = tmp_path / "models" / "blobs"
+    assert (blobs / ("sha256-" + m["target"]["digest"].split(":")[1])).read_bytes() == files["big.gguf"]
+    assert (blobs / ("sha256-" + m["drafter"]["digest"].split(":")[1])).read_bytes() == files["draft.gguf"]
+    assert m["draft_source"] == "model" and m["target"]["filename"] == "big.gguf"
+    served = hub.served("big.gguf")
+    again = run_gemma(env, "create", "mine2", "--target", f"hf://{REPO}/big.gguf", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert hub.served("big.gguf") == served  # already in the store: checked, not downloaded again
+    assert_one_line_error(run_gemma(env, "create", "bad", "--target", f"hf://{REPO}/nope.gguf"), "nope.gguf", "not found")
