@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from gemma_cli.engine import speculative
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
-from gemma_cli.engine.sampling import SamplingParams
+from gemma_cli.engine.sampling import SamplingParams, warp
+from gemma_cli.engine.speculative import TokenSampler
 from lossless import (
+    NEAR_TIE,
+    edge_tolerance,
     assert_few_near_ties,
     check_greedy_lossless,
     check_sampled_coupling,
     chi_square_pvalue,
     exact_continuations,
+    next_logits,
     sample_outcomes,
 )
 
@@ -99,6 +105,37 @@ def test_greedy_lossless_gemma3_self_draft(gemma3_path):
     print("gemma3 270M self-draft:", verdict)
     assert verdict == "equal"
     assert got.result.stats.acceptance_rate > 0.8
+
+
+def test_the_checks_reject_divergences_that_float_error_cannot_explain(tiny_model):
+    """The excuses have power: a divergence to a token clearly below the top (greedy), or to a
+    token whose slice edge is far from the position's uniform (sampled), fails the check."""
+    plain = _plain(tiny_model)
+    prompt = plain.tokenize(TINY_PROMPTS[0])
+    j = 3
+    ref = plain.generate(prompt, max_tokens=8, sampling=GREEDY)
+    ref.text()
+    logits = next_logits(plain, prompt + ref.result.tokens[:j])
+    below = next(int(t) for t in np.argsort(-logits) if logits.max() - logits[t] > NEAR_TIE)
+    wrong = replace(ref.result, tokens=ref.result.tokens[:j] + [below] + ref.result.tokens[j + 1 :])
+    with pytest.raises(AssertionError, match="not a near-tie"):
+        check_greedy_lossless(plain, prompt, ref.result, wrong)
+
+    p = SamplingParams(temperature=1.0, seed=0)
+    sref = plain.generate(prompt, max_tokens=8, sampling=p)
+    sref.text()
+    dist = warp(next_logits(plain, prompt + sref.result.tokens[:j]), p)
+    u = TokenSampler(p).uniform(j)
+    edges = np.cumsum(dist.probs) / dist.probs.sum()
+    ids = dist.ids.tolist()
+    chosen = ids.index(sref.result.tokens[j])
+    # a token whose slice is separated from the chosen one by clearly more than float error
+    far = [i for i in range(len(ids)) if abs(i - chosen) >= 2 and max(abs(u - edges[min(i, chosen)]),
+                                                                          abs(u - edges[max(i, chosen) - 1])) > 2 * edge_tolerance(1.0)]
+    assert far, "fixture: need a distribution with more than a few slices"
+    wrong = replace(sref.result, tokens=sref.result.tokens[:j] + [ids[far[0]]] + sref.result.tokens[j + 1 :])
+    with pytest.raises(AssertionError, match="a bug"):
+        check_sampled_coupling(plain, prompt, p, sref.result, wrong)
 
 
 # -- sampling: the output distribution must be the target's --------------------------------
