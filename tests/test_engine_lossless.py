@@ -121,12 +121,13 @@ def test_the_checks_reject_divergences_that_float_error_cannot_explain(tiny_mode
     with pytest.raises(AssertionError, match="not a near-tie"):
         check_greedy_lossless(plain, prompt, ref.result, wrong)
 
-    p = SamplingParams(temperature=1.0, seed=0)
+    p, j = SamplingParams(temperature=1.0, seed=0), 1
     sref = plain.generate(prompt, max_tokens=8, sampling=p)
     sref.text()
     dist = warp(next_logits(plain, prompt + sref.result.tokens[:j]), p)
     u = TokenSampler(p).uniform(j)
     edges = np.cumsum(dist.probs) / dist.probs.sum()
+    assert np.min(np.abs(edges - u)) < 0.01  # here "u near any edge" would excuse every token: edges crowd
     ids = dist.ids.tolist()
     chosen = ids.index(sref.result.tokens[j])
     # a token whose slice is separated from the chosen one by clearly more than float error
