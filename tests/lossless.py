@@ -15,14 +15,15 @@ from gemma_cli.engine.types import GenerationResult, StopReason
 EOS = "EOS"
 # How far a top-2 logit gap can move between llama.cpp's one-token decode (plain
 # decoding), its batched decode (speculative verification) and a one-shot prefill
-# (`next_logits`), measured by tests/measure_logit_error.py on 2026-11-30 (CPU,
-# llama-cpp-python 0.3.36), as the largest change of (row max - logit) over the top 8
-# tokens of every position of 4 prompts x 40 generated tokens:
+# (`next_logits`). Measured by tests/measure_logit_error.py on 2026-11-30 (CPU,
+# llama-cpp-python 0.3.36) as the largest change of (row max - logit) over the top 8
+# tokens at every position of 4 prompts x 40 generated tokens:
 #   synthetic llama (tiny):   verify batches 0.0005, prefill 0.016   (logits up to 15.7)
 #   synthetic gemma4 target:  verify batches 0.003,  prefill 0.0175  (logits up to 3.7)
-#   real Gemma 3 270M Q4_K_M: see GEMMA3_MEASURED below
-# A divergence whose gap exceeds NEAR_TIE (a margin of ~2x over the worst) is a bug.
-NEAR_TIE = 0.05
+# and, on the real Gemma 3 270M Q4_K_M, the largest gap at an excused divergence in
+# test_engine_lossless's real-model tests was 0.045 (self-draft, k=4), 0.006 (n-gram, k=8).
+# NEAR_TIE is ~2x the worst seen (and README's "~0.1"); a divergence above it is a bug.
+NEAR_TIE = 0.1
 MAX_NEAR_TIE_FRACTION = 0.05  # of compared runs; with the errors above, near-ties are rare events
 
 

@@ -67,10 +67,10 @@ def _gap_error(a: np.ndarray, b: np.ndarray) -> float:
     return worst
 
 
-def measure(path: Path, n_new: int = 40) -> dict[str, float]:
+def measure(path: Path, n_new: int = 40, n_prompts: int = len(PROMPTS)) -> dict[str, float]:
     eng = Engine(path, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=2))
     out = {"one-by-one vs verify batches": 0.0, "one-by-one vs prefill": 0.0, "max |logit|": 0.0}
-    for text in PROMPTS:
+    for text in PROMPTS[:n_prompts]:
         prompt = eng.tokenize(text)
         g = eng.generate(prompt, max_tokens=n_new, sampling=SamplingParams(temperature=0.0))
         g.text()
@@ -86,6 +86,11 @@ def measure(path: Path, n_new: int = 40) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
+    """[--tokens N] [--prompts K] [model.gguf ...]; no models: the synthetic ones and the real 270M."""
+    n_new, n_prompts = 40, len(PROMPTS)
+    while argv and argv[0].startswith("--"):
+        flag, value, argv = argv[0], int(argv[1]), argv[2:]
+        n_new, n_prompts = (value, n_prompts) if flag == "--tokens" else (n_new, value)
     paths = [Path(p) for p in argv]
     if not paths:
         from gguf_factory import write_llama_gguf
@@ -96,7 +101,7 @@ def main(argv: list[str]) -> None:
         p = default_output_path()
         paths.append(p if p.exists() else Path(assemble(p)))
     for p in paths:
-        print(p.name, {k: round(v, 4) for k, v in measure(p).items()}, flush=True)
+        print(p.name, {k: round(v, 4) for k, v in measure(p, n_new, n_prompts).items()}, flush=True)
 
 
 if __name__ == "__main__":

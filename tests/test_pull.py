@@ -247,7 +247,7 @@ def test_progress_bars_only_on_a_terminal_and_never_with_quiet(env, hub, tmp_pat
         assert child.exitstatus == 0, child.before
         shown = child.before
         assert "tiny:solo: pulled" in shown
-        assert ("tiny:solo target" in shown and "MB" in shown) is not quiet, shown  # the bar: label, bytes, speed
+        assert ("tiny:solo target" in shown and "MB/s" in shown) is not quiet, shown  # the bar: its label and speed
 
 
 @pytest.mark.parametrize("name, needles, code", [

@@ -62,8 +62,8 @@ def test_stdin_goes_before_the_prompt(env):
 
 
 def test_lone_argument_is_the_prompt_and_stdout_has_only_the_text(env):
-    shown = gemma(env, "run", "Hello there", *GREEDY, *FAST, "-n", "20", "--verbose")
-    ref = as_json(gemma(env, "run", "gemma3:270m", "Hello there", *GREEDY, *FAST, "-n", "20", "--format", "json"))
+    shown = gemma(env, "run", "Hello", *GREEDY, *FAST, "-n", "20", "--verbose")  # one word, not a model: the prompt
+    ref = as_json(gemma(env, "run", "gemma3:270m", "Hello", *GREEDY, *FAST, "-n", "20", "--format", "json"))
     assert shown.returncode == 0, shown.stderr
     assert ref["model"] == "gemma3:270m" and ref["generated_tokens"] == 20
     assert shown.stdout == ref["text"]  # exactly the generated text: no newline added, nothing else on stdout
