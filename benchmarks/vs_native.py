@@ -162,7 +162,7 @@ def summarize(w: dict) -> dict:
     def ratio(a: str, b: str | None) -> dict | None:
         if b is None:
             return None
-        rs = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b]) if y["tok_s"] > 0]
+        rs = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0]
         return {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
 
     return {"stats": stats, "best_native": best,
@@ -196,7 +196,7 @@ def mtp_section(args, bins: Path, log) -> dict:
     w["ratios"] = {}
     for k in args.mtp_k:
         g, n = w["runs"][f"gemma mtp k={k}"], w["runs"][f"llama draft-mtp k={k}"]
-        rs = [a["tok_s"] / b["tok_s"] for a, b in zip(g, n) if b["tok_s"] > 0]
+        rs = [a["tok_s"] / b["tok_s"] for a, b in zip(g, n, strict=False) if b["tok_s"] > 0]
         w["ratios"][k] = {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
     return w
 

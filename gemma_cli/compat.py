@@ -259,7 +259,7 @@ def _mtp_rules(t: GGUFInfo, a: GGUFInfo) -> None:
     if len(tt) != len(at):
         fail(f"different vocabularies ({len(tt)} vs {len(at)} tokens)")
     if tt != at:
-        i = next(i for i, (x, y) in enumerate(zip(tt, at)) if x != y)
+        i = next(i for i, (x, y) in enumerate(zip(tt, at, strict=False)) if x != y)
         fail(f"different vocabularies (token {i}: {tt[i]!r} vs {at[i]!r})")
 
     # -- tensors llama.cpp requires (a clear message instead of "not found") -

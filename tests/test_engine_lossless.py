@@ -14,11 +14,11 @@ from gemma_cli.engine.sampling import SamplingParams, warp
 from gemma_cli.engine.speculative import TokenSampler
 from lossless import (
     NEAR_TIE,
-    edge_tolerance,
     assert_few_near_ties,
     check_greedy_lossless,
     check_sampled_coupling,
     chi_square_pvalue,
+    edge_tolerance,
     exact_continuations,
     next_logits,
     sample_outcomes,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gguf_factory import char_vocab, write_llama_gguf
-
 from gemma_cli.errors import ModelFileError
 from gemma_cli.gguf_meta import read_gguf
+from gguf_factory import char_vocab, write_llama_gguf
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,17 @@ import pytest
 
 from gemma4_factory import write_gemma4_pair
 from gguf_factory import write_llama_gguf
-from hub_server import (EXIT_RUNTIME, EXIT_USAGE, ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env,
-                        run_gemma, write_catalog)
+from hub_server import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    ROOT,
+    HubServer,
+    assert_one_line_error,
+    gemma_cmd,
+    gemma_env,
+    run_gemma,
+    write_catalog,
+)
 
 REPO = "test-org/tiny-GGUF"
 

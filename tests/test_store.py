@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gemma_cli.errors import IntegrityError, ModelFileError, ModelNotFoundError
 from gguf_factory import write_llama_gguf
 from hub_server import ROOT, gemma_env
-
-from gemma_cli.errors import IntegrityError, ModelFileError, ModelNotFoundError
 
 
 @pytest.fixture()

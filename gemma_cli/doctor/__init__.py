@@ -17,9 +17,9 @@ from gemma_cli.doctor.hardware import (
     build_features,
     check_cpu,
     check_gpu,
-    check_rpc,
     check_llama,
     check_repack,
+    check_rpc,
     cpu_features,
     probe_llama,
 )

@@ -56,7 +56,7 @@ def reach(url: str, timeout: float) -> str | None:
         if isinstance(reason, (socket.timeout, TimeoutError)):
             return f"timed out after {timeout:g}s"
         return getattr(reason, "strerror", None) or str(reason)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return f"timed out after {timeout:g}s"
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)

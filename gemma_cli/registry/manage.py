@@ -24,7 +24,7 @@ def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, in
     layout = layout or Layout.default()
     catalog = load_catalog()
     refs = [catalog.ref(n) for n in names]
-    for name, ref in zip(names, refs):
+    for name, ref in zip(names, refs, strict=False):
         if not layout.manifest(ref).exists():
             have = [str(r) for r, _ in iter_manifests(layout)]
             raise ModelNotFoundError(f"model {name!r} is not in the store{catalog.suggest(name, have) if have else ''}")

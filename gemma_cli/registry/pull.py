@@ -114,7 +114,7 @@ def _layer(digest: str, remote: hub.RemoteFile, layout: Layout) -> Layer:
 def _complete(manifest: Manifest | None, layout: Layout) -> bool:
     if manifest is None:
         return False
-    return all(blobs.blob_status(layout, l.digest, l.size) == "ok" for l in manifest.layers)
+    return all(blobs.blob_status(layout, layer.digest, layer.size) == "ok" for layer in manifest.layers)
 
 
 def _is_catalog_copy(manifest: Manifest | None, target: str, drafter: str | None) -> bool:
