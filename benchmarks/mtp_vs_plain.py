@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from gemma4_factory import MID, set_target_noise, write_gemma4_pair  # noqa: E402
-
 from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, compare  # noqa: E402
 from gemma_cli.bench.workloads import Workload  # noqa: E402
-from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig  # noqa: E402
-from gemma_cli.engine.sampling import SamplingParams  # noqa: E402
+from gemma_cli.engine import DraftConfig, Engine, EngineConfig, SamplingParams  # noqa: E402
 
 TARGET_SPEEDUP = 1.45
 TARGET_ACCEPTANCE = 0.70

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gemma_cli.bench.harness import CLOCK_TICK, Variant, WorkloadReport, bench, busy_warning, machine_description  # noqa: E402
 from gemma_cli.bench.workloads import BUILTIN, builtin  # noqa: E402
-from gemma_cli.engine.sampling import SamplingParams  # noqa: E402
+from gemma_cli.engine import SamplingParams  # noqa: E402
 
 DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
 TARGETS = {"code": 1.8, "summarize": 1.5, "prose": 0.95, "chat": 0.95}  # n-gram, from the issues
@@ -104,7 +104,7 @@ def run_rounds(engine, names: list[str], variants: list[Variant], args, sampling
 def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float]]:
     """The guard as `gemma run` meets it: a fresh engine per run, so nothing measured carries over."""
     from gemma_cli.bench.harness import run_once
-    from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
 
     out: dict[str, list[float]] = {}
     config = EngineConfig(n_ctx=4096, n_threads=args.threads)
@@ -124,7 +124,7 @@ def one_shot_ratios(model: Path, names: list[str], args) -> dict[str, list[float
 def overhead_line(reports: list[WorkloadReport]) -> str:
     measured = [v["overhead_ms_per_step"] for r in reports for v in [r.as_dict()["plain"], *r.as_dict()["speculative"]]]
     if any(m is None for m in measured):
-        return "Python overhead per step: not measurable (llama_decode was not called through the llama_cpp module)"
+        return "Python overhead per step: not measurable (no llama_decode call was timed)"
     worst = max(measured)
     verdict = "ok" if worst < OVERHEAD_LIMIT_MS else "OVER"
     return f"Python overhead per step outside llama_decode: worst median {worst:.3f} ms (limit {OVERHEAD_LIMIT_MS} ms): {verdict}"
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = ap.parse_args(argv)
 
-    from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
 
     model = args.model or gemma3_270m()
     ngram = Variant(f"ngram k<={args.ngram_tokens}", DraftConfig(source="ngram", tokens=args.ngram_tokens))

@@ -69,7 +69,8 @@ class FrozenCosts(PassCosts):
 
 
 def measure(engine, tokens, drafter, controller, max_tokens, curve):
-    from gemma_cli.engine.speculative import TokenSampler, decode_steps
+    from gemma_cli.engine.sampling import TokenSampler
+    from gemma_cli.engine.speculative import decode_steps
     from gemma_cli.engine.types import LiveStats
 
     engine.reset()

@@ -26,6 +26,15 @@ MAX_FILE_BYTES = 32 * 1024 * 1024  # a conversation file larger than this is not
 MAX_MESSAGES = 100_000
 
 
+def _valid_text(text: str) -> str:
+    """JSON may hold lone surrogates (\\ud800) that no tokenizer can encode: make them U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class ChatFileError(GemmaError):
     """A conversation file cannot be read or is not a valid gemma-cli conversation."""
 
@@ -98,10 +107,20 @@ class Conversation:
         room = max(1, min(reply_room, n_ctx // 2))
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = list(self.turns)
-        tokens = engine.chat_tokens(head + turns)
-        while len(tokens) + room > n_ctx and len(turns) > 1:
+
+        def render() -> list[int] | None:
+            try:
+                return engine.chat_tokens(head + turns)
+            except ContextFullError:  # certainly too long (refused before tokenizing): drop more, unless only the new message is left
+                if len(turns) > 1:
+                    return None
+                raise
+
+        tokens = render()
+        while (tokens is None or len(tokens) + room > n_ctx) and len(turns) > 1:
             del turns[:2]  # one user message and its reply
-            tokens = engine.chat_tokens(head + turns)
+            tokens = render()
+        assert tokens is not None
         if len(tokens) >= n_ctx:
             raise ContextFullError(
                 f"this message needs {len(tokens)} tokens but the context holds {n_ctx}; "
@@ -118,16 +137,24 @@ class Conversation:
             doc["model"] = model
         return doc
 
-    def save(self, path: str | Path, *, model: str | None = None) -> Path:
-        """Write the conversation atomically (an interrupted save keeps the old file)."""
-        from gemma_cli.store.atomic import atomic_write_bytes
+    def save(self, path: str | Path, *, model: str | None = None, overwrite: bool = False) -> Path:
+        """Write the conversation atomically (an interrupted save keeps the old file).
+
+        An existing file is replaced only with `overwrite` (`/save!`), keeping its
+        permissions; a missing directory is an error, never created.
+        """
+        from gemma_cli.store.atomic import save_user_file
 
         path = Path(path).expanduser()
-        if path.is_dir():
-            raise ChatFileError(f"cannot save the conversation to {path}: it is a directory")
-        data = (json.dumps(self.to_json(model=model), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        data = (json.dumps(self.to_json(model=model), ensure_ascii=False, indent=2) + "\n").encode("utf-8", "replace")
         try:
-            atomic_write_bytes(path, data)
+            save_user_file(path, data, overwrite=overwrite)
+        except FileExistsError:
+            raise ChatFileError(f"{path} already exists; use /save! {path} to replace it") from None
+        except IsADirectoryError:
+            raise ChatFileError(f"cannot save the conversation to {path}: it is a directory") from None
+        except FileNotFoundError:
+            raise ChatFileError(f"cannot save the conversation to {path}: directory {path.parent} does not exist") from None
         except OSError as exc:
             raise ChatFileError(f"cannot save the conversation to {path}: {exc.strerror or exc}") from None
         return path
@@ -182,6 +209,7 @@ class Conversation:
                 raise bad(f"message {i + 1} has role {str(role)[:20]!r}; expected one of {', '.join(ROLES)}")
             if not isinstance(content, str):
                 raise bad(f"message {i + 1} has no text 'content'")
+            content = _valid_text(content)
             if role == "system":
                 if i != 0:
                     raise bad(f"message {i + 1}: a system prompt may only come first")

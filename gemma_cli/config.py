@@ -20,6 +20,15 @@ ENVIRONMENT = {
     "GEMMA_CATALOG": "a model catalog JSON file replacing the built-in one (mirrors, tests)",
     "GEMMA_DEBUG": "1: show llama.cpp logs and Python tracebacks",
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
+    "GEMMA_CACHE": "cache directory (probe-load results for model files; default: the user cache dir)",
+    "GEMMA_PROBE": "0: skip the one-time child-process probe load of a new model file (header checks still run)",
+    "GEMMA_STALL_TIMEOUT": "seconds without a byte before a download counts as stalled and is retried (default 30)",
+    "GEMMA_HOST": "address of `gemma serve` (host:port; default 127.0.0.1:11436), and the server `ps`/`stop` talk to",
+    "GEMMA_KEEP_ALIVE": "how long `gemma serve` keeps an idle model loaded (default 5m; 0 unloads at once, negative never)",
+    "GEMMA_MAX_LOADED_MODELS": "models `gemma serve` keeps loaded at once (default 1; least recently used unloads first)",
+    "GEMMA_MAX_QUEUE": "requests that may wait for a busy model before `gemma serve` answers 503 (default 64)",
+    "GEMMA_ORIGINS": "extra browser origins allowed to call `gemma serve` (comma-separated, * wildcards; loopback always is)",
+    "GEMMA_MAX_BODY": "request body limit of `gemma serve` in bytes (default 8 MiB)",
     "NO_COLOR": "disable colour on the terminal",
     "HF_ENDPOINT": "Hugging Face endpoint (huggingface_hub)",
     "HF_TOKEN": "Hugging Face token for gated repositories (huggingface_hub)",
@@ -51,3 +60,15 @@ def cpu_repack_override() -> bool | None:
     if value in {"0", "false", "no", "off"}:
         return False
     return None
+
+
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout() -> float:
+    """`GEMMA_STALL_TIMEOUT`: seconds without data before a transfer counts as stalled (as Ollama's ~30 s)."""
+    try:
+        value = float(os.environ.get("GEMMA_STALL_TIMEOUT", ""))
+    except ValueError:
+        return DEFAULT_STALL_TIMEOUT
+    return value if 0 < value < 3600 else DEFAULT_STALL_TIMEOUT

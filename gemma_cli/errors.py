@@ -1,4 +1,5 @@
-"""Domain errors. They carry a one-line message meant for the user and never print.
+"""Domain errors and the process exit codes. Errors carry a one-line message meant
+for the user and never print.
 
 Only `gemma_cli.cli.app` turns them into stderr lines and exit codes, so library
 callers (tests, benchmarks) get ordinary exceptions.
@@ -6,11 +7,22 @@ callers (tests, benchmarks) get ordinary exceptions.
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit status gemma can end with (documented in the man page)."""
+
+    OK = 0
+    ERROR = 1  # a runtime error, one line on stderr
+    USAGE = 2  # the command line is wrong
+    INTERRUPT = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
 
 class GemmaError(Exception):
     """Base class: `str(err)` is a complete, one-line message for the user."""
 
-    exit_code: int = 1
+    exit_code: int = ExitCode.ERROR
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -22,7 +34,7 @@ class GemmaError(Exception):
 class UsageError(GemmaError):
     """The command line itself is wrong (exit status 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ModelFileError(GemmaError):
@@ -35,6 +47,10 @@ class IncompatibleModelsError(GemmaError):
 
 class EngineError(GemmaError):
     """llama.cpp refused an operation (context creation, decode)."""
+
+
+class InsufficientMemoryError(GemmaError):
+    """The pair's weights and KV cache would not fit in the RAM available (checked before loading)."""
 
 
 class ContextFullError(EngineError):

@@ -132,9 +132,41 @@ class GGUFInfo:
         return end
 
 
+class SkippedArray:
+    """A long string array walked over but not decoded (`read_gguf(..., strings=False)`): only its length."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+SKIP_STRING_ARRAYS_OVER = 4096  # the vocabulary and merges: ~1 s of decoding for Gemma's 262k tokens
+
+
 class _Reader:
-    def __init__(self, fh: BinaryIO, size: int, path: Path) -> None:
-        self.fh, self.size, self.path = fh, size, path
+    def __init__(self, fh: BinaryIO, size: int, path: Path, strings: bool = True) -> None:
+        self.fh, self.size, self.path, self.strings = fh, size, path, strings
+
+    def skip_strings(self, count: int) -> SkippedArray:
+        """Walk `count` length-prefixed strings with bounds checks, without decoding them."""
+        chunk = 1 << 20
+        base = self.fh.tell()
+        buf, off = self.fh.read(min(self.size - base, chunk)), 0
+        for _ in range(count):
+            if off + 8 > len(buf):  # refill from the next string's length prefix
+                base += off
+                self.fh.seek(base)
+                buf, off = self.fh.read(min(self.size - base, chunk)), 0
+                if len(buf) < 8:
+                    raise self.fail("truncated header")
+            n = struct.unpack_from("<Q", buf, off)[0]
+            if n > MAX_STRING or base + off + 8 + n > self.size:
+                raise self.fail(f"string length {n} exceeds the file")
+            off += 8 + n
+        self.fh.seek(base + off)
+        return SkippedArray(count)
 
     def fail(self, why: str) -> ModelFileError:
         return ModelFileError(f"malformed GGUF file {self.path}: {why}")
@@ -182,12 +214,18 @@ class _Reader:
             # minimum 8 bytes per string element: refuse counts the file cannot hold
             if etype == _STRING and self.fh.tell() + 8 * count > self.size:
                 raise self.fail("string array exceeds the file")
+            if etype == _STRING and not self.strings and count > SKIP_STRING_ARRAYS_OVER:
+                return self.skip_strings(count)
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown value type {vtype}")
 
 
-def read_gguf(path: str | Path) -> GGUFInfo:
-    """Parse a GGUF header defensively; raise ModelFileError on anything odd."""
+def read_gguf(path: str | Path, *, strings: bool = True) -> GGUFInfo:
+    """Parse a GGUF header defensively; raise ModelFileError on anything odd.
+
+    `strings=False` leaves long string arrays (vocabulary, merges) undecoded, as
+    `SkippedArray`s: for callers that need shapes and hyperparameters only.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -197,7 +235,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
     with fh:
-        r = _Reader(fh, size, path)
+        r = _Reader(fh, size, path, strings)
         if size < 4 or fh.read(4) != MAGIC:
             raise ModelFileError(f"not a GGUF file: {path}")
         version = r.u32()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The draft lengths every layer accepts (catalog, manifests, --draft-tokens, the engine) live in limits.
+from gemma_cli.limits import MAX_DRAFT_TOKENS as MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS as MIN_DRAFT_TOKENS
 
 NGRAM_DRAFT_TOKENS = 16  # n-gram drafts cost nothing to propose: let the adaptive controller go long
 

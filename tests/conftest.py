@@ -17,11 +17,13 @@ SMALL_VOCAB = ["<unk>", "<s>", "</s>", "▁", "a", "b", "c", "d", "e", "f"]
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Never touch the user's real store or history; no Hub telemetry."""
+    """Never touch the user's real store or history, even when the developer's shell sets them; no Hub telemetry."""
     base = tmp_path_factory.mktemp("user")
-    os.environ.setdefault("GEMMA_MODELS", str(base / "models"))
-    os.environ.setdefault("GEMMA_HISTORY", str(base / "history"))
+    os.environ["GEMMA_MODELS"] = str(base / "models")
+    os.environ["GEMMA_HISTORY"] = str(base / "history")
+    os.environ["GEMMA_CACHE"] = str(base / "cache")  # probe-load markers (gemma_cli.load_guard)
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ.pop("GEMMA_HOST", None)  # in-process commands stay in-process (client mode is tested explicitly)
 
 
 @pytest.fixture(scope="session")

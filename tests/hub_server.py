@@ -241,9 +241,13 @@ def run_gemma(env: dict[str, str], *args: str, timeout: float = 60, preexec=None
                           preexec_fn=preexec)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Non-zero exit, exactly one 'Error:' line on stderr, no traceback; returns the line."""
-    assert proc.returncode != 0, proc
+EXIT_RUNTIME, EXIT_USAGE = 1, 2  # README: 1 runtime error, 2 usage error
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int = EXIT_RUNTIME) -> str:
+    """The documented exit `code` (1 runtime, 2 usage), exactly one 'Error:' line on stderr,
+    no traceback; returns the line."""
+    assert proc.returncode == code, (f"exit {proc.returncode}, expected {code}", proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr

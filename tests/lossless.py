@@ -13,7 +13,18 @@ from gemma_cli.engine.sampling import SamplingParams, warp
 from gemma_cli.engine.types import GenerationResult, StopReason
 
 EOS = "EOS"
-NEAR_TIE = 0.5  # logits: batched vs one-token kernels differ by ~0.1 at most
+# How far a top-2 logit gap can move between llama.cpp's one-token decode (plain
+# decoding), its batched decode (speculative verification) and a one-shot prefill
+# (`next_logits`). Measured by tests/measure_logit_error.py on 2026-11-30 (CPU,
+# llama-cpp-python 0.3.36) as the largest change of (row max - logit) over the top 8
+# tokens at every position of 4 prompts x 40 generated tokens:
+#   synthetic llama (tiny):   verify batches 0.0005, prefill 0.016   (logits up to 15.7)
+#   synthetic gemma4 target:  verify batches 0.003,  prefill 0.0175  (logits up to 3.7)
+# and, on the real Gemma 3 270M Q4_K_M, the largest gap at an excused divergence in
+# test_engine_lossless's real-model tests was 0.045 (self-draft, k=4), 0.006 (n-gram, k=8).
+# NEAR_TIE is ~2x the worst seen (and README's "~0.1"); a divergence above it is a bug.
+NEAR_TIE = 0.1
+MAX_NEAR_TIE_FRACTION = 0.05  # of compared runs; with the errors above, near-ties are rare events
 
 
 def outcome(result: GenerationResult) -> tuple:
@@ -35,7 +46,7 @@ def exact_continuations(engine: Engine, prompt: Sequence[int], length: int, para
 
     def walk(prefix: list[int], prob: float) -> None:
         dist = warp(next_logits(engine, list(prompt) + prefix), params)
-        for tok, p in zip(dist.ids.tolist(), dist.probs.tolist()):
+        for tok, p in zip(dist.ids.tolist(), dist.probs.tolist(), strict=False):
             if p <= 0:
                 continue
             if model.is_eog(tok):
@@ -103,7 +114,7 @@ def chi_square_pvalue(observed: Counter, expected_probs: dict[tuple, float]) -> 
 
 
 def first_divergence(a: Sequence, b: Sequence) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
@@ -145,17 +156,27 @@ def sample_outcomes(engine: Engine, prompt: Sequence[int], length: int, params: 
     return counts
 
 
+def edge_tolerance(temperature: float) -> float:
+    """How far a slice edge of the warped CDF can move when every logit gap moves by at most NEAR_TIE.
+
+    Each probability is scaled by at most exp(NEAR_TIE / T) either way, so a
+    cumulative sum moves by at most expm1(NEAR_TIE / T).
+    """
+    return math.expm1(NEAR_TIE / max(temperature, 1e-6))
+
+
 def check_sampled_coupling(
     plain_engine: Engine, prompt: Sequence[int], params: SamplingParams, plain: GenerationResult, spec: GenerationResult
 ) -> str:
     """Same seed, deterministic drafts: 'equal', or 'boundary at i' when the only divergence
-    is a uniform that sits on the edge between the two tokens' slices of the CDF.
+    is a uniform that sits on the edge between the two chosen tokens' slices of the CDF.
 
     Each output token is inverse_cdf(warp(logits), u_position), so batched and
-    one-token logits can only disagree where u is within the rounding of a
-    slice boundary; anything else is a bug in the coupling.
+    one-token logits can only disagree where u is within float error
+    (`edge_tolerance`) of the edge between the slices of the two tokens actually
+    chosen; anything else is a bug in the coupling.
     """
-    from gemma_cli.engine.speculative import TokenSampler
+    from gemma_cli.engine.sampling import TokenSampler
 
     a, b = outcome(plain), outcome(spec)
     j = first_divergence(a, b)
@@ -164,7 +185,31 @@ def check_sampled_coupling(
     assert j < len(a) and j < len(b), f"one output stopped early at {j} without a competing token"
     dist = warp(next_logits(plain_engine, list(prompt) + list(plain.tokens[:j])), params)
     u = TokenSampler(params).uniform(j)
-    edges = np.cumsum(dist.probs)
-    gap = float(np.min(np.abs(edges - u * edges[-1])))
-    assert gap < 1e-2, f"divergence at token {j} ({a[j]} vs {b[j]}) with u {gap:.4f} away from any slice edge: a bug"
-    return f"boundary at token {j} (u within {gap:.4f} of an edge)"
+    ids = dist.ids.tolist()
+    edges = np.cumsum(dist.probs) / float(np.sum(dist.probs))  # slice i is [edges[i-1], edges[i])
+    model = plain_engine.target
+
+    def slots(tok) -> list[int]:
+        if tok == EOS:
+            return [i for i, t in enumerate(ids) if model.is_eog(t)]
+        return [ids.index(tok)] if tok in ids else []
+
+    tol = edge_tolerance(params.temperature)
+    best = math.inf
+    for ia in slots(a[j]):
+        for ib in slots(b[j]):
+            lo, hi = min(ia, ib), max(ia, ib)
+            # u must sit within float error of both the lower slice's top and the upper slice's bottom
+            best = min(best, max(abs(u - edges[lo]), abs(u - (edges[hi - 1] if hi > 0 else 0.0))))
+    assert best <= tol, (
+        f"divergence at token {j} ({a[j]} vs {b[j]}) with u={u:.4f} {best:.4f} away from the edge between "
+        f"their slices (float error allows {tol:.4f}): a bug"
+    )
+    return f"boundary at token {j} (u within {best:.4f} of the edge between the two tokens)"
+
+
+def assert_few_near_ties(verdicts: Sequence[str]) -> None:
+    """Divergences excused as near-ties/boundaries must stay rare events, not a pattern."""
+    near = [v for v in verdicts if v != "equal"]
+    allowed = int(len(verdicts) * MAX_NEAR_TIE_FRACTION)
+    assert len(near) <= allowed, f"{len(near)} of {len(verdicts)} runs diverged (at most {allowed} allowed): {near}"

@@ -9,7 +9,7 @@ import pytest
 
 from gemma_cli.errors import InvalidModelNameError, ModelNotFoundError
 from gemma_cli.registry.catalog import CatalogError, load_catalog
-from gemma_cli.registry.names import parse_name
+from gemma_cli.store.names import parse_name
 
 
 @pytest.fixture()

@@ -43,6 +43,7 @@ def sample_conversation() -> Conversation:
 
 def test_save_load_round_trip_renders_the_same_prompt(engine, tmp_path: Path) -> None:
     conv = sample_conversation()
+    (tmp_path / "sub").mkdir()  # save never creates directories (issue 14)
     path = conv.save(tmp_path / "sub" / "conv.json", model="tiny")
     loaded = Conversation.load(path)
     assert loaded.system == conv.system

@@ -7,7 +7,7 @@ all other escape sequences to see what the user reads in the scrolling area.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 import subprocess
@@ -29,6 +29,11 @@ STATUS_SEGMENT = re.compile(r"\x1b7.*?\x1b8", re.S)
 
 def reply_text(raw: str) -> str:
     return ANSI.sub("", STATUS_SEGMENT.sub("", raw)).replace("\r", "")
+
+
+def after_input(raw: str) -> str:
+    """What was shown after the input line was accepted (prompt_toolkit ends bracketed paste there)."""
+    return raw.rsplit("\x1b[?2004l", 1)[-1]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +67,7 @@ def spawn(model: Path, env: dict[str, str], *args: str) -> pexpect.spawn:
         encoding="utf-8",
         timeout=TIMEOUT,
     )
+    child.logfile_read = io.StringIO()  # everything the terminal showed, for whole-session checks
     child.expect_exact(">>> ")
     return child
 
@@ -131,7 +137,8 @@ def test_turns_live_stats_set_save_load_and_bye(model: Path, env: dict[str, str]
     command(child, "/show nonsense", "usage: /show")
     command(child, "/set draft ngram", "Set draft to ngram")
     command(child, "/set draft_tokens 99", "draft length must be between 1 and 32")
-    assert "Traceback" not in child.before
+    session = child.logfile_read.getvalue()
+    assert "Set draft to ngram" in session and "Traceback" not in session
     assert bye(child) == 0
 
 
@@ -197,10 +204,23 @@ def test_highlight_colours_drafted_tokens(model: Path, env: dict[str, str]) -> N
     command(child, "/clear", "Cleared")
     command(child, "/set highlight on", "Set highlight on.")
     coloured, m2 = ask(child, "hello there")  # same prompt, greedy: the same reply, now coloured
-    assert reply_text(coloured).split("hello there", 1)[-1] == reply_text(plain).split("hello there", 1)[-1]
-    drafted = re.findall(r"\x1b\[36m([^\x1b]+)\x1b\[0m", STATUS_SEGMENT.sub("", coloured))
-    assert drafted, "no drafted text was coloured"
-    assert sum(map(len, drafted)) < len(reply_text(coloured))  # the target's own tokens stay plain
+    assert reply_text(after_input(coloured)) == reply_text(after_input(plain))
+    # Only the reply (after the prompt line), as runs of coloured and plain characters. Each step
+    # prints its accepted drafts (coloured) and then the target's own token (plain); the vocabulary
+    # is one character per token, so characters count tokens.
+    reply = after_input(STATUS_SEGMENT.sub("", coloured)).replace("\r\n", "\n").strip("\n")
+    runs = [("d", m[1]) if m[1] else ("o", m[2])
+            for m in re.finditer(r"\x1b\[36m([^\x1b]*)\x1b\[0m|\x1b\[[0-9;?]*[A-Za-z]|([^\x1b])", reply) if m[1] or m[2]]
+    while runs and runs[-1] == ("o", "\n"):  # the line end the renderer adds after the reply
+        runs.pop()
+    drafted = sum(len(t) for kind, t in runs if kind == "d")
+    own = sum(len(t) for kind, t in runs if kind == "o")
+    n_tokens, passes = int(m2.group(1)), round(int(m2.group(1)) / float(re.search(r"([\d.]+) tok/pass", m2.group(0))[1]))
+    assert drafted > 0, "no drafted text was coloured"
+    assert own + drafted == n_tokens, reply
+    assert own == passes  # exactly one plain token per target pass: the target's own tokens are uncoloured
+    kinds = [kind for kind, _ in runs]
+    assert all(b == "o" for a, b in zip(kinds, kinds[1:], strict=False) if a == "d")  # every drafted run ends at a plain token
     assert bye(child) == 0
 
 
@@ -227,3 +247,51 @@ def test_bad_model_is_a_one_line_error(env: dict[str, str], tmp_path: Path) -> N
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("Error:")
+
+
+def test_commands_change_what_the_next_reply_does(model: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """/help, /?, /show, /set seed|top_k|min_p|system|verbose|draft, --system, dropped exchanges, /exit (piped: fast)."""
+    def reply(n: int) -> str:
+        return f"hello there\n/save {tmp_path / f'r{n}.json'}\n/clear\n"
+
+    script = "".join([
+        "/help\n", "/?\n", "/show system\n", "/show info\n", "/show template\n",
+        "/set temperature 0\n", reply(0),                       # greedy reference
+        "/set temperature 1\n/set seed 5\n", reply(1), reply(2),  # same seed twice
+        "/set seed 6\n", reply(3),                              # another seed
+        "/set top_k 1\n", reply(4),                             # top-1 sampling is greedy
+        "/set top_k 0\n/set min_p 0.999\n", reply(5),           # so is min-p near 1
+        "/set min_p 0\n/set temperature 0\n/set system Be brief.\n/show system\n/set verbose on\n",
+        "/set draft none\n/show info\n", reply(6),
+        "/set draft ngram\n/set verbose off\n",
+        "/set max_tokens 24\n", *(f"message number {i} is a rather long one, to fill the context\n" for i in range(4)),
+        "/exit\n", "this is never sent\n",
+    ])
+    proc = subprocess.run(
+        [sys.executable, "-m", "gemma_cli", "chat", str(model), "--threads", "1", "--max-tokens", "16", "--ctx", "256",
+         "--system", "You are terse."],
+        input=script, capture_output=True, text=True, env=env, timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out, err = proc.stdout, proc.stderr
+    assert "Traceback" not in out + err
+
+    def saved(n: int) -> Conversation:
+        return Conversation.load(tmp_path / f"r{n}.json")
+
+    replies = [saved(n).turns[1]["content"] for n in range(7)]
+    assert out.count("/set PARAM VALUE") == 2 and out.count("/bye, /exit") == 2  # /help and /?
+    assert out.count("You are terse.") == 1 and "Be brief." in out  # /show system: --system, then /set system
+    assert saved(0).system == "You are terse." and saved(6).system == "Be brief."
+    assert re.search(r"architecture: +llama", out) and re.search(r"draft: +ngram, up to", out)  # /show info
+    assert re.search(r"draft: +none$", out, re.M)  # /show info after /set draft none
+    assert "<start_of_turn>" in out  # /show template prints the GGUF's template
+    assert replies[1] == replies[2] != replies[3]  # the seed is used
+    assert replies[1] != replies[0] and replies[4] == replies[0] == replies[5]  # top_k 1 and min_p 0.999 are greedy
+    summaries = [m.group(0) for m in SUMMARY.finditer(err)]
+    assert len(summaries) == 7 + 4  # nothing after /exit was sent
+    assert "accepted" in summaries[5] and "accepted" not in summaries[6]  # /set draft none really stopped drafting
+    assert "accepted" in summaries[7]  # and /set draft ngram brought it back
+    assert re.search(r"^draft source: +none$", err, re.M) and len(re.findall(r"^eval count:", err, re.M)) == 1  # verbose for one reply
+    dropped = re.findall(r"dropped the oldest (\d+) exchange\(s\), kept the system prompt", err)
+    assert dropped and all(int(n) >= 1 for n in dropped)

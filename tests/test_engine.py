@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,6 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.types import StopReason
 from gemma_cli.errors import ContextFullError, GemmaError, IncompatibleModelsError, ModelFileError, UsageError
-from gguf_factory import write_llama_gguf
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -69,12 +69,16 @@ def test_stop_string_inside_an_accepted_draft(tiny_model):
     assert g2.result.stop_reason is StopReason.STOP
 
 
-def test_max_tokens_is_exact_even_with_drafts(ngram_engine):
+def test_max_tokens_is_exact_even_with_drafts(tiny_model, ngram_engine):
+    plain = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=512))
+    ref = plain.generate("abcabcabcabc", max_tokens=13, sampling=GREEDY)
+    ref.text()
+    assert ref.result.stop_reason is StopReason.LENGTH  # the fixture does not end within 13 tokens
     for n in (1, 2, 5, 13):
         g = ngram_engine.generate("abcabcabcabc", max_tokens=n, sampling=GREEDY)
         g.text()
-        if g.result.stop_reason is StopReason.LENGTH:
-            assert len(g.result.tokens) == n
+        assert g.result.stop_reason is StopReason.LENGTH
+        assert g.result.tokens == ref.result.tokens[:n]  # exactly n, even when a draft ran past n
 
 
 def test_same_seed_same_output(ngram_engine):
@@ -82,6 +86,10 @@ def test_same_seed_same_output(ngram_engine):
     a = ngram_engine.generate("hello world", max_tokens=30, sampling=sp).text()
     b = ngram_engine.generate("hello world", max_tokens=30, sampling=sp).text()
     assert a == b
+    # and the settings are used: other seeds give other text, and sampling is not greedy
+    others = {ngram_engine.generate("hello world", max_tokens=30, sampling=replace(sp, seed=s)).text() for s in (1, 2, 3)}
+    assert others - {a}
+    assert ngram_engine.generate("hello world", max_tokens=30, sampling=GREEDY).text() not in others | {a}
 
 
 def test_only_sampled_generations_keep_pass_costs_in_the_engine(ngram_engine):
@@ -133,7 +141,7 @@ def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, ti
     from gemma_cli.engine import drafters
     from gemma_cli.engine.drafters import ModelDrafter
     from gemma_cli.engine.llama import Model
-    from gemma_cli.engine.speculative import TokenSampler
+    from gemma_cli.engine.sampling import TokenSampler
 
     # A clock that ticks one second per reading: the tiny model's prefill can be
     # shorter than this VM's wall-clock step, and the split must not depend on that.
@@ -161,12 +169,21 @@ def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, ti
 
 
 def test_context_full_stops_generation(tiny_model):
-    eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=8), EngineConfig(n_ctx=32))
-    g = eng.generate("abcabcabc", max_tokens=500, sampling=GREEDY)
+    eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=8, adaptive=False), EngineConfig(n_ctx=32))
+    prompt = eng.tokenize("the cat sat on the mat")  # greedy: no EOS before the context fills
+    g = eng.generate(prompt, max_tokens=500, sampling=GREEDY)
     g.text()
-    assert g.result.stop_reason in (StopReason.CONTEXT, StopReason.EOS)
-    if g.result.stop_reason is StopReason.CONTEXT:
-        assert eng.ctx.n_past <= eng.n_ctx  # llama.cpp pads n_ctx up (here to 256)
+    assert g.result.stop_reason is StopReason.CONTEXT
+    # every position of the context is used (llama.cpp pads n_ctx up, here to 256); the last
+    # emitted token needs no KV slot. Plain decoding stops at n_ctx tokens; a draft accepted
+    # into the last slots can end one token later (n_ctx + 1), never with different text.
+    assert eng.n_ctx <= len(prompt) + len(g.result.tokens) <= eng.n_ctx + 1
+    assert eng.ctx.pos_max() + 1 == eng.ctx.n_past <= eng.n_ctx
+    plain = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=32))
+    ref = plain.generate(prompt, max_tokens=500, sampling=GREEDY)
+    ref.text()
+    assert ref.result.stop_reason is StopReason.CONTEXT and len(prompt) + len(ref.result.tokens) == eng.n_ctx
+    assert g.result.tokens[: len(ref.result.tokens)] == ref.result.tokens
 
 
 def test_utf8_is_never_split(ngram_engine):
@@ -236,7 +253,15 @@ def test_bad_sampling_params(ngram_engine, params):
         ngram_engine.generate("abc", sampling=params)
 
 
-def test_every_engine_error_is_a_gemma_error():
+def test_engine_errors_reach_the_user_as_one_line_and_exit_1(tiny_model, tmp_path):
+    """Whatever the engine raises on bad input ends as one 'Error:' line and exit 1 from the CLI."""
+    from hub_server import assert_one_line_error, gemma_env, run_gemma
+
+    env = gemma_env(tmp_path / "models")
+    assert_one_line_error(run_gemma(env, "run", str(tiny_model), "a" * 600, "--ctx", "256", "--threads", "1"), "context holds")
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_model.read_bytes()[:300])
+    assert_one_line_error(run_gemma(env, "run", str(truncated), "hi", "--threads", "1"), str(truncated))
     assert issubclass(ContextFullError, GemmaError) and issubclass(IncompatibleModelsError, GemmaError)
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gguf_factory import char_vocab, write_llama_gguf
-
 from gemma_cli.errors import ModelFileError
 from gemma_cli.gguf_meta import read_gguf
+from gguf_factory import char_vocab, write_llama_gguf
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +83,21 @@ def test_truncated_tensor_data_and_missing_file(model, tmp_path):
         read_gguf(tmp_path / "nope.gguf")
     with pytest.raises(ModelFileError, match="cannot read"):
         read_gguf(tmp_path)  # a directory
+
+
+def test_shapes_only_read_skips_the_vocabulary_but_keeps_everything_else(tmp_path, monkeypatch):
+    import gemma_cli.gguf_meta as meta
+
+    monkeypatch.setattr(meta, "SKIP_STRING_ARRAYS_OVER", 4)  # the tiny vocabulary counts as long here
+    path = write_llama_gguf(tmp_path / "m.gguf", seed=1)
+    full, lean = read_gguf(path), read_gguf(path, strings=False)
+    assert lean.tensors == full.tensors and lean.data_offset == full.data_offset
+    skipped = lean.metadata["tokenizer.ggml.tokens"]
+    assert isinstance(skipped, meta.SkippedArray) and len(skipped) == len(full.tokens) > 4
+    assert {k: v for k, v in lean.metadata.items() if k != "tokenizer.ggml.tokens"} == {
+        k: v for k, v in full.metadata.items() if k != "tokenizer.ggml.tokens"
+    }
+    cut = tmp_path / "cut.gguf"  # a vocabulary that runs past the end of the file is still refused
+    cut.write_bytes(path.read_bytes()[: full.data_offset // 2])
+    with pytest.raises(ModelFileError):
+        read_gguf(cut, strings=False)

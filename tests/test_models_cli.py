@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from gemma4_factory import write_gemma4_pair
 from gguf_factory import char_vocab, write_llama_gguf
-from hub_server import assert_one_line_error, gemma_env, run_gemma
+from hub_server import EXIT_USAGE, assert_one_line_error, gemma_env, run_gemma
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def test_create_list_show_rm_roundtrip(env, ggufs, tmp_path):
     assert "g4:tiny" in table and "mtp (" in table and by_name["g4:tiny"]["id"] in table
 
     # tuning recorded by `bench --tune` (in another process) shows up in `show`
-    code = "from gemma_cli.store import record_tuned; record_tuned('g4:tiny', 'code', 5, 'mtp')"
+    code = "from gemma_cli.registry.manage import record_tuned; record_tuned('g4:tiny', 'code', 5, 'mtp')"
     import subprocess
     import sys
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
@@ -88,12 +87,12 @@ def test_create_rejects_bad_files(env, ggufs, which, needle):
 
 
 def test_bad_names_and_missing_models(env, ggufs):
-    assert_one_line_error(run_gemma(env, "create", "../escape", "--target", str(ggufs["target"])), "invalid model name")
-    assert_one_line_error(run_gemma(env, "create", "x:a/b", "--target", str(ggufs["target"])), "invalid model name")
+    assert_one_line_error(run_gemma(env, "create", "../escape", "--target", str(ggufs["target"])), "invalid model name", code=EXIT_USAGE)
+    assert_one_line_error(run_gemma(env, "create", "x:a/b", "--target", str(ggufs["target"])), "invalid model name", code=EXIT_USAGE)
     assert_one_line_error(run_gemma(env, "show", "gemma4:e4b"), "gemma pull gemma4:e4b")
     assert_one_line_error(run_gemma(env, "show", "gemma4:e4"), "did you mean")
     assert_one_line_error(run_gemma(env, "rm", "nothing"), "not in the store")
-    assert_one_line_error(run_gemma(env, "create", "x", "--target", "hf://only-owner"), "invalid hugging face uri")
+    assert_one_line_error(run_gemma(env, "create", "x", "--target", "hf://only-owner"), "invalid hugging face uri", code=EXIT_USAGE)
 
 
 def test_verify_and_load_detect_corruption(env, ggufs, tmp_path):
@@ -124,3 +123,21 @@ def test_offline_default_pull_and_show(env):
     shown = run_gemma(env, "show", "gemma3:270m")
     assert shown.returncode == 0 and "Architecture  gemma3" in shown.stdout and "Quantization  Q4_K_M" in shown.stdout
     assert "gemma3:270m" in run_gemma(env, "list").stdout
+
+
+@pytest.mark.parametrize("extra, ok", [(100, True), (-100, True), (200, False), (-200, False)])
+def test_vocabulary_rule_in_both_directions(env, tmp_path, extra, ok):
+    """Sizes within 128 of each other (either model the larger) and identical texts from id 5 on."""
+    base = char_vocab()
+    more = base + [f"extra{i}" for i in range(abs(extra))]
+    t_vocab, d_vocab = (base, more) if extra > 0 else (more, base)
+    d_vocab = ["<u>", "<b>", "</b>", "<x>", "<y>"] + d_vocab[5:]  # ids 0-4 may differ
+    target = write_llama_gguf(tmp_path / "vt.gguf", seed=31, vocab=t_vocab)
+    drafter = write_llama_gguf(tmp_path / "vd.gguf", seed=32, n_layer=1, vocab=d_vocab)
+    proc = run_gemma(env, "create", "pair", "--target", str(target), "--draft", str(drafter))
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(run_gemma(env, "list", "--json").stdout)[0]["draft_source"] == "model"
+    else:
+        assert_one_line_error(proc, "cannot draft", str(len(t_vocab)), str(len(d_vocab)))
+        assert not list((tmp_path / "models").glob("manifests/*/*.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -12,8 +13,17 @@ import pytest
 
 from gemma4_factory import write_gemma4_pair
 from gguf_factory import write_llama_gguf
-from hub_server import (ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma,
-                        write_catalog)
+from hub_server import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    ROOT,
+    HubServer,
+    assert_one_line_error,
+    gemma_cmd,
+    gemma_env,
+    run_gemma,
+    write_catalog,
+)
 
 REPO = "test-org/tiny-GGUF"
 
@@ -77,7 +87,7 @@ def _manifest(models: Path, family: str, tag: str) -> dict:
 
 def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_path):
     from gemma_cli.registry.pull import pull
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     result = pull("tiny")  # default tag from the catalog
     assert result.downloaded == len(files["big.gguf"]) + len(files["draft.gguf"])
@@ -97,7 +107,7 @@ def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_pa
 
 def test_pull_mtp_pair_detects_gemma4_assistant(env, hub):
     from gemma_cli.registry.pull import pull
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     pull("g4:mtp")
     pair = resolve_model("g4:mtp")
@@ -181,34 +191,89 @@ def test_interrupted_pull_resumes_and_serves_each_byte_once(env, hub, files, tmp
     assert not partial.exists()
 
 
+def _blocked_on_a_lock(pid: int) -> bool:
+    """The process sleeps in the kernel's file-lock wait (Linux /proc), i.e. the lock is contended."""
+    try:
+        return "lock" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def _overlapping_pulls(env, hub, data: bytes, tmp_path: Path, first: str, second: str) -> list[subprocess.Popen]:
+    """Start `first`, hold its download of big.gguf half way, start `second`, see it wait on a lock."""
+    import hashlib
+
+    partial = tmp_path / "models" / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}.partial"
+    hub.state.stall_after["big.gguf"] = len(data) // 2
+    procs = [subprocess.Popen(gemma_cmd("pull", first), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)]
+    try:
+        _wait_for(lambda: partial.exists() and partial.stat().st_size >= len(data) // 2)
+        procs.append(subprocess.Popen(gemma_cmd("pull", second), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        _wait_for(lambda: _blocked_on_a_lock(procs[1].pid))  # the second pull waits for the first: they overlap
+        assert procs[1].poll() is None and len(hub.gets("big.gguf")) == 1  # and it has not fetched anything
+    finally:
+        hub.release()
+    return procs
+
+
 def test_concurrent_pulls_of_one_model_download_once(env, hub, files, tmp_path):
-    hub.state.throttle = 0.002  # ~2 MB/s: the two processes overlap
-    procs = [subprocess.Popen(gemma_cmd("pull", "tiny:big"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = _overlapping_pulls(env, hub, files["big.gguf"], tmp_path, "tiny:big", "tiny:big")
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert hub.served("big.gguf") == len(files["big.gguf"])
     assert hub.served("draft.gguf") == len(files["draft.gguf"])
+    assert "up to date" in outs[1][0]  # the second found the model complete once the first was done
     manifest = _manifest(tmp_path / "models", "tiny", "big")
     blob = tmp_path / "models" / "blobs" / ("sha256-" + manifest["target"]["digest"].split(":")[1])
     assert blob.read_bytes() == files["big.gguf"]
 
 
-@pytest.mark.parametrize("name, needles", [
-    ("bad:gated", ["gated", "hf auth login"]),
-    ("bad:private", ["not found", "log in"]),
-    ("bad:forbidden", ["403", "log in"]),
-    ("bad:missing-file", ["nope.gguf", "not found"]),
-    ("bad:missing-repo", ["nobody/nothing", "not found"]),
-    ("bad:junk", ["not a valid gguf"]),
-    ("tiny:nonexistent", ["unknown model", "tiny:big"]),
-    ("../../etc/passwd", ["invalid model name"]),
-    ("tiny:../x", ["invalid model name"]),
-    ("a\\b", ["invalid model name"]),
+def test_concurrent_pulls_of_two_models_sharing_a_blob_fetch_it_once(env, hub, files, tmp_path):
+    procs = _overlapping_pulls(env, hub, files["big.gguf"], tmp_path, "tiny:big", "tiny:solo")
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert hub.served("big.gguf") == len(files["big.gguf"])  # one download for both models
+    big, solo = _manifest(tmp_path / "models", "tiny", "big"), _manifest(tmp_path / "models", "tiny", "solo")
+    assert big["target"]["digest"] == solo["target"]["digest"]
+    assert "tiny:solo: pulled (0 B downloaded)" in outs[1][0], outs[1]  # it waited, then found the blob in the store
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(env, hub, tmp_path):
+    import pexpect
+
+    hub.state.throttle = 0.0005
+    piped = run_gemma(env, "pull", "tiny:solo")
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr  # not a terminal: no bars
+    assert piped.stdout.count("\n") == 1 and "tiny:solo: pulled" in piped.stdout
+    for quiet in (False, True):
+        shutil.rmtree(tmp_path / "models")
+        child = pexpect.spawn(gemma_cmd()[0], gemma_cmd("pull", "tiny:solo", *(["--quiet"] if quiet else []))[1:],
+                              env=env, cwd=str(ROOT), encoding="utf-8", timeout=60, dimensions=(24, 120))
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        shown = child.before
+        assert "tiny:solo: pulled" in shown
+        assert ("tiny:solo target" in shown and "MB/s" in shown) is not quiet, shown  # the bar: its label and speed
+
+
+@pytest.mark.parametrize("name, needles, code", [
+    ("bad:gated", ["gated", "hf auth login"], EXIT_RUNTIME),
+    ("bad:private", ["not found", "log in"], EXIT_RUNTIME),
+    ("bad:forbidden", ["403", "log in"], EXIT_RUNTIME),
+    ("bad:missing-file", ["nope.gguf", "not found"], EXIT_RUNTIME),
+    ("bad:missing-repo", ["nobody/nothing", "not found"], EXIT_RUNTIME),
+    ("bad:junk", ["not a valid gguf"], EXIT_RUNTIME),
+    ("tiny:nonexistent", ["unknown model", "tiny:big"], EXIT_RUNTIME),
+    ("../../etc/passwd", ["invalid model name"], EXIT_USAGE),
+    ("tiny:../x", ["invalid model name"], EXIT_USAGE),
+    ("a\\b", ["invalid model name"], EXIT_USAGE),
 ])
-def test_pull_errors_are_one_line(env, name, needles, tmp_path):
+def test_pull_errors_are_one_line(env, name, needles, code, tmp_path):
     proc = run_gemma(env, "pull", name)
-    assert_one_line_error(proc, *needles)
+    assert_one_line_error(proc, *needles, code=code)
     assert not list((tmp_path / "models").glob("manifests/*/*.json"))
 
 
@@ -250,3 +315,22 @@ def test_disk_full_keeps_partial_and_writes_no_manifest(env, hub, files, tmp_pat
     assert run_gemma(env, "pull", "tiny:solo").returncode == 0  # space is back: resumes
     assert hub.gets("big.gguf")[-1].range == f"bytes={kept}-"
     assert hub.served("big.gguf") - before == len(files["big.gguf"]) - kept
+
+
+def test_create_from_hf_uris_and_a_pinned_revision(env, hub, files, tmp_path):
+    target, draft = f"hf://{REPO}/big.gguf@v1.0", f"hf://{REPO}/draft.gguf"
+    made = run_gemma(env, "create", "mine", "--target", target, "--draft", draft, "--quiet")
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    paths = [r.path.split("?")[0] for r in hub.state.requests]
+    assert f"/{REPO}/resolve/v1.0/big.gguf" in paths  # the pinned revision is what was asked for
+    assert f"/{REPO}/resolve/main/draft.gguf" in paths  # no revision: main
+    m = _manifest(tmp_path / "models", "mine", "latest")
+    blobs = tmp_path / "models" / "blobs"
+    assert (blobs / ("sha256-" + m["target"]["digest"].split(":")[1])).read_bytes() == files["big.gguf"]
+    assert (blobs / ("sha256-" + m["drafter"]["digest"].split(":")[1])).read_bytes() == files["draft.gguf"]
+    assert m["draft_source"] == "model" and m["target"]["filename"] == "big.gguf"
+    served = hub.served("big.gguf")
+    again = run_gemma(env, "create", "mine2", "--target", f"hf://{REPO}/big.gguf", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert hub.served("big.gguf") == served  # already in the store: checked, not downloaded again
+    assert_one_line_error(run_gemma(env, "create", "bad", "--target", f"hf://{REPO}/nope.gguf"), "nope.gguf", "not found")

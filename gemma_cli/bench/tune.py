@@ -9,7 +9,8 @@ manifest, where `run` and `chat` pick it up as their default.
 
 The best candidate is recorded even when it does not beat plain decoding: the
 engine's adaptive controller already pauses drafting when it stops paying, so
-the recorded length is only an upper bound on what it tries.
+the recorded length is only an upper bound on what it tries. A result from runs
+too short to time (under 2 s) is not recorded unless asked (`--force`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from gemma_cli.errors import UsageError
 from gemma_cli.pair import ModelPair
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gemma_cli.engine.generate import Engine
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.engine import Engine, SamplingParams
 
 DEFAULT_SWEEP = (2, 3, 4, 6, 8)
 
@@ -40,6 +40,8 @@ class TuneChoice:
     draft_tokens: int
     speedup: float
     report: WorkloadReport | None = None  # None for the combined `default` choice
+    reliable: bool = True  # every timed run lasted long enough (harness.RELIABLE_SECONDS)
+    recorded: bool = False  # written into the manifest by `record`
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,7 +51,14 @@ class TuneChoice:
             "draft_tokens": self.draft_tokens,
             "speedup": self.speedup,
             "beats_plain": self.speedup > 1.0,
+            "timing_reliable": self.reliable,
+            "recorded": self.recorded,
         }
+
+
+def report_reliable(report: WorkloadReport) -> bool:
+    """Did every run of the workload (plain and speculative) last long enough to time?"""
+    return all(r.timing_reliable for v in [report.plain, *report.variants] for r in v.runs)
 
 
 def available_sources(pair: ModelPair, requested: str = "auto") -> list[str]:
@@ -66,7 +75,7 @@ def available_sources(pair: ModelPair, requested: str = "auto") -> list[str]:
 
 def candidates(pair: ModelPair, sources: Sequence[str], lengths: Sequence[int]) -> list[Variant]:
     """Every (source, maximum draft length) pair to measure."""
-    from gemma_cli.engine.generate import DraftConfig
+    from gemma_cli.engine import DraftConfig
 
     out = []
     for source in sources:
@@ -90,7 +99,8 @@ def tune_workload(
     report = compare(engine, workload, variants, runs=runs, max_tokens=max_tokens, progress=progress, sampling=sampling)
     # Ties go to the shorter draft: the same speed for less wasted work.
     best = max(report.variants, key=lambda v: (round(v.speedup, 3), -v.draft_tokens))
-    return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report)
+    return TuneChoice(workload.name, workload.kind, best.source, best.draft_tokens, best.speedup, report,
+                      reliable=report_reliable(report))
 
 
 def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
@@ -109,15 +119,28 @@ def overall_default(choices: Sequence[TuneChoice]) -> TuneChoice | None:
         return math.exp(sum(math.log(max(r.variants[i].speedup, 1e-9)) for r in reports) / len(reports))
 
     best = max(range(len(variants)), key=lambda i: (round(gmean(i), 3), -variants[i].draft_tokens))
-    return TuneChoice("all", FILE_CLASS, variants[best].source, variants[best].draft_tokens, gmean(best))
+    return TuneChoice("all", FILE_CLASS, variants[best].source, variants[best].draft_tokens, gmean(best),
+                      reliable=all(report_reliable(r) for r in reports))
 
 
-def record(pair: ModelPair, choices: Sequence[TuneChoice]) -> None:
-    """Write the winners into the model's manifest (the store owns the file format)."""
-    from gemma_cli.store import record_tuned
+def record(pair: ModelPair, choices: Sequence[TuneChoice], *, force: bool = False) -> list[TuneChoice]:
+    """Write the winners into the model's manifest (the store owns the file format).
 
+    A choice whose runs were too short to time reliably is not recorded (run
+    and chat would otherwise pick up noise as their default) unless `force`.
+    Returns the choices with `recorded` set.
+    """
+    from dataclasses import replace
+
+    from gemma_cli.registry.manage import record_tuned
+
+    out = []
     for choice in choices:
-        record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)
+        keep = choice.reliable or force
+        if keep:
+            record_tuned(pair.name, choice.kind, choice.draft_tokens, choice.draft_source)
+        out.append(replace(choice, recorded=keep))
+    return out
 
 
 def check_tunable(pair: ModelPair) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
 from gemma_cli import __version__
-from gemma_cli.errors import GemmaError
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
+from gemma_cli.cli.commands import bench, chat, doctor, models, rpc_worker, run, serve, server_client
+from gemma_cli.cli.output import quiet_stdout
+from gemma_cli.errors import ExitCode, GemmaError
+from gemma_cli.text_safety import clean_display
 
 app = typer.Typer(
     name="gemma",
@@ -39,34 +41,36 @@ def _root(
     """Run Gemma models locally, fast: llama.cpp with lossless speculative decoding."""
 
 
-def _register() -> None:
-    # Each module adds its commands to `app`; importing them is cheap
-    # (llama_cpp is imported only when a command runs the engine).
-    from gemma_cli.cli.commands import run  # noqa: F401
+def _register(app: typer.Typer) -> None:
+    """Every command, in `gemma --help` order. Importing the command modules is cheap:
+    llama_cpp is imported only when a command runs the engine."""
+    app.command(no_args_is_help=False)(run.run)
+    app.command()(chat.chat)
+    app.command("pull")(models.pull_cmd)
+    app.command("list")(models.list_cmd)
+    app.command("ls", hidden=True)(models.ls_cmd)
+    app.command("show")(models.show_cmd)
+    app.command("rm")(models.rm_cmd)
+    app.command("create")(models.create_cmd)
+    app.command("verify")(models.verify_cmd)
+    app.command()(bench.bench)
+    app.command()(doctor.doctor)
+    app.command("serve")(serve.serve_cmd)
+    app.command("ps")(server_client.ps_cmd)
+    app.command("stop")(server_client.stop_cmd)
+    app.command("rpc-worker")(rpc_worker.rpc_worker)
+    app.command("__complete-models", hidden=True)(doctor.complete_models)
 
-    for optional in ("chat", "models", "bench", "doctor"):
-        try:
-            __import__(f"gemma_cli.cli.commands.{optional}")
-        except ModuleNotFoundError as exc:  # a command group not built yet
-            if exc.name != f"gemma_cli.cli.commands.{optional}":
-                raise
+
+_register(app)
 
 
 def _error_line(message: str, hint: str | None = None) -> None:
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
-    sys.stderr.write(prefix + message.replace("\n", " ") + "\n")
+    sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
     if hint:
         sys.stderr.write(hint + "\n")
     sys.stderr.flush()
-
-
-def quiet_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so interpreter shutdown does not complain."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -85,41 +89,100 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return usage, errors
 
 
+def json_errors_requested(argv: list[str]) -> bool:
+    """`gemma run --format json|jsonl`: scripts read stdout, so a failure goes there as JSON too."""
+    if not argv or argv[0] != "run":
+        return False
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--format", "-f") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--format="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-f") and len(arg) > 2 and not arg.startswith("--"):
+            value = arg[2:]
+        if value in ("json", "jsonl"):
+            return True
+    return False
+
+
+def _json_error(message: str, code: int) -> None:
+    """One JSON object on stdout for scripts (the stderr line is printed as well)."""
+    import json
+
+    try:
+        sys.stdout.write(json.dumps({"error": message.replace("\n", " "), "exit_code": int(code)}) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        quiet_stdout()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `finally` blocks remove temporary files."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, map every known failure to one line and an exit code."""
+    import signal
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    want_json = json_errors_requested(args)
+    message: str | None = None
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread (tests calling main in a thread)
+        pass
     try:
         code = app(args=argv, standalone_mode=False)
+    except Terminated:
+        sys.stderr.write("Terminated.\n")
+        code, message = 128 + signal.SIGTERM, "terminated (SIGTERM)"
     except GemmaError as exc:
         _error_line(str(exc), exc.hint)
-        code = exc.exit_code
+        code, message = exc.exit_code, str(exc)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        code = EXIT_INTERRUPT
+        code, message = ExitCode.INTERRUPT, "interrupted"
     except BrokenPipeError:
         quiet_stdout()
-        code = EXIT_OK
+        code = ExitCode.OK
     except typer.Abort:
         sys.stderr.write("Aborted.\n")
-        code = EXIT_INTERRUPT
+        code = ExitCode.INTERRUPT
     except typer.Exit as exc:
         code = exc.exit_code
     except Exception as exc:  # click usage errors and the unexpected
         usage_errors, click_errors = _click_exceptions()
         if isinstance(exc, usage_errors):
             exc.show()
-            code = 0 if type(exc).__name__ == "NoArgsIsHelpError" else EXIT_USAGE
+            code = ExitCode.OK if type(exc).__name__ == "NoArgsIsHelpError" else ExitCode.USAGE
+            message = getattr(exc, "message", None) or str(exc)
         elif isinstance(exc, click_errors):
             exc.show()
-            code = exc.exit_code
-        elif isinstance(exc, OSError) and exc.errno in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
-            _error_line(f"no space left for {exc.filename or 'the output'}: {exc.strerror}")
-            code = EXIT_ERROR
+            code, message = exc.exit_code, getattr(exc, "message", None) or str(exc)
+        elif isinstance(exc, OSError) and _disk_full(exc):
+            message = f"no space left for {exc.filename or 'the output'}: {exc.strerror}"
+            _error_line(message)
+            code = ExitCode.ERROR
         else:
             if os.environ.get("GEMMA_DEBUG"):
                 raise
-            _error_line(f"{type(exc).__name__}: {exc}", "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
-            code = EXIT_ERROR
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+            message = f"{type(exc).__name__}: {exc}"
+            _error_line(message, "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
+            code = ExitCode.ERROR
+    code = int(code) if isinstance(code, int) else ExitCode.OK.value
+    if want_json and message is not None and code != ExitCode.OK:
+        _json_error(message, code)
+    sys.exit(code)
 
 
-_register()  # last: command modules import names defined above
+def _disk_full(exc: OSError) -> bool:
+    """Out of space, quota or file size limit: the store's rule, so every writer agrees."""
+    from gemma_cli.store.blobs import disk_full
+
+    return disk_full(Path(exc.filename or "."), exc) is not None

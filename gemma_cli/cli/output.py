@@ -11,7 +11,16 @@ import sys
 
 from rich.console import Console
 
-from gemma_cli.engine.types import LiveStats
+from gemma_cli.engine import LiveStats
+
+
+def quiet_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so interpreter shutdown does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 def use_color(stream=None) -> bool:
@@ -31,6 +40,14 @@ def _duration(seconds: float) -> str:
     if seconds >= 1.0:
         return f"{seconds:.3f}s"
     return f"{seconds * 1000:.2f}ms"
+
+
+def _speedup(stats: LiveStats) -> str:
+    """The estimate, or why there is none (it needs plain steps of this generation to compare with)."""
+    value = stats.speedup_estimate
+    if value is None:
+        return "n/a (too few plain and drafting steps to compare; measure with gemma bench)"
+    return f"{value:.2f}x vs plain decoding ({stats.plain_steps} plain, {stats.draft_steps} drafting steps)"
 
 
 def verbose_summary_lines(stats: LiveStats, load_s: float) -> list[tuple[str, str]]:
@@ -53,7 +70,7 @@ def verbose_summary_lines(stats: LiveStats, load_s: float) -> list[tuple[str, st
             ("draft proposed", f"{stats.draft_proposed} token(s)"),
             ("draft accepted", f"{stats.draft_accepted} token(s) ({stats.acceptance_rate:.1%})"),
             ("tokens per pass", f"{stats.tokens_per_pass:.2f}"),
-            ("speedup estimate", f"{stats.speedup_estimate:.2f}x vs plain decoding" if stats.speedup_estimate else "n/a"),
+            ("speedup estimate", _speedup(stats)),
         ]
     return rows
 

@@ -18,8 +18,7 @@ class RichProgress:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
         console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
         self._progress = Progress(
@@ -47,6 +46,13 @@ class RichProgress:
             task = self._progress.tasks[-1]
             if task.total is not None:
                 self._progress.update(self._task, completed=task.total)
+        self._task = None
+
+    def abort(self, note: str) -> None:
+        """Leave the bar where the transfer stopped and say why (never a full bar for a partial file)."""
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, description=f"{task.description}: {note}")
         self._task = None
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, TextIO
 from rich.color import ColorSystem
 from rich.style import Style
 
-from gemma_cli.engine.types import LiveStats, Piece, StopReason
+from gemma_cli.engine import LiveStats, Piece, StopReason
 
 DRAFT_STYLE = Style(color="cyan")
 TARGET_STYLE = Style()
@@ -56,19 +56,26 @@ def waiting_text(prompt_tokens: int) -> str:
     return f"{SPINNER[0]} evaluating the prompt ({prompt_tokens} tokens, reusing the cached prefix)…"
 
 
-def summary_text(stats: LiveStats, stop: StopReason) -> str:
-    """The compact line printed after each reply."""
-    parts = [f"{stats.generated_tokens} tokens", f"{stats.tokens_per_s:.1f} tok/s"]
+SEP = " · "
+
+
+def summary_parts(stats: LiveStats, stop: StopReason) -> list[str]:
+    """The summary's pieces; figures that are read together stay in one piece (never split by wrapping)."""
+    parts = [f"{stats.generated_tokens} tokens{SEP}{stats.tokens_per_s:.1f} tok/s"]
     if stats.draft_source != "none":
         parts.append(f"{stats.draft_source} accepted {stats.draft_accepted}/{stats.draft_proposed} ({stats.acceptance_rate:.0%})")
         parts.append(f"{stats.tokens_per_pass:.2f} tok/pass")
     parts.append(f"TTFT {_ms(stats.ttft_s)}")
-    parts.append(f"prompt {stats.prompt_evaluated}/{stats.prompt_tokens} evaluated")
-    parts.append(f"ctx {stats.n_past}/{stats.n_ctx}")
+    parts.append(f"prompt {stats.prompt_evaluated}/{stats.prompt_tokens} evaluated{SEP}ctx {stats.n_past}/{stats.n_ctx}")
     word = _STOP_WORDS.get(stop, stop.value)
     if word:
         parts.append(word)
-    return " · ".join(parts)
+    return parts
+
+
+def summary_text(stats: LiveStats, stop: StopReason) -> str:
+    """The compact line printed after each reply."""
+    return SEP.join(summary_parts(stats, stop))
 
 
 def styled(text: str, style: Style, color: bool) -> str:
@@ -164,19 +171,28 @@ class ReplyRenderer:
         self.refresh_s = refresh_s
         self.clock = clock
 
-    def stream(self, pieces: Iterable[Piece], stats: LiveStats, *, prompt_tokens: int) -> None:
-        """Write every piece as it arrives; the status row shows `stats` (updated by the engine)."""
+    def stream(self, pieces: Iterable[Piece], stats: LiveStats, *, prompt_tokens: int,
+               stopped: Callable[[], bool] | None = None) -> str:
+        """Write every piece as it arrives; the status row shows `stats` (updated by the engine).
+
+        Once `stopped()` is true (Ctrl-C), later pieces (the rest of the step
+        being verified) are consumed but not shown. Returns the text shown.
+        """
         bar = StatusBar(self.err, self.color) if self.live else None
         out = self.out
         frame = 0
         ended_with_newline = True
         wrote = False
+        shown: list[str] = []
         try:
             if bar is not None and bar.open():
                 bar.draw(waiting_text(prompt_tokens))
             last = -1e9
             for piece in pieces:
+                if stopped is not None and stopped():
+                    continue
                 if piece.text:
+                    shown.append(piece.text)
                     if self.highlight:
                         drafted, own = split_drafted(piece)
                         out.write(styled(drafted, DRAFT_STYLE, True) + own)
@@ -197,7 +213,38 @@ class ReplyRenderer:
             out.flush()
             if bar is not None:
                 bar.close()
+        return "".join(shown)
 
     def summary(self, stats: LiveStats, stop: StopReason) -> None:
-        self.err.write(styled(summary_text(stats, stop), STATUS_STYLE, self.color) + "\n")
+        parts = summary_parts(stats, stop)
+        if not self.live:
+            self.err.write(styled(SEP.join(parts), STATUS_STYLE, self.color) + "\n")
+            self.err.flush()
+            return
+        # A terminal: break between the parts, never inside a number. Each row but the last is
+        # padded to the full width, so the terminal itself moves on to the next row and the
+        # summary stays one line of text (for copy and paste, and for anything reading the stream).
+        cols = shutil.get_terminal_size((80, 24)).columns
+        rows = wrap_parts(parts, cols)
+        text = "".join(row.ljust(cols) for row in rows[:-1]) + rows[-1]
+        self.err.write(styled(text, STATUS_STYLE, self.color) + "\n")
         self.err.flush()
+
+
+def wrap_parts(parts: list[str], width: int, sep: str = SEP) -> list[str]:
+    """Pack `parts` into rows of at most `width` columns, breaking only between parts.
+
+    A part wider than a row is split at its own separators, if it has any.
+    """
+    pieces = [sub for part in parts for sub in (part.split(sep) if len(part) > width else [part])]
+    rows: list[str] = []
+    current = ""
+    for part in pieces:
+        candidate = part if not current else current + sep + part
+        if current and len(candidate) > width:
+            rows.append(current)
+            current = part
+        else:
+            current = candidate
+    rows.append(current)
+    return rows

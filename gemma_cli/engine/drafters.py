@@ -8,37 +8,36 @@ reads them in `after_verify`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from gemma_cli.engine.clock import step_clock
-from gemma_cli.engine.sampling import Dist
+from gemma_cli.engine.llama import Context, Model
+from gemma_cli.engine.sampling import Dist, TokenSampler
 from gemma_cli.errors import IncompatibleModelsError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gemma_cli.engine.llama import Context, Model
-    from gemma_cli.engine.speculative import TokenSampler
 
 
 class Drafter(Protocol):
     name: str
-    relative_cost: float  # drafting one token, in plain target steps; 0 = free to propose before deciding k
-    last_key: object  # class of the last proposal (n-gram: matched length), read when relative_cost is 0
+    proposes_first: bool  # proposing is free: look at the proposal, then choose k (n-gram); else choose k, then propose
+    relative_cost: float  # drafting one token, in plain target steps (the controller's prior)
+    last_key: object  # class of the last proposal (n-gram: matched length), read when proposes_first
+    gives_confidences: bool  # last_key holds per-token confidences: the confidence-driven controller picks k
     samples_proposals: bool  # sampled generations draw proposals from the drafter's own distribution
     catch_up_seconds: float  # of the last proposal, time spent ingesting history beyond one token (prefill, after a pause)
 
-    def attach(self, target: "Context") -> None:
+    def attach(self, target: Context) -> None:
         """Called once the target context exists (MTP links its context here)."""
 
     def begin(self, history: Sequence[int]) -> None:
         """A new generation starts from `history` (prompt tokens)."""
 
-    def propose(self, history: Sequence[int], k: int, sampler: "TokenSampler") -> tuple[list[int], list[Dist] | None]:
+    def propose(self, history: Sequence[int], k: int, sampler: TokenSampler) -> tuple[list[int], list[Dist] | None]:
         """Up to k tokens and, for sampled proposals, the distributions they were drawn from.
 
         `None` as distributions means the proposal is deterministic (one-hot).
         """
 
-    def after_verify(self, target: "Context", row: int) -> None:
+    def after_verify(self, target: Context, row: int) -> None:
         """The target decoded; `row` (index in its last batch) produced the new pending token."""
 
     def close(self) -> None: ...
@@ -48,12 +47,14 @@ class NoDrafter:
     """Plain decoding: the baseline every speedup is measured against."""
 
     name = "none"
+    proposes_first = True  # proposing nothing is free
     relative_cost = 0.0  # cost of drafting one token, in plain target steps (a prior)
     last_key: object = None  # class of the last proposal (n-gram: matched length), for the controller
+    gives_confidences = False  # True: last_key holds per-token confidences (suffix_drafter.py)
     samples_proposals = False  # proposals are deterministic (one-hot) even when the user samples
     catch_up_seconds = 0.0  # a one-off the controller must not read as a cost per drafted token
 
-    def attach(self, target: "Context") -> None:
+    def attach(self, target: Context) -> None:
         pass
 
     def begin(self, history: Sequence[int]) -> None:
@@ -62,7 +63,7 @@ class NoDrafter:
     def propose(self, history, k, sampler):
         return [], None
 
-    def after_verify(self, target: "Context", row: int) -> None:
+    def after_verify(self, target: Context, row: int) -> None:
         pass
 
     def close(self) -> None:
@@ -78,6 +79,7 @@ class NgramDrafter(NoDrafter):
     """
 
     name = "ngram"
+    proposes_first = True  # a dictionary lookup: look at the match before choosing k
 
     def __init__(self, ngram_max: int = 3, ngram_min: int = 1) -> None:
         if not 1 <= ngram_min <= ngram_max <= 16:
@@ -119,26 +121,23 @@ class NgramDrafter(NoDrafter):
         return [], None
 
 
-def check_vocab_compatible(target: "Model", draft: "Model") -> None:
-    """Same rules as llama.cpp's common_speculative_are_compatible, with a clear error."""
-    from gemma_cli.engine.llama import lib
+def check_vocab_compatible(target: Model, draft: Model) -> None:
+    """llama.cpp's common_speculative_are_compatible on the loaded models, with a clear error.
 
-    ll = lib()
+    The size and token-text rule is `compat.token_list_problem`, the one the
+    header checks of `create`, `pull` and `show` use.
+    """
+    from gemma_cli.compat import token_list_problem
 
-    def fail(why: str) -> None:
-        raise IncompatibleModelsError(
-            f"drafter {draft.path.name} cannot draft for {target.path.name}: {why}"
-        )
-
-    if ll.llama_vocab_type(target.vocab) != ll.llama_vocab_type(draft.vocab):
-        fail("different tokenizer types")
-    if target.add_bos != draft.add_bos or target.bos != draft.bos or target.eos != draft.eos:
-        fail("different BOS/EOS tokens")
-    if abs(target.n_vocab - draft.n_vocab) > 128:
-        fail(f"vocabulary sizes differ ({target.n_vocab} vs {draft.n_vocab})")
-    for tok in range(5, min(target.n_vocab, draft.n_vocab)):
-        if target.token_text(tok) != draft.token_text(tok):
-            fail(f"token {tok} differs ({target.token_text(tok)!r} vs {draft.token_text(tok)!r})")
+    why = None
+    if target.vocab_type != draft.vocab_type:
+        why = "different tokenizer types"
+    elif target.add_bos != draft.add_bos or target.bos != draft.bos or target.eos != draft.eos:
+        why = "different BOS/EOS tokens"
+    else:
+        why = token_list_problem(target.n_vocab, draft.n_vocab, target.token_text, draft.token_text)
+    if why:
+        raise IncompatibleModelsError(f"drafter {draft.path.name} cannot draft for {target.path.name}: {why}")
 
 
 class ModelDrafter(NoDrafter):
@@ -150,18 +149,17 @@ class ModelDrafter(NoDrafter):
     """
 
     name = "model"
+    proposes_first = False  # each proposed token costs a drafter decode: choose k first
     samples_proposals = True
 
-    def __init__(self, model: "Model", *, n_ctx: int, n_threads: int | None = None) -> None:
-        from gemma_cli.engine.llama import Context
-
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None = None) -> None:
         self.model = model
         self.ctx = Context(model, n_ctx=n_ctx, n_batch=512, n_threads=n_threads)
-        self.relative_cost = 0.0
+        self.relative_cost = 0.0  # a prior for the controller; `attach` knows the target's size
         self._cached: list[int] = []  # tokens whose KV is in self.ctx
         self._confirmed = 0  # _cached[:_confirmed] known equal to history
 
-    def attach(self, target: "Context") -> None:
+    def attach(self, target: Context) -> None:
         # Decoding is memory-bound: a drafter step costs about its weight size relative to the target's.
         self.relative_cost = self.model.size_bytes / max(target.model.size_bytes, 1)
 

@@ -1,32 +1,30 @@
 """The engine callers use: load a target (and a draft source), stream generations.
 
-`Engine.generate` returns a `Generation`: iterate it for `Piece`s, read
-`.stats` at any time (updated in place), and `.result` once it is exhausted.
-The target's KV cache is kept between calls: a new prompt that extends the
-previous sequence (the next chat turn) evaluates only its new tokens.
+`Engine.generate` returns a `Generation` (generation.py): iterate it for
+`Piece`s, read `.stats` at any time (updated in place), and `.result` once it
+is exhausted. The target's KV cache (the engine's `slot`) is kept between
+calls: a new prompt that extends the previous sequence (the next chat turn)
+evaluates only its new tokens.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from gemma_cli.engine.adaptive import DraftController, PassCosts
-from gemma_cli.engine.draft_length import DraftLengthController
+from gemma_cli import limits
+from gemma_cli.engine.adaptive import PassCosts
+from gemma_cli.engine.dialogue import STOPS, render_dialogue
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NoDrafter, check_vocab_compatible
+from gemma_cli.engine.generation import CacheSlot, Generation
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams
-from gemma_cli.engine.speculative import TokenSampler, decode_steps
 from gemma_cli.engine.template import render_chat
-from gemma_cli.engine.textstream import TextStream
-from gemma_cli.engine.types import GenerationResult, LiveStats, Piece, StopReason
-from gemma_cli.errors import ContextFullError, EngineError, UsageError
-
-DRAFT_SOURCES = ("none", "ngram", "model", "mtp")
-MAX_DRAFT_TOKENS = 32
+from gemma_cli.errors import ContextFullError, UsageError
+from gemma_cli.load_guard import guard_load
 
 
 @dataclass(frozen=True)
@@ -41,10 +39,9 @@ class DraftConfig:
     adaptive: bool = True
 
     def validate(self) -> "DraftConfig":
-        if self.source not in DRAFT_SOURCES:
-            raise UsageError(f"unknown draft source {self.source!r}; choose one of {', '.join(DRAFT_SOURCES)}")
-        if not isinstance(self.tokens, int) or not 1 <= self.tokens <= MAX_DRAFT_TOKENS:
-            raise UsageError(f"draft length must be between 1 and {MAX_DRAFT_TOKENS}, got {self.tokens}")
+        """Raise UsageError for a source or length the engine cannot use (rules in `gemma_cli.limits`)."""
+        limits.check_draft_source(self.source)
+        limits.check_draft_tokens(self.tokens)
         if self.source in ("model", "mtp") and self.model_path is None:
             raise UsageError(f"draft source {self.source!r} needs a drafter model file")
         return self
@@ -57,6 +54,8 @@ class EngineConfig:
     n_gpu_layers: int = 0
     n_threads: int | None = None
     cpu_repack: bool | None = None  # None: automatic (see llama.choose_cpu_repack)
+    rpc: str | None = None  # "HOST:PORT,...": split the target across ggml RPC workers (rpc_placement.py)
+    tensor_split: str | None = None  # with rpc: shares per worker, then this machine
 
 
 def check_before_load(target: Path, draft: DraftConfig) -> None:
@@ -67,13 +66,22 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
     from gemma_cli.gguf_meta import read_architecture
 
     if draft.source == "mtp":
-        from gemma_cli.engine.mtp_pair import check_mtp_pair
+        from gemma_cli.compat import check_mtp_pair
 
         check_mtp_pair(target, draft.model_path)
     elif read_architecture(target) == "gemma4":
-        from gemma_cli.engine.mtp_pair import check_gemma4_target
+        from gemma_cli.compat import check_gemma4_target
 
         check_gemma4_target(target)
+
+
+def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None:
+    """Refuse a pair whose weights + KV cache cannot fit in RAM, before llama.cpp allocates (memory.py)."""
+    from gemma_cli.memory import check_fits, estimate_memory
+
+    drafter = draft.model_path if draft.source in ("mtp", "model") else None
+    check_fits(estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
+                               gpu_layers=config.n_gpu_layers))
 
 
 class Engine:
@@ -81,15 +89,26 @@ class Engine:
 
     def __init__(self, target_path: str | Path, draft: DraftConfig = DraftConfig(), config: EngineConfig = EngineConfig()) -> None:
         draft.validate()
-        if config.n_ctx <= 0:
-            raise UsageError(f"context size must be positive, got {config.n_ctx}")
+        limits.check_n_ctx(config.n_ctx)
         t0 = time.perf_counter()
         self.config = config
         check_before_load(Path(target_path), draft)
-        self.target = Model(target_path, n_gpu_layers=config.n_gpu_layers, cpu_repack=config.cpu_repack)
-        self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
-        self._cached: list[int] = []  # tokens whose KV is in self.ctx (sequence 0)
-        self._cancel = threading.Event()
+        if not config.rpc:  # split across RPC workers: the weights and KV live mostly elsewhere
+            guard_load(Path(target_path))  # a hostile header is refused as such, not as a memory estimate (cached)
+            check_memory(Path(target_path), draft, config)
+        self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
+        placed: dict = {"n_gpu_layers": config.n_gpu_layers}
+        if config.rpc:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED, Placement
+
+            if draft.source == "mtp":
+                raise UsageError(MTP_UNSUPPORTED)
+            self.placement = Placement.plan(config.rpc, Path(target_path), config.tensor_split)
+            placed = self.placement.model_kwargs()
+        with self.placement.loading() if self.placement else contextlib.nullcontext():
+            self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
+            self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
+        self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag
         self.costs = PassCosts()  # measured pass costs that sampled generations keep (see adaptive.py)
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
@@ -102,7 +121,10 @@ class Engine:
         """Switch draft source or length (the REPL's /set draft...)."""
         draft.validate()
         if draft.tokens + 1 > self.ctx.n_batch:
-            raise UsageError(f"draft length {draft.tokens} needs n_batch >= {draft.tokens + 1}")
+            raise UsageError(
+                f"draft length {draft.tokens} needs a batch of {draft.tokens + 1} tokens but this context's batch holds "
+                f"{self.ctx.n_batch}; use a draft length up to {self.ctx.n_batch - 1}"
+            )
         same_model = (
             self.draft.source == draft.source and self.draft.model_path == draft.model_path and self._drafter_model is not None
         )
@@ -123,8 +145,12 @@ class Engine:
             from gemma_cli.engine.suffix_drafter import SuffixDrafter
 
             return SuffixDrafter()
+        if draft.source == "mtp" and self.placement is not None:
+            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
+
+            raise UsageError(MTP_UNSUPPORTED)
         if draft.source == "mtp":  # the target itself was checked when it loaded
-            from gemma_cli.engine.mtp_pair import check_mtp_pair
+            from gemma_cli.compat import check_mtp_pair
 
             check_mtp_pair(self.target.path, draft.model_path)
         model = Model(draft.model_path, n_gpu_layers=self.config.n_gpu_layers, cpu_repack=self.config.cpu_repack)
@@ -149,36 +175,81 @@ class Engine:
 
     @property
     def cached_tokens(self) -> int:
-        return len(self._cached)
+        return len(self.slot.tokens)
+
+    @property
+    def _cached(self) -> list[int]:  # read by tests that check the KV bookkeeping
+        return self.slot.tokens
 
     def cancel(self) -> None:
         """Ask the running generation to stop after the current step (thread/signal safe)."""
-        self._cancel.set()
+        self.slot.cancel()
 
     def reset(self) -> None:
         """Forget the KV cache (a new conversation)."""
-        self.ctx.clear()
-        self._cached = []
+        self.slot.clear()
 
     # -- generation ------------------------------------------------------
     def chat_tokens(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
         """Render `messages` with the model's chat template (sandboxed) and tokenize."""
+        self.check_fits("".join(str(m.get("content") or "") for m in messages))  # before rendering a huge text
         model = self.target
+        if self.is_base_model:  # no chat template: a transcript the base model continues (dialogue.py)
+            return self.tokenize(render_dialogue(messages, add_generation_prompt=add_generation_prompt))
         bos = model.token_text(model.bos) if model.bos >= 0 else ""
         eos = model.token_text(model.eos) if model.eos >= 0 else ""
         text = render_chat(model.chat_template(), messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
+    @property
+    def is_base_model(self) -> bool:
+        """A GGUF without a chat template: a base model, which continues text rather than chats."""
+        return self.target.chat_template() is None
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        """Stop strings a chat reply needs: a base model's transcript goes on to the next user line."""
+        return STOPS if self.is_base_model else ()
+
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
         """A one-shot prompt: through the chat template, or as is for `raw` and for
         base models whose GGUF has no template (they continue text, they do not chat)."""
-        if raw or self.target.chat_template() is None:
+        if raw or self.is_base_model:
             return self.tokenize(f"{system}\n\n{text}" if system else text)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return self.chat_tokens(messages)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Prompt text to tokens; a text that cannot fit the context is refused before it is tokenized whole."""
+        self.check_fits(text)
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
+
+    def check_fits(self, text: str) -> None:
+        """ContextFullError when `text` certainly does not fit the context, at a cost bounded by the context.
+
+        llama.cpp's tokenizer needs ~150 bytes of memory per input byte, so a
+        30 MB stdin used to take 2.2 GB and half a minute only to be refused.
+        A text longer than n_ctx x the vocabulary's longest token cannot fit
+        (no tokenizing at all); a long one is counted in chunks, stopping as
+        soon as the count is past the context. What passes is tokenized whole
+        by the caller and checked exactly by `generate`.
+        """
+        room = self.ctx.n_ctx - 1  # a prompt must leave one position for the reply
+        if len(text) <= room * limits.CHEAP_BYTES_PER_TOKEN // 4:  # 4 = the most UTF-8 bytes per character
+            return
+        n_bytes = len(text.encode("utf-8", "replace"))
+        if n_bytes <= room * limits.CHEAP_BYTES_PER_TOKEN:
+            return
+        at_least = -(-n_bytes // self.target.max_token_bytes())
+        if at_least <= room and n_bytes > limits.COUNT_CHUNK_BYTES:
+            slack = 2 * (n_bytes // limits.COUNT_CHUNK_BYTES + 1)  # chunk edges may split a token or two
+            counted = self.target.count_tokens(text, stop_after=room + slack, chunk_bytes=limits.COUNT_CHUNK_BYTES)
+            at_least = max(at_least, counted - slack)
+        if at_least > room:
+            raise ContextFullError(
+                f"the prompt is at least {at_least} tokens ({limits.format_bytes(n_bytes)}) but the context holds "
+                f"{self.ctx.n_ctx}; raise --ctx or shorten the input"
+            )
 
     def generate(
         self,
@@ -189,8 +260,7 @@ class Engine:
         stop: Sequence[str] = (),
     ) -> "Generation":
         sampling.validate()
-        if max_tokens <= 0:
-            raise UsageError(f"max_tokens must be positive, got {max_tokens}")
+        limits.check_max_tokens(max_tokens)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise UsageError("the prompt is empty")
@@ -199,20 +269,6 @@ class Engine:
                 f"the prompt has {len(tokens)} tokens but the context holds {self.ctx.n_ctx}; raise --ctx or shorten the input"
             )
         return Generation(self, tokens, max_tokens, sampling, stop)
-
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Trim the KV cache to the longest prefix shared with `tokens`; return its length.
-
-        At least one token stays pending so the first pass yields logits.
-        """
-        cached = self._cached
-        limit = min(len(cached), len(tokens) - 1)
-        i = 0
-        while i < limit and cached[i] == tokens[i]:
-            i += 1
-        self.ctx.trim(i)  # also drops anything an interrupted step left behind
-        del cached[i:]
-        return i
 
     def close(self) -> None:
         self.drafter.close()
@@ -226,125 +282,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Generation:
-    """An in-progress generation: iterate for pieces; `stats` is live; `result` at the end."""
-
-    def __init__(self, engine: Engine, tokens: list[int], max_tokens: int, sampling: SamplingParams, stop: Sequence[str]) -> None:
-        self.engine = engine
-        self.prompt_tokens = tokens
-        self.max_tokens = max_tokens
-        self.sampling = sampling
-        self.stop = list(stop)
-        d = engine.draft
-        self.stats = LiveStats(draft_source=d.source, draft_max=0 if d.source == "none" else d.tokens, n_ctx=engine.n_ctx)
-        self.result: GenerationResult | None = None
-        self._iter = self._run()
-
-    def __iter__(self) -> Iterator[Piece]:
-        return self._iter
-
-    def __next__(self) -> Piece:
-        return next(self._iter)
-
-    def cancel(self) -> None:
-        self.engine.cancel()
-
-    def text(self) -> str:
-        """Run to the end and return the whole text."""
-        for _ in self._iter:
-            pass
-        assert self.result is not None
-        return self.result.text
-
-    def _run(self) -> Iterator[Piece]:
-        eng, stats = self.engine, self.stats
-        eng._cancel.clear()
-        tokens = self.prompt_tokens
-        reused = eng._reuse_prefix(tokens)
-        history = list(tokens)
-        pending = tokens[reused:]
-        stats.prompt_tokens = len(tokens)
-        stats.prompt_evaluated = len(pending)
-        k_max = 0 if eng.draft.source == "none" else eng.draft.tokens
-        if getattr(eng.drafter, "gives_confidences", False):  # k from the drafter's per-token confidences
-            controller: DraftController = DraftLengthController(
-                k_max, adaptive=eng.draft.adaptive, costs=None if self.sampling.greedy else eng.costs
-            )
-        else:
-            controller = DraftController(
-                k_max,
-                adaptive=eng.draft.adaptive,
-                # Timing may steer k only where k cannot change the output (see adaptive.py).
-                measure_time=self.sampling.greedy or not eng.drafter.samples_proposals,
-                draft_cost=eng.drafter.relative_cost,
-                costs=None if self.sampling.greedy else eng.costs,
-                optimistic=self.sampling.greedy,
-            )
-        sampler = TokenSampler(self.sampling)
-        stream = TextStream(self.stop)
-        out_tokens: list[int] = []
-        texts: list[str] = []
-        reason = StopReason.LENGTH
-        model = eng.target
-        steps = decode_steps(eng.ctx, history, pending, eng.drafter, controller, sampler, stats)
-        try:
-            while True:
-                if eng._cancel.is_set():
-                    reason = StopReason.CANCELLED
-                    break
-                try:
-                    step = next(steps)
-                except StopIteration:
-                    reason = StopReason.CONTEXT
-                    break
-                except ContextFullError:
-                    reason = StopReason.CONTEXT
-                    break
-                if stats.target_passes == 1:
-                    stats.prompt_eval_s = stats.ttft_s = time.perf_counter() - stats.started
-                stats.n_past = eng.ctx.n_past
-                done = False
-                piece_text: list[str] = []
-                n_tok = n_draft = draft_chars = 0
-                for j, tok in enumerate(step.tokens):
-                    if model.is_eog(tok):
-                        reason, done = StopReason.EOS, True
-                        break
-                    out_tokens.append(tok)
-                    n_tok += 1
-                    if j < step.n_drafted:
-                        n_draft += 1
-                    piece_text.append(stream.feed(model.piece(tok)))
-                    if j < step.n_drafted:
-                        draft_chars += len(piece_text[-1])
-                    if stream.stopped:
-                        reason, done = StopReason.STOP, True
-                        break
-                    if len(out_tokens) >= self.max_tokens:
-                        reason, done = StopReason.LENGTH, True
-                        break
-                stats.generated_tokens += n_tok
-                stats.emitted_from_draft += n_draft
-                stats.emitted_from_target += n_tok - n_draft
-                text = "".join(piece_text)
-                if text or n_tok:
-                    texts.append(text)
-                    yield Piece(text, n_tok, n_draft, draft_chars)
-                if done:
-                    break
-                if eng.ctx.n_past + 1 >= eng.ctx.n_ctx:
-                    reason = StopReason.CONTEXT
-                    break
-        finally:
-            steps.close()
-            eng._cached = history[: eng.ctx.n_past]
-            tail = stream.flush()
-            stats.finished = time.perf_counter()
-            if stats.target_passes and stats.ttft_s == 0.0:
-                stats.ttft_s = stats.prompt_eval_s
-        if tail:
-            texts.append(tail)
-            yield Piece(tail, 0, 0)
-        self.result = GenerationResult("".join(texts), out_tokens, reason, stats)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gemma_cli.limits import is_greedy
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What the user asked for. temperature 0 means greedy (argmax)."""
+    """What the user asked for. temperature 0 (or below limits.GREEDY_TEMPERATURE) means greedy (argmax)."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -28,19 +30,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return is_greedy(self.temperature)
 
     def validate(self) -> "SamplingParams":
-        from gemma_cli.errors import UsageError
+        """Raise UsageError for values no sampler can honour (rules in `gemma_cli.limits`)."""
+        from gemma_cli.limits import check_sampling
 
-        if not (self.temperature >= 0.0):
-            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not (0.0 <= self.min_p < 1.0):
-            raise UsageError(f"min_p must be in [0, 1), got {self.min_p}")
+        check_sampling(self.temperature, self.top_k, self.top_p, self.min_p)
         return self
 
 
@@ -61,6 +57,8 @@ class Dist:
 def warp(logits: np.ndarray, params: SamplingParams) -> Dist:
     """Temperature, then top-k, top-p (nucleus) and min-p filters, renormalised."""
     n = logits.shape[0]
+    if params.greedy:  # a tiny temperature would overflow logits / T: it means argmax
+        return Dist(np.array([int(logits.argmax())], dtype=np.int64), np.ones(1))
     k = params.top_k if 0 < params.top_k < n else n
     if k < n:
         ids = top_k_ids(logits, k)
@@ -150,3 +148,42 @@ def accept_draft(target: Dist, draft: Dist | None, token: int, rng: np.random.Ge
     if qd <= pt:
         return True
     return rng.random() < pt / qd
+
+
+class TokenSampler:
+    """The user's sampling settings plus the seeded random streams every draw comes from.
+
+    The target's own draws use one fixed uniform per output position
+    (`uniform`), so the token at position j depends on the logits and the
+    seed only, never on how many drafts were tried before it. Drafters that
+    sample their proposals use the separate `rng` stream.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.greedy = params.greedy
+        positions, drafts = np.random.SeedSequence(params.seed).spawn(2)
+        self.rng = np.random.default_rng(drafts)
+        self._position_rng = np.random.default_rng(positions)
+        self._uniforms = self._position_rng.random(self.CHUNK)
+
+    def uniform(self, position: int) -> float:
+        """The uniform that decides the target's token at output `position`."""
+        while position >= len(self._uniforms):
+            self._uniforms = np.concatenate([self._uniforms, self._position_rng.random(self.CHUNK)])
+        return float(self._uniforms[position])
+
+    def sample(self, logits: np.ndarray) -> tuple[int, Dist | None]:
+        """A drafter's proposal from a logits row; greedy returns no distribution."""
+        if self.greedy:
+            return int(logits.argmax()), None
+        dist = warp(logits, self.params)
+        return draw(dist, self.rng), dist
+
+    def sample_at(self, logits: np.ndarray, position: int) -> int:
+        """The target's token at output `position` (greedy: the argmax)."""
+        if self.greedy:
+            return int(logits.argmax())
+        return inverse_cdf(warp(logits, self.params), self.uniform(position))

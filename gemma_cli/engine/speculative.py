@@ -15,47 +15,8 @@ from gemma_cli.engine.adaptive import DraftController
 from gemma_cli.engine.clock import step_clock
 from gemma_cli.engine.drafters import Drafter
 from gemma_cli.engine.llama import Context
-from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, inverse_cdf, residual, warp
+from gemma_cli.engine.sampling import Dist, TokenSampler, accept_draft, draw, residual, warp
 from gemma_cli.engine.types import LiveStats
-
-
-class TokenSampler:
-    """The user's sampling settings plus the seeded random streams every draw comes from.
-
-    The target's own draws use one fixed uniform per output position
-    (`uniform`), so the token at position j depends on the logits and the
-    seed only, never on how many drafts were tried before it. Drafters that
-    sample their proposals use the separate `rng` stream.
-    """
-
-    CHUNK = 256
-
-    def __init__(self, params: SamplingParams) -> None:
-        self.params = params
-        self.greedy = params.greedy
-        positions, drafts = np.random.SeedSequence(params.seed).spawn(2)
-        self.rng = np.random.default_rng(drafts)
-        self._position_rng = np.random.default_rng(positions)
-        self._uniforms = self._position_rng.random(self.CHUNK)
-
-    def uniform(self, position: int) -> float:
-        """The uniform that decides the target's token at output `position`."""
-        while position >= len(self._uniforms):
-            self._uniforms = np.concatenate([self._uniforms, self._position_rng.random(self.CHUNK)])
-        return float(self._uniforms[position])
-
-    def sample(self, logits: np.ndarray) -> tuple[int, Dist | None]:
-        """A drafter's proposal from a logits row; greedy returns no distribution."""
-        if self.greedy:
-            return int(logits.argmax()), None
-        dist = warp(logits, self.params)
-        return draw(dist, self.rng), dist
-
-    def sample_at(self, logits: np.ndarray, position: int) -> int:
-        """The target's token at output `position` (greedy: the argmax)."""
-        if self.greedy:
-            return int(logits.argmax())
-        return inverse_cdf(warp(logits, self.params), self.uniform(position))
 
 
 @dataclass
@@ -120,13 +81,14 @@ def decode_steps(
     """
     drafter.begin(history)
     n_prompt = len(history)
+    look_first = drafter.proposes_first
     while True:
         room = target.n_ctx - target.n_past - len(pending)
         if room < 0:
             return
         t0 = step_clock()
         key = None
-        if drafter.relative_cost == 0.0 and room > 0:  # free proposals: look first, then decide
+        if look_first and room > 0:  # free proposals: look first, then decide
             draft, dists = drafter.propose(history, min(controller.k_max, room), sampler)
             key = drafter.last_key if draft else None
             k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
@@ -144,8 +106,14 @@ def decode_steps(
         drafter.after_verify(target, target.last_batch_len - 1 - (len(draft) - n_acc))
         if len(pending) == 1:  # prompt evaluation would skew the per-step costs
             # A drafter's prompt prefill is a one-off: charged per drafted token it would lock drafting out.
-            controller.record(len(draft), n_acc, len(draft) + 1, t2 - t1, t1 - t0 - drafter.catch_up_seconds, key)
+            controller.record(proposed=len(draft), accepted=n_acc, batch=len(draft) + 1,
+                              verify_s=t2 - t1, draft_s=t1 - t0 - drafter.catch_up_seconds, key=key)
             stats.step_seconds += t2 - t0
+            if draft:
+                stats.draft_steps += 1
+            else:  # this generation's own plain steps are the speedup estimate's baseline
+                stats.plain_steps += 1
+                stats.plain_step_seconds += t2 - t0
         stats.draft_proposed += len(draft)
         stats.draft_accepted += n_acc
         stats.target_passes += 1

@@ -129,7 +129,7 @@ PRIOR_WEIGHTS_GREEDY = (  # bias, context 1-10, agreement 1-4, streak 1-4, greed
 def prior_logit(key: Key) -> float:
     """The logistic prior's score for a key (its sigmoid: the acceptance before any observation)."""
     weights = PRIOR_WEIGHTS_GREEDY if key[4] else PRIOR_WEIGHTS_SAMPLED
-    return sum(w * x for w, x in zip(weights, features(key)))
+    return sum(w * x for w, x in zip(weights, features(key), strict=False))
 
 
 def prior(key: Key) -> float:
@@ -186,7 +186,7 @@ class SuffixDrafter(NoDrafter):
 
     name = "ngram"
     relative_cost = 0.0  # proposing is free: the loop looks at the proposal, then decides k
-    proposes_first = True  # the same, under the flag the engine refactor introduces
+    proposes_first = True  # a trie walk: look at the proposal, then choose k
     gives_confidences = True  # last_key is the proposal's confidences: DraftLengthController picks k
 
     def __init__(self, depth: int = DEPTH, memory_tokens: int = MEMORY_TOKENS) -> None:

@@ -42,14 +42,15 @@ def render_chat(
 ) -> str:
     """The prompt text for `messages` (roles: system, user, assistant)."""
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
+    from gemma_cli.engine.template_limits import LimitedSandbox
+
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     try:
-        compiled = env.from_string(template or GEMMA_TEMPLATE)
-        return compiled.render(
+        return env.render_limited(
+            template or GEMMA_TEMPLATE,
             messages=[dict(m) for m in messages],
             bos_token=bos_token,
             eos_token=eos_token,

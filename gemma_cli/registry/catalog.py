@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.errors import GemmaError, ModelNotFoundError
-from gemma_cli.registry.names import ModelRef, parse_name, split_family
+from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS
+from gemma_cli.store.names import ModelRef, parse_name, split_family
 
 DEFAULT_MODEL = "gemma3:270m"
 
@@ -109,8 +110,8 @@ def parse_catalog(data: Any) -> Catalog:
         if not isinstance(raw, dict):
             raise ValueError(f"{name} is not an object")
         tokens = raw.get("draft_tokens", 4)
-        if not isinstance(tokens, int) or not 1 <= tokens <= 32:
-            raise ValueError(f"{name}.draft_tokens must be 1..32")
+        if not isinstance(tokens, int) or not MIN_DRAFT_TOKENS <= tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"{name}.draft_tokens must be {MIN_DRAFT_TOKENS}..{MAX_DRAFT_TOKENS}")
         entry = CatalogEntry(
             name=key,
             target=_spec(raw.get("target"), f"{name}.target"),

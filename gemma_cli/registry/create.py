@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemma_cli.compat import check_pair, draft_source_for
 from gemma_cli.errors import ModelFileError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, NGRAM_DRAFT_TOKENS
+from gemma_cli.preflight import check_header
 from gemma_cli.registry.catalog import FileSpec, load_catalog
-from gemma_cli.registry.compat import check_pair
-from gemma_cli.pair import NGRAM_DRAFT_TOKENS
-from gemma_cli.registry.pull import NullProgress, PullProgress, draft_source_for, fetch_layer
+from gemma_cli.registry.pull import NullProgress, PullProgress, abort_progress, fetch_layer
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
@@ -38,9 +39,34 @@ def _source(src: str, layout: Layout, progress: PullProgress, label: str) -> tup
         layer, _ = fetch_layer(parse_hf_uri(src), layout, progress, label)
         return read_gguf(layout.blob(layer.digest)), layer.digest, layer.source
     path = Path(src).expanduser()
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {src}")
+    problem = not_a_model_file(path)
+    if problem:
+        raise ModelFileError(problem)
     return read_gguf(path), "", str(path.resolve())
+
+
+def not_a_model_file(path: Path) -> str | None:
+    """Why `path` cannot be a GGUF to copy (missing, a directory, a device, ...), or None.
+
+    Says what the path is, so `--target /dev/zero` is not reported as "not found".
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"model file not found: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory, not a GGUF file; give the .gguf file inside it"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{path} is a device, not a GGUF file"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return f"{path} is a pipe or socket, not a GGUF file; save the model to a file first"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file"
+    return None
 
 
 def create(name: str, target: str, draft: str | None = None, *, draft_tokens: int | None = None,
@@ -48,15 +74,22 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
     """Validate, copy into blobs, write the manifest; refuses incompatible pairs with the reason."""
     progress = progress or NullProgress()
     layout = layout or Layout.default()
-    ref = load_catalog().ref(name)
+    catalog = load_catalog()
+    ref = catalog.ref(name)
+    if catalog.get(ref) is not None:
+        raise UsageError(
+            f"{ref} is a catalog model's name and `gemma pull` owns it; choose another name, e.g. my-{ref.family}:{ref.tag}"
+        )
     draft = draft or "ngram"
-    if draft_tokens is not None and not 1 <= draft_tokens <= 32:
-        raise UsageError(f"draft length must be between 1 and 32, got {draft_tokens}")
+    if draft_tokens is not None and not MIN_DRAFT_TOKENS <= draft_tokens <= MAX_DRAFT_TOKENS:
+        raise UsageError(f"draft length must be between {MIN_DRAFT_TOKENS} and {MAX_DRAFT_TOKENS}, got {draft_tokens}")
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target")
+        check_header(t_info)  # before copying: a file llama.cpp would abort on is refused now
         d_info = d_digest = d_src = None
         if draft not in ("ngram", "none"):
             d_info, d_digest, d_src = _source(draft, layout, progress, f"{ref} drafter")
+            check_header(d_info)
             check_pair(t_info, d_info)
         t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
         d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None
@@ -82,7 +115,9 @@ def _store(info: GGUFInfo, digest: str, src: str, layout: Layout, progress: Pull
         progress.start(label, info.file_size, 0)
         try:
             digest, _ = blobs.ingest_file(layout, info.path, progress.advance)
-        finally:
-            progress.finish()
+        except BaseException:
+            abort_progress(progress, "interrupted; nothing was kept, run the command again")
+            raise
+        progress.finish()
     return Layer(digest, layout.blob(digest).stat().st_size, info.path.name if not src.startswith("hf://") else src.split("/")[-1].split("@")[0],
                  src, info.architecture)

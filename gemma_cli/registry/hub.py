@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
+from gemma_cli import config
 from gemma_cli.errors import DownloadError, GemmaError
 from gemma_cli.store.blobs import disk_full
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_STALLED_ATTEMPTS = 4
+MAX_STALL_RETRIES = 3  # transfers that went silent for config.stall_timeout() seconds, in a row
 Progress = Callable[[int], None]
 
 
@@ -61,10 +63,18 @@ class RemoteFile:
         return "url-" + hashlib.sha256(f"{self.repo}/{self.filename}@{self.commit}".encode()).hexdigest()[:40]
 
 
-def _endpoint() -> str:
+def endpoint() -> str:
+    """The Hub base URL in effect: $HF_ENDPOINT, else huggingface_hub's default."""
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE): then every request it makes fails."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None:
@@ -72,22 +82,22 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
     from huggingface_hub import errors as hf
 
     what = f"{repo}/{filename}"
-    endpoint = _endpoint()
+    base = endpoint()
     if isinstance(exc, hf.OfflineModeIsEnabled):
         return OfflineError(
             f"cannot download {what}: offline mode is on (HF_HUB_OFFLINE=1); unset it to download, models already pulled still work"
         )
     if isinstance(exc, hf.GatedRepoError):
         return AuthError(
-            f"{repo} is gated: accept its license on {endpoint}/{repo} and log in with `hf auth login` (or set HF_TOKEN)"
+            f"{repo} is gated: accept its license on {base}/{repo} and log in with `hf auth login` (or set HF_TOKEN)"
         )
     if isinstance(exc, (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError)):
-        return NotOnHubError(f"file {filename} not found in {repo} on {endpoint} (HTTP 404)")
+        return NotOnHubError(f"file {filename} not found in {repo} on {base} (HTTP 404)")
     if isinstance(exc, hf.RevisionNotFoundError):
-        return NotOnHubError(f"revision not found for {what} on {endpoint}")
+        return NotOnHubError(f"revision not found for {what} on {base}")
     if isinstance(exc, hf.RepositoryNotFoundError):
         return NotOnHubError(
-            f"repository {repo} not found on {endpoint}; if it is private or gated, log in with `hf auth login` (or set HF_TOKEN)"
+            f"repository {repo} not found on {base}; if it is private or gated, log in with `hf auth login` (or set HF_TOKEN)"
         )
     if isinstance(exc, hf.HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
@@ -97,14 +107,14 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
                 "log in with `hf auth login` (or set HF_TOKEN) after accepting its license"
             )
         if status == 404:
-            return NotOnHubError(f"file {filename} not found in {repo} on {endpoint} (HTTP 404)")
+            return NotOnHubError(f"file {filename} not found in {repo} on {base} (HTTP 404)")
         return DownloadError(f"the Hub answered HTTP {status} for {what}; try again later")
     import httpx2
 
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         return OfflineError(
-            f"cannot reach the Hugging Face Hub at {endpoint} ({reason}); check your network, "
+            f"cannot reach the Hugging Face Hub at {base} ({reason}); check your network, "
             "or set HF_HUB_OFFLINE=1 to use only models already pulled"
         )
     return None
@@ -114,9 +124,9 @@ def file_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
     """Resolve a repository file to its commit, LFS sha256, size and download URL."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint())
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     try:
-        meta = get_hf_file_metadata(url, endpoint=_endpoint())  # fail fast: no silent 30 s of retries
+        meta = get_hf_file_metadata(url, endpoint=endpoint())  # fail fast: no silent 30 s of retries
     except Exception as exc:
         mapped = hub_error(exc, repo, filename)
         if mapped is None:
@@ -156,11 +166,13 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
 
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"
-    if not _same_origin(remote.url, _endpoint()):
+    if not _same_origin(remote.url, endpoint()):
         headers.pop("authorization", None)  # signed CDN URLs: the token stays on the Hub
         headers.pop("Authorization", None)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    stall_s = config.stall_timeout()
     stalled = 0
+    silent = 0  # consecutive attempts that stalled without a byte
     while True:
         have = partial.stat().st_size if partial.exists() else 0
         if remote.size is not None and have == remote.size:
@@ -173,7 +185,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
             req["Range"] = f"bytes={have}-"
         before = have
         try:
-            with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=60.0)) as resp:
+            with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=stall_s)) as resp:
                 if resp.status_code == 416:  # our partial is not a prefix of anything it has: start over
                     partial.unlink(missing_ok=True)
                     stalled += 1
@@ -201,6 +213,18 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
             if isinstance(exc, (ConnectionError, TimeoutError)):
                 raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
             raise disk_full(partial, exc) or DownloadError(f"cannot write {partial}: {exc.strerror}") from None
+        except httpx2.ReadTimeout:
+            # The server answered, then sent nothing for stall_s: retry from here, a bounded number of times.
+            now = partial.stat().st_size if partial.exists() else 0
+            silent = 1 if now > before else silent + 1  # stalls since the last byte arrived
+            if silent > MAX_STALL_RETRIES:
+                total = f" of {remote.size}" if remote.size is not None else ""
+                raise DownloadError(
+                    f"the download of {remote.repo}/{remote.filename} stalled: the server stopped sending data "
+                    f"({stall_s:g} s without a byte, {silent} times in a row); {now}{total} bytes are kept, "
+                    "run the same command to resume"
+                ) from None
+            continue
         except httpx2.TransportError as exc:
             now = partial.stat().st_size if partial.exists() else 0
             stalled = 0 if now > before else stalled + 1  # a drop mid-file: continue from here

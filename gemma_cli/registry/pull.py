@@ -8,19 +8,19 @@ around each download so two models sharing a file fetch it once.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from gemma_cli.compat import draft_source_for
 from gemma_cli.errors import DownloadError, GemmaError, ModelFileError
 from gemma_cli.registry import hub
 from gemma_cli.registry.catalog import CatalogEntry, FileSpec, load_catalog
-from gemma_cli.registry.names import ModelRef
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Layer, Manifest, now_iso
+from gemma_cli.store.names import ModelRef
 from gemma_cli.store.store import load, save
 
 
@@ -42,6 +42,16 @@ class NullProgress:
     def finish(self) -> None:
         pass
 
+    def abort(self, note: str) -> None:
+        """The transfer ended without completing (error, Ctrl-C): leave the bar where it stopped."""
+
+
+def abort_progress(progress: PullProgress, note: str) -> None:
+    """Call `progress.abort(note)` when the renderer has it (older ones only know `finish`)."""
+    abort = getattr(progress, "abort", None)
+    if callable(abort):
+        abort(note)
+
 
 @dataclass(frozen=True)
 class PullResult:
@@ -50,18 +60,18 @@ class PullResult:
     up_to_date: bool
     from_package: str | None = None  # the pip package a bundled model came from
 
+    def summary(self) -> dict[str, object]:
+        """What `gemma pull` reports, as data (`gemma serve` sends it with its last progress line)."""
+        m = self.manifest
+        return {"name": m.name, "up_to_date": self.up_to_date, "from_package": self.from_package,
+                "downloaded": self.downloaded, "target": m.target.filename,
+                "drafter": m.drafter.filename if m.drafter else None, "draft_source": m.draft_source, "size": m.size}
+
 
 def architecture_of(path) -> str:
     from gemma_cli.gguf_meta import read_gguf
 
     return read_gguf(path).architecture
-
-
-def draft_source_for(drafter_arch: str | None, fallback: str) -> str:
-    """'mtp' for a gemma4-assistant head, 'model' for any other drafter GGUF, else the catalog's value."""
-    if drafter_arch is None:
-        return fallback if fallback in ("ngram", "none") else "ngram"
-    return "mtp" if drafter_arch in ("gemma4-assistant", "gemma4_assistant") else "model"
 
 
 def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: str) -> tuple[Layer, int]:
@@ -80,8 +90,10 @@ def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: s
         progress.start(label, remote.size, have)
         try:
             hub.download(remote, partial, progress.advance)
-        finally:
-            progress.finish()
+        except BaseException:
+            abort_progress(progress, "interrupted; run the same command to resume")
+            raise
+        progress.finish()
         got = (partial.stat().st_size if partial.exists() else 0) - have
         actual = hub.verify_partial(remote, partial)
         digest = "sha256:" + actual
@@ -102,7 +114,18 @@ def _layer(digest: str, remote: hub.RemoteFile, layout: Layout) -> Layer:
 def _complete(manifest: Manifest | None, layout: Layout) -> bool:
     if manifest is None:
         return False
-    return all(blobs.blob_status(layout, l.digest, l.size) == "ok" for l in manifest.layers)
+    return all(blobs.blob_status(layout, layer.digest, layer.size) == "ok" for layer in manifest.layers)
+
+
+def _is_catalog_copy(manifest: Manifest | None, target: str, drafter: str | None) -> bool:
+    """Does the stored manifest hold exactly the catalog's files?
+
+    A manifest under a catalog name that points at other files (written by an
+    older `gemma create`, or edited by hand) is replaced, not reported "up to date".
+    """
+    if manifest is None or not manifest.catalog:
+        return False
+    return manifest.target.digest == target and (manifest.drafter.digest if manifest.drafter else None) == drafter
 
 
 def _package(entry: CatalogEntry):
@@ -121,10 +144,10 @@ def materialise_package(ref: ModelRef, entry: CatalogEntry, layout: Layout) -> M
         return None
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         existing = load(ref, layout)
-        if _complete(existing, layout):
-            return existing
         expected = str(pkg.EXPECTED_SHA256).lower()
         digest = "sha256:" + expected
+        if _complete(existing, layout) and _is_catalog_copy(existing, digest, None):
+            return existing
         with file_lock(layout.blob_lock(expected)):
             if blobs.blob_status(layout, digest, None) != "ok":
                 try:
@@ -149,7 +172,7 @@ def _manifest(ref: ModelRef, entry: CatalogEntry, target: Layer, drafter: Layer 
         draft_source=draft_source_for(drafter.architecture if drafter else None, entry.draft_source),
         draft_tokens=entry.draft_tokens,
         quantization=entry.quantization,
-        tuned=dict(old.tuned) if old else {},
+        tuned=dict(old.tuned) if old and old.catalog and old.target == target and old.drafter == drafter else {},
         created=now_iso(),
         catalog=True,
     )
@@ -163,10 +186,10 @@ def pull(name: str, progress: PullProgress | None = None, layout: Layout | None 
     entry = catalog.lookup(name)
     ref = catalog.ref(entry.name)
     if entry.package and _package(entry) is not None:
-        had = _complete(load(ref, layout), layout)
+        before = load(ref, layout)
         manifest = materialise_package(ref, entry, layout)
         assert manifest is not None
-        return PullResult(manifest, 0, had, entry.package)
+        return PullResult(manifest, 0, before == manifest, entry.package)
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         existing = load(ref, layout)
         try:
@@ -175,16 +198,18 @@ def pull(name: str, progress: PullProgress | None = None, layout: Layout | None 
             if entry.drafter:
                 drafter, got_d = fetch_layer(entry.drafter, layout, progress, f"{ref} drafter")
         except hub.OfflineError:
-            if _complete(existing, layout):
+            if _complete(existing, layout) and existing is not None and existing.catalog:
                 assert existing is not None
                 return PullResult(existing, 0, True)  # offline but complete: nothing to do
             raise
         manifest = _manifest(ref, entry, target, drafter, existing)
-        if existing and existing.layers == manifest.layers:
+        same = existing is not None and existing.catalog and existing.layers == manifest.layers
+        if same:
+            assert existing is not None
             manifest = replace(manifest, created=existing.created)
         save(manifest, ref, layout)
-        return PullResult(manifest, got_t + got_d, got_t + got_d == 0 and existing is not None)
+        return PullResult(manifest, got_t + got_d, bool(same) and got_t + got_d == 0)
 
 
 __all__ = ["pull", "PullResult", "PullProgress", "NullProgress", "materialise_package", "fetch_layer",
-           "draft_source_for", "DownloadError", "GemmaError"]
+           "DownloadError", "GemmaError"]

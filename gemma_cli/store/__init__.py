@@ -1,10 +1,7 @@
 """The local model store: manifests naming content-addressed GGUF blobs.
 
-Public entry points: `resolve_model` (name or path -> ModelPair, no network)
-and `record_tuned` (bench --tune results into a manifest).
+The bottom layer: names (`names`), paths (`layout`), crash-safe writes and
+locks (`atomic`), blobs (`blobs`), manifests (`manifest`, `store`) and
+re-hashing (`verify`). It imports nothing from `registry` or `cli`; turning a
+user's name into a runnable pair is `gemma_cli.registry.resolve`.
 """
-
-from gemma_cli.store.resolve import resolve_model
-from gemma_cli.store.store import record_tuned
-
-__all__ = ["resolve_model", "record_tuned"]

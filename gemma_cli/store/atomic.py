@@ -9,9 +9,11 @@ directory; serialise writers with `fcntl.flock` on small lock files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +43,50 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def save_user_file(path: Path, data: bytes, *, overwrite: bool) -> None:
+    """Write a file the user named (not the store's): atomically, never creating directories.
+
+    The data goes to a temporary file in the same directory, then: a new file is
+    linked into place (`os.link` fails if the name appeared meanwhile, so nothing
+    is ever clobbered without `overwrite`); with `overwrite` it is renamed over
+    the old file, which keeps its permission bits. A symlink is written through
+    to its target. Raises FileExistsError (exists, no `overwrite`),
+    FileNotFoundError (no such directory), IsADirectoryError, or other OSErrors.
+    """
+    path = Path(os.path.realpath(path)) if overwrite else path
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(errno.EEXIST, "file exists", str(path))
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if overwrite else None
+    except FileNotFoundError:
+        mode = None
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

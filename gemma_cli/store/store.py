@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from gemma_cli.errors import GemmaError, ModelNotFoundError
-from gemma_cli.registry.names import ModelRef
 from gemma_cli.store import blobs
 from gemma_cli.store.atomic import atomic_write_json, file_lock
 from gemma_cli.store.layout import Layout, digest_hex
-from gemma_cli.store.manifest import Manifest, now_iso, parse_manifest
+from gemma_cli.store.manifest import Manifest, parse_manifest
+from gemma_cli.store.names import ModelRef
 
 
 def load(ref: ModelRef, layout: Layout | None = None) -> Manifest | None:
@@ -43,7 +43,8 @@ def iter_manifests(layout: Layout | None = None) -> Iterator[tuple[ModelRef, Pat
         if not family_dir.is_dir():
             continue
         for path in sorted(family_dir.glob("*.json")):
-            yield ModelRef(family_dir.name, path.stem), path
+            if not path.name.startswith("."):  # editors' and tools' hidden files are not models
+                yield ModelRef(family_dir.name, path.stem), path
 
 
 def list_models(layout: Layout | None = None) -> list[tuple[ModelRef, Manifest | GemmaError]]:
@@ -71,56 +72,53 @@ def collect_garbage(layout: Layout) -> tuple[int, int]:
     Skipped (0, 0) while any pull holds the store lock: its blobs may not
     have a manifest yet. The next `rm` collects them.
     """
-    removed = freed = 0
+    removed = _collect(layout)
+    return len(removed), sum(removed.values())
+
+
+def _collect(layout: Layout) -> dict[str, int]:
+    """Delete unreferenced blobs; returns {hex digest: bytes freed}."""
+    removed: dict[str, int] = {}
     with file_lock(layout.store_lock, blocking=False) as got:
         if not got or not layout.blobs.is_dir():
-            return 0, 0
+            return removed
         keep = referenced_digests(layout)
         for path in layout.blobs.glob("sha256-*"):
             hexpart = path.name[len("sha256-"):]
             if path.suffix == ".partial" or len(hexpart) != 64 or hexpart in keep:
                 continue
-            freed += blobs.remove_blob(layout, "sha256:" + hexpart)
-            removed += 1
-    return removed, freed
+            removed[hexpart] = blobs.remove_blob(layout, "sha256:" + hexpart)
+    return removed
 
 
-def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, int]]:
-    """Remove models by name; returns [(name, bytes freed in total)] after GC."""
-    from gemma_cli.registry.catalog import load_catalog
+def delete(refs: list[ModelRef], layout: Layout) -> int:
+    """Delete these models' manifests, then collect unreferenced blobs.
 
-    layout = layout or Layout.default()
-    catalog = load_catalog()
-    refs = [catalog.ref(n) for n in names]
-    for name, ref in zip(names, refs):
-        if not layout.manifest(ref).exists():
-            have = [str(r) for r, _ in iter_manifests(layout)]
-            raise ModelNotFoundError(f"model {name!r} is not in the store{catalog.suggest(name, have) if have else ''}")
+    Returns the bytes freed by *these* models' blobs: orphans left by something
+    else are collected too, but not counted as what this `rm` freed.
+    """
+    own: set[str] = set()
+    for ref in refs:
+        with contextlib.suppress(GemmaError, OSError):
+            manifest = load(ref, layout)
+            if manifest is not None:
+                own.update(digest_hex(layer.digest) for layer in manifest.layers)
     for ref in refs:
         with file_lock(layout.model_lock(ref)):
             with contextlib.suppress(FileNotFoundError):
                 layout.manifest(ref).unlink()
         with contextlib.suppress(OSError):
             layout.manifest(ref).parent.rmdir()  # only when empty
-    _, freed = collect_garbage(layout)
-    return [(str(ref), freed) for ref in refs]
+    removed = _collect(layout)
+    return sum(size for hexpart, size in removed.items() if hexpart in own)
 
 
-def record_tuned(name: str, workload: str, draft_tokens: int, draft_source: str | None = None) -> None:
-    """Store a `gemma bench --tune` result in the model's manifest (atomically, under its lock)."""
-    from gemma_cli.registry.catalog import load_catalog
-
-    if not isinstance(draft_tokens, int) or not 1 <= draft_tokens <= 32:
-        raise GemmaError(f"tuned draft length must be between 1 and 32, got {draft_tokens!r}")
-    layout = Layout.default()
-    ref = load_catalog().ref(name)
+def set_tuned(ref: ModelRef, workload: str, entry: dict[str, Any], layout: Layout) -> None:
+    """Record a tuning result under `workload` in the model's manifest (atomically, under its lock)."""
     with file_lock(layout.model_lock(ref)):
         manifest = load(ref, layout)
         if manifest is None:
-            raise ModelNotFoundError(f"model {name!r} is not in the store; run `gemma pull {name}` first")
-        entry = {"draft_tokens": draft_tokens, "at": now_iso()}
-        if draft_source:
-            entry["draft_source"] = draft_source
+            raise ModelNotFoundError(f"model {str(ref)!r} is not in the store; run `gemma pull {ref}` first")
         tuned = dict(manifest.tuned)
         tuned[str(workload)] = entry
         save(replace(manifest, tuned=tuned), ref, layout)

@@ -1,4 +1,7 @@
-"""`gemma verify`: re-hash every blob of the given models (or of all) against its name."""
+"""`gemma verify`: re-hash every blob of the given models (or of all) against its name.
+
+Takes parsed refs: turning user-typed names into refs (default tags) is the registry's job.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from gemma_cli.errors import GemmaError, ModelNotFoundError
 from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout, digest_hex
 from gemma_cli.store.manifest import Manifest
+from gemma_cli.store.names import ModelRef
 from gemma_cli.store.store import list_models
 
 
@@ -17,16 +21,15 @@ class BlobReport:
     role: str  # "target" | "drafter" | "manifest"
     digest: str
     status: str  # ok | missing | truncated | corrupt | unreadable manifest
+    catalog: bool = True  # pulled from the catalog (repair: pull) or created (repair: create again)
+    source: str = ""  # where the file came from (a path, hf://…, package:…)
 
 
-def verify(names: list[str] | None = None, layout: Layout | None = None) -> list[BlobReport]:
-    from gemma_cli.registry.catalog import load_catalog
-
-    layout = layout or Layout.default()
+def verify_refs(refs: list[ModelRef] | None, layout: Layout) -> list[BlobReport]:
+    """Full re-hash of the blobs of `refs` (None or empty: every model in the store)."""
     models = list_models(layout)
-    if names:
-        catalog = load_catalog()
-        wanted = {str(catalog.ref(n)) for n in names}
+    if refs:
+        wanted = {str(ref) for ref in refs}
         have = {str(ref) for ref, _ in models}
         missing = sorted(wanted - have)
         if missing:
@@ -42,5 +45,5 @@ def verify(names: list[str] | None = None, layout: Layout | None = None) -> list
             if layer is None:
                 continue
             status = blobs.blob_status(layout, layer.digest, layer.size, full=True)
-            reports.append(BlobReport(str(ref), role, digest_hex(layer.digest), status))
+            reports.append(BlobReport(str(ref), role, digest_hex(layer.digest), status, manifest.catalog, layer.source))
     return reports

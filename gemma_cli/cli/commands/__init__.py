@@ -1,1 +1,1 @@
-"""One module per command group; each registers itself on the Typer app."""
+"""One module per command group: plain functions, registered on the Typer app by `gemma_cli.cli.app`."""

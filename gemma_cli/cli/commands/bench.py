@@ -12,8 +12,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import app
 from gemma_cli.cli.output import stderr_console, use_color
 from gemma_cli.errors import UsageError
 
@@ -31,8 +31,7 @@ def parse_lengths(spec: str | None) -> list[int] | None:
             k = int(part)
         except ValueError:
             raise UsageError(f"--draft-tokens takes comma-separated integers, e.g. 2,4,6; got {spec!r}") from None
-        if not 1 <= k <= 32:
-            raise UsageError(f"--draft-tokens values must be between 1 and 32, got {k}")
+        limits.check_draft_tokens(k, "--draft-tokens values")
         if k not in out:
             out.append(k)
     if not out:
@@ -91,10 +90,10 @@ def render_tables(data: dict) -> None:
         console.print(f"note: {warning}")
     for t in data.get("tuned", []):
         verdict = "faster than plain" if t["beats_plain"] else "no faster than plain; adaptive drafting will pause"
-        console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict})")
+        kept = "" if t.get("recorded", True) else "; NOT recorded: runs too short to time"
+        console.print(f"tuned {t['kind']}: {t['draft_source']} k<={t['draft_tokens']} ({t['speedup']:.2f}x, {verdict}{kept})")
 
 
-@app.command()
 def bench(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     workload: Annotated[
@@ -113,9 +112,12 @@ def bench(
     top_p: opt.TopP = opt.DEFAULT_TOP_P,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as one JSON object.")] = False,
     tune: Annotated[bool, typer.Option("--tune", help="Sweep draft lengths and sources; record the best per workload in the model's manifest.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --tune: record results even from runs too short to time reliably.")] = False,
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
 ) -> None:
     """Measure plain vs speculative decoding side by side on this machine (and tune it with --tune).
 
@@ -126,11 +128,10 @@ def bench(
 
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    from gemma_cli.engine.sampling import SamplingParams
+    opt.check_generation(max_tokens, temperature, top_k, top_p)
+    from gemma_cli.engine import SamplingParams
 
-    sampling = SamplingParams(temperature, top_k, top_p).validate()
+    sampling = SamplingParams(temperature, top_k, top_p)
     if sampling.greedy and (top_k, top_p) != (opt.DEFAULT_TOP_K, opt.DEFAULT_TOP_P):
         raise UsageError("--top-k and --top-p shape sampling, and bench runs greedy by default; add --temperature, e.g. -t 1")
     lengths = parse_lengths(draft_tokens)
@@ -155,7 +156,7 @@ def bench(
 
     err = stderr_console()
     progress = (lambda line: err.print(line)) if sys.stderr.isatty() else None
-    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads))
+    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads, rpc, tensor_split))
     try:
         choices = []
         if tune:
@@ -172,7 +173,14 @@ def bench(
     finally:
         engine.close()
     if tune:
-        tuner.record(pair, choices)
+        choices = tuner.record(pair, choices, force=force)
+        for c in choices:
+            if not c.reliable:
+                what = "recorded anyway (--force)" if c.recorded else "not recorded"
+                sys.stderr.write(
+                    f"note: tuned {c.kind} ({c.draft_source} k<={c.draft_tokens}) {what}: runs were shorter than 2 s, "
+                    "too short to time reliably; raise --max-tokens (or --force to record it anyway)\n"
+                )
     data = {
         "model": pair.name,
         "target": str(pair.target),
@@ -192,6 +200,6 @@ def bench(
 
 
 def _default_threads() -> int:
-    from gemma_cli.engine.llama import default_threads
+    from gemma_cli.engine import default_threads
 
     return default_threads()

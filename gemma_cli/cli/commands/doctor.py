@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 
 from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import app
 from gemma_cli.cli.output import use_color
 
 _LABELS = {"ok": ("ok", "32"), "warn": ("warn", "33"), "fail": ("FAIL", "31"), "info": ("info", "36")}
@@ -35,7 +34,6 @@ def render(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-@app.command()
 def doctor(
     model: Annotated[Optional[str], typer.Argument(help="Also check that this model (name or .gguf path) and its drafter fit in memory.", show_default=False)] = None,
     ctx: opt.Ctx = 4096,
@@ -62,7 +60,6 @@ def doctor(
     require_ok(report)
 
 
-@app.command("__complete-models", hidden=True)
 def complete_models(
     catalog: Annotated[bool, typer.Option("--catalog", help="Also list models the catalog can pull.")] = False,
 ) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from gemma_cli.cli.app import app
+from gemma_cli.cli import remote
+from gemma_cli.cli.remote import HostOpt
 from gemma_cli.errors import IntegrityError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -40,34 +41,50 @@ def _ago(iso: str) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
 
-@app.command("pull")
 def pull_cmd(
     name: Annotated[str, typer.Argument(help="Model name, e.g. gemma4:e4b or gemma3:270m.")],
     quiet: QuietOpt = False,
+    host: HostOpt = None,
 ) -> None:
     """Download a model (target + drafter) into the local store; re-run to resume."""
     from gemma_cli.cli.progress import progress_for
-    from gemma_cli.registry.pull import pull
 
-    with progress_for(quiet) as progress:
-        result = pull(name, progress)
-    m = result.manifest
-    if result.up_to_date:
+    server = remote.client(host)
+    try:
+        with progress_for(quiet) as progress:
+            if server is not None:
+                summary = remote.pull(server, name, progress)
+            else:
+                from gemma_cli.registry.pull import pull
+
+                summary = pull(name, progress).summary()
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("\ninterrupted: what was downloaded is kept; run the same command to resume\n")
+        raise
+    typer.echo(pull_line(summary))
+
+
+def pull_line(r: dict) -> str:
+    """`gemma pull`'s last line, from `PullResult.summary()` (local or from the server)."""
+    if r["up_to_date"]:
         state = "up to date"
-    elif result.from_package:
-        state = f"installed from the {result.from_package} package (no download)"
+    elif r.get("from_package"):
+        state = f"installed from the {r['from_package']} package (no download)"
     else:
-        state = f"pulled ({_size(result.downloaded)} downloaded)"
-    drafter = f" + {m.drafter.filename}" if m.drafter else f" ({m.draft_source} drafting)"
-    typer.echo(f"{m.name}: {state}: {m.target.filename}{drafter}, {_size(m.size)}")
+        state = f"pulled ({_size(r['downloaded'])} downloaded)"
+    drafter = f" + {r['drafter']}" if r.get("drafter") else f" ({r['draft_source']} drafting)"
+    return f"{r['name']}: {state}: {r['target']}{drafter}, {_size(r['size'])}"
 
 
-def _list(json_out: bool, available: bool) -> None:
+def _list(json_out: bool, available: bool, host: str | None) -> None:
     from gemma_cli.registry.catalog import load_catalog
-    from gemma_cli.store.store import list_models
+
+    server = None if available else remote.client(host)  # the catalog is this machine's
 
     if available:
         entries = load_catalog().entries.values()
@@ -82,41 +99,46 @@ def _list(json_out: bool, available: bool) -> None:
             rows.append([e.name, f"~{e.approx_size_gb} GB" if e.approx_size_gb else "?", e.draft_source, e.description])
         typer.echo(_table(rows))
         return
-    models = list_models()
+    if server is not None:
+        entries = remote.list_entries(server)
+    else:
+        from gemma_cli.registry.inspect import list_entries
+
+        entries = list_entries()
     if json_out:
-        out = []
-        for ref, m in models:
-            if isinstance(m, Exception):
-                out.append({"name": str(ref), "error": str(m)})
-            else:
-                out.append({"name": m.name, "id": m.id, "size": m.size, "draft_source": m.draft_source,
-                            "drafter": m.drafter.filename if m.drafter else None, "modified": m.created,
-                            "target": m.target.digest, "drafter_digest": m.drafter.digest if m.drafter else None})
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(entries, indent=2))
         return
     rows = [["NAME", "ID", "SIZE", "DRAFTER", "MODIFIED"]]
-    for ref, m in models:
-        if isinstance(m, Exception):
-            rows.append([str(ref), "?", "?", "?", "unreadable manifest"])
+    for m in entries:
+        if "error" in m:
+            rows.append([m["name"], "?", "?", "?", "unreadable manifest"])
             continue
-        drafter = f"{m.draft_source} ({_size(m.drafter.size)})" if m.drafter else m.draft_source
-        rows.append([m.name, m.id, _size(m.size), drafter, _ago(m.created)])
+        drafter = f"{m['draft_source']} ({_size(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
+        rows.append([m["name"], m["id"], _size(m["size"]), drafter, _ago(m["modified"])])
     typer.echo(_table(rows))
 
 
-@app.command("list")
 def list_cmd(
     json_out: JsonOpt = False,
     available: Annotated[bool, typer.Option("--available", help="Show the catalog instead of the local store.")] = False,
+    host: HostOpt = None,
 ) -> None:
     """List pulled models (NAME, ID, SIZE, DRAFTER, MODIFIED)."""
-    _list(json_out, available)
+    _list(json_out, available, host)
 
 
-@app.command("ls", hidden=True)
-def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False) -> None:
+def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("--available")] = False,
+           host: HostOpt = None) -> None:
     """Alias of `list`."""
-    _list(json_out, available)
+    _list(json_out, available, host)
+
+
+def _memory_line(mem: dict | None) -> str:
+    if not mem:
+        return "Memory        unknown"
+    parts = [f"{_size(e['total_bytes'])} at {n} tokens (KV {_size(e['kv_bytes'])})" for n, e in mem["estimates"].items()]
+    avail = mem.get("available_bytes")
+    return "Memory        about " + ", ".join(parts) + (f"; {_size(avail)} available" if avail else "")
 
 
 def _show_lines(info: dict) -> list[str]:
@@ -129,6 +151,8 @@ def _show_lines(info: dict) -> list[str]:
         f"Embedding     {t['embedding_length']}",
         f"Quantization  {t['quantization']}",
         f"Size          {_size(t['size_bytes'])}",
+        f"Kind          {t['kind']}",
+        _memory_line(info.get("memory")),
         f"Chat template {'yes' if t['chat_template'] else 'no'}",
         f"License       {t['license'] or 'not stated in the GGUF'}",
     ]
@@ -144,6 +168,10 @@ def _show_lines(info: dict) -> list[str]:
     else:
         lines.append(f"Drafter       none ({info['draft_source']} drafting)")
     lines.append(f"Draft length  {info['draft_tokens']} (recommended)")
+    if t.get("experts"):
+        lines.append(f"Experts       {t['experts']} per layer, {t.get('experts_used')} per token: each drafted token may route to "
+                     "other experts, so a verify pass reads more weights than a plain step at batch 1; keep drafts short "
+                     "and check with `gemma bench`")
     tuned = info.get("tuned") or {}
     if tuned:
         lines.append("Tuned         " + ", ".join(
@@ -154,26 +182,29 @@ def _show_lines(info: dict) -> list[str]:
     return lines
 
 
-@app.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="Model name or .gguf path.")],
     json_out: JsonOpt = False,
+    host: HostOpt = None,
 ) -> None:
     """Show a model's architecture, size, quantization, drafter and tuning (from GGUF headers)."""
-    from gemma_cli.store import resolve_model
-    from gemma_cli.store.inspect import describe
+    server = remote.client(host)
+    if server is not None:
+        info = remote.describe(server, name)
+    else:
+        from gemma_cli.registry.inspect import describe
+        from gemma_cli.registry.resolve import resolve_model
 
-    info = describe(resolve_model(name))
+        info = describe(resolve_model(name))
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))
     else:
         typer.echo("\n".join(_show_lines(info)))
 
 
-@app.command("rm")
 def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
     """Remove models; blobs still used by another model are kept."""
-    from gemma_cli.store.store import remove
+    from gemma_cli.registry.manage import remove
 
     results = remove(names)
     freed = results[-1][1] if results else 0
@@ -182,7 +213,6 @@ def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remov
     typer.echo(f"freed {_size(freed)}")
 
 
-@app.command("create")
 def create_cmd(
     name: Annotated[str, typer.Argument(help="New model name, e.g. mypair:latest.")],
     target: Annotated[str, typer.Option("--target", help="Target GGUF: a path or hf://owner/repo/file.gguf.")],
@@ -200,13 +230,14 @@ def create_cmd(
     typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {_size(m.size)}")
 
 
-@app.command("verify")
 def verify_cmd(
     names: Annotated[Optional[List[str]], typer.Argument(help="Models to check (default: all).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-hash blobs against their sha256 and report corruption."""
-    from gemma_cli.store.verify import verify
+    import sys
+
+    from gemma_cli.registry.manage import repair_hint, sweep_leftovers, verify
 
     reports = verify(names or None)
     if json_out:
@@ -214,10 +245,13 @@ def verify_cmd(
     else:
         for r in reports:
             typer.echo(f"{r.status.upper():<9} {r.model} {r.role} {r.digest[:12]}")
+    for left in sweep_leftovers():
+        verb = "removed" if left.removed else "found"
+        sys.stderr.write(f"{verb} {left.path} ({_size(left.size)}): {left.reason}\n")
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]
         raise IntegrityError(
             f"{len(bad)} of {len(reports)} blobs failed verification ({first.model} {first.role}: {first.status}); "
-            f"run `gemma pull {first.model}` to repair"
+            + repair_hint(first)
         )

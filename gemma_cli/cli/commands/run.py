@@ -7,72 +7,47 @@ stderr. Piped stdin is read fully and placed before the positional prompt.
 from __future__ import annotations
 
 import json
-import signal
 import sys
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Iterable, List, Optional
 
 import typer
 
-from gemma_cli.cli import engine_options as opt
-from gemma_cli.cli.app import EXIT_INTERRUPT, app, quiet_stdout
-from gemma_cli.cli.output import render_verbose_summary
-from gemma_cli.errors import UsageError
+from gemma_cli import limits
+from gemma_cli.cli import engine_options as opt, remote
+from gemma_cli.cli.interrupt import Cancellable, CancelOnSigint
+from gemma_cli.cli.output import quiet_stdout, render_verbose_summary
+from gemma_cli.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from gemma_cli.engine import Piece
 
 FORMATS = ("text", "json", "jsonl")
 
 
-def _looks_like_model(arg: str) -> bool:
-    """Is a lone positional argument a model (name or .gguf path) rather than a prompt?"""
-    if arg.endswith(".gguf"):
-        return True
-    if any(c.isspace() for c in arg) or len(arg) > 128:
-        return False
-    try:
-        opt.resolve(arg)
-        return True
-    except Exception:
-        return False
+def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str | None]:
+    """Combine piped stdin (first) with the positional prompt; pick out the model.
 
+    A lone argument is the model when it looks like one (family:tag, a catalog
+    name, a .gguf path), so a model that is missing is reported or pulled
+    rather than sent to the default model as a prompt.
+    """
+    from gemma_cli.cli.text_input import clean_text, read_stdin
+    from gemma_cli.registry.resolve import looks_like_model
 
-def read_prompt(model: str | None, prompt: str | None) -> tuple[str | None, str]:
-    """Combine piped stdin (first) with the positional prompt; pick out the model."""
-    if model is not None and prompt is None and not _looks_like_model(model):
+    model = clean_text(model) if model is not None else None
+    prompt = clean_text(prompt) if prompt is not None else None
+    if model is not None and prompt is None and not looks_like_model(model):
         model, prompt = None, model
     parts: list[str] = []
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
+        piped = read_stdin()
         if piped.strip():
             parts.append(piped.rstrip("\n"))
     if prompt:
         parts.append(prompt)
-    if not parts:
-        raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
-    return model, "\n\n".join(parts)
+    return model, "\n\n".join(parts) if parts else None
 
 
-class _CancelOnSigint:
-    """First Ctrl-C stops generation cleanly between steps; a second one interrupts at once."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.fired = False
-        self._previous = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.fired:
-            raise KeyboardInterrupt
-        self.fired = True
-        self.engine.cancel()
-
-    def __enter__(self) -> "_CancelOnSigint":
-        self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
-
-
-@app.command(no_args_is_help=False)
 def run(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default gemma3:270m) or a .gguf path.", show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt text; piped stdin is placed before it.", show_default=False)] = None,
@@ -92,27 +67,67 @@ def run(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.Rpc = None,
+    tensor_split: opt.TensorSplit = None,
+    host: remote.HostOpt = None,
 ) -> None:
     """Generate once from PROMPT (and/or piped stdin) and print only the text to stdout.
 
     Examples: gemma run "Why is the sky blue?" | cat notes.txt | gemma run gemma3:270m "Summarize:"
     """
-    from gemma_cli.engine.sampling import SamplingParams
+    from gemma_cli.cli.text_input import clean_text
+    from gemma_cli.engine import SamplingParams
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
+    opt.check_generation(max_tokens, temperature, top_k, top_p, min_p)
+    sampling = SamplingParams(temperature, top_k, top_p, min_p, limits.check_seed(seed))
     model, text = read_prompt(model, prompt)
-    pair = opt.resolve(model)
-    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads)
+    system = clean_text(system) if system is not None else None
+    stop = [clean_text(x) for x in stop] if stop else None
+    server = remote.client(host, model)
+    if text is None:
+        if model is not None and server is not None:  # an unknown (or unpulled) model is the first thing to report
+            remote.describe(server, model)
+        elif model is not None:
+            opt.resolve(model)
+        raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
+    if server is not None:
+        body = {"model": remote.model_name(model), "prompt": text, "raw": raw, "options": remote.options(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_tokens=max_tokens,
+            stop=stop, draft=draft, draft_tokens=draft_tokens, ctx=ctx)}
+        if system is not None:
+            body["system"] = system
+        generation = remote.start(server, "/api/generate", body)
+        try:
+            _write(generation, generation, fmt, verbose, lambda: generation.model, lambda: generation.load_s)
+        finally:
+            generation.close()
+        return
+    pair = opt.resolve(model, pull_missing=True)
+    choice = opt.EngineChoice(draft, draft_tokens, ctx, gpu_layers, threads, rpc, tensor_split)
     engine = opt.open_engine(pair, choice)
     try:
+        if verbose and engine.placement is not None:
+            for line in engine.placement.describe():
+                sys.stderr.write(f"placement: {line}\n")
         tokens = engine.prompt_tokens(text, system=system, raw=raw)
         generation = engine.generate(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop or ())
+        _write(generation, engine, fmt, verbose, lambda: pair.name, lambda: engine.load_seconds)
+    finally:
+        engine.close()
+
+
+def _write(generation: Iterable[Piece], canceller: Cancellable, fmt: str, verbose: bool,
+           name: Callable[[], str], load_s: Callable[[], float]) -> None:
+    """Stream the pieces to stdout in `fmt`, then the summary: the same for in-process and client mode.
+
+    `generation` is the engine's Generation or a RemoteGeneration (both end with
+    `.result`); `name` and `load_s` are read after the last piece.
+    """
+    try:
         out = sys.stdout
-        with _CancelOnSigint(engine) as sig:
+        with CancelOnSigint(canceller, second_interrupts=True) as sig:
             for piece in generation:
                 if fmt == "text":
                     out.write(piece.text)
@@ -120,12 +135,12 @@ def run(
                 elif fmt == "jsonl":
                     out.write(json.dumps({"text": piece.text, "tokens": piece.n_tokens, "drafted": piece.n_drafted}) + "\n")
                     out.flush()
-        result = generation.result
+        result = generation.result  # type: ignore[attr-defined]
         assert result is not None
         summary = {
-            "model": pair.name,
+            "model": name(),
             "stop_reason": result.stop_reason.value,
-            "load_s": engine.load_seconds,
+            "load_s": load_s(),
             **result.stats.as_dict(),
         }
         if fmt == "text" and out.isatty() and result.text and not result.text.endswith("\n"):
@@ -136,11 +151,9 @@ def run(
             out.write(json.dumps({"done": True, **summary}) + "\n")
         out.flush()
         if verbose:
-            render_verbose_summary(result.stats, engine.load_seconds)
+            render_verbose_summary(result.stats, load_s())
         if sig.fired:
-            raise typer.Exit(EXIT_INTERRUPT)
+            raise typer.Exit(ExitCode.INTERRUPT)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, successfully
         quiet_stdout()
-        raise typer.Exit(0)
-    finally:
-        engine.close()
+        raise typer.Exit(ExitCode.OK) from None

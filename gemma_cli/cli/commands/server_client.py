@@ -1,0 +1,76 @@
+"""`gemma ps` and `gemma stop`: ask a running `gemma serve` what it has loaded, unload a model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+
+HostOpt = Annotated[Optional[str], typer.Option("--host", help="Server address host:port (default $GEMMA_HOST or 127.0.0.1:11436).", show_default=False)]
+
+
+def _until(iso: str) -> str:
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    if then.year >= 2300:
+        return "Forever"
+    s = (then - datetime.now(timezone.utc)).total_seconds()
+    if s < 1:
+        return "now"
+    for unit, span in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if s >= span:
+            n = int(s // span)
+            return f"{n} {unit}{'s' if n > 1 else ''} from now"
+    return "now"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)
+
+
+def ps_cmd(
+    host: HostOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """List the models a running `gemma serve` has loaded (NAME, SIZE, CONTEXT, DRAFT, UNTIL)."""
+    import json
+
+    from gemma_cli.client import Client
+
+    models = Client.from_env(host, timeout=10).ps()
+    if json_out:
+        typer.echo(json.dumps(models, indent=2))
+        return
+    rows = [["NAME", "SIZE", "CONTEXT", "DRAFT", "UNTIL"]]
+    for m in models:
+        state = "in use" if m.get("in_use") else _until(str(m.get("expires_at", "")))
+        if not m.get("loaded", True):
+            state = "loading"
+        rows.append([str(m.get("name")), _size(int(m.get("size") or 0)), str(m.get("context_length") or "?"),
+                     str(m.get("draft_source") or "-"), state])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    typer.echo("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+
+
+def stop_cmd(
+    model: Annotated[str, typer.Argument(help="A model the server has loaded (see `gemma ps`).")],
+    host: HostOpt = None,
+) -> None:
+    """Unload MODEL from a running `gemma serve` (after its current requests finish)."""
+    from gemma_cli.client import Client
+    from gemma_cli.errors import ModelNotFoundError
+    from gemma_cli.registry.catalog import load_catalog
+
+    name = str(load_catalog().ref(model))  # the CLI's name validation, one line on a bad name
+    client = Client.from_env(host, timeout=30)
+    if name not in {m.get("name") for m in client.ps()}:
+        raise ModelNotFoundError(f"model {name} is not loaded on the server (`gemma ps` lists what is)")
+    client.stop(name)

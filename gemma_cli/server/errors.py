@@ -1,0 +1,87 @@
+"""Every failure the API reports is JSON `{"error": "..."}` with a fitting status.
+
+Domain errors (gemma_cli.errors) map onto statuses here, in one place, so the
+routes raise what the rest of gemma-cli raises and never format errors themselves.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from gemma_cli.errors import ContextFullError, DownloadError, ExitCode, GemmaError, ModelFileError, ModelNotFoundError, UsageError
+
+
+class APIError(Exception):
+    """An error with an HTTP status; `str()` is the message the client sees."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QueueFullError(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(503, f"server busy: {limit} requests already waiting (GEMMA_MAX_QUEUE); try again later")
+
+
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: the limit is {limit} bytes (GEMMA_MAX_BODY)")
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a domain error deserves."""
+    if isinstance(exc, APIError):
+        return exc.status
+    from gemma_cli.server.jobs import JobCancelled
+
+    if isinstance(exc, JobCancelled):
+        return 503
+    if isinstance(exc, (UsageError, ContextFullError)):
+        return 400
+    if isinstance(exc, ModelNotFoundError):
+        return 404
+    if isinstance(exc, DownloadError):  # the Hub refused or failed: an upstream error
+        from gemma_cli.registry.hub import NotOnHubError
+
+        return 404 if isinstance(exc, NotOnHubError) else 502
+    if isinstance(exc, ModelFileError):
+        from gemma_cli.engine.template import TemplateError
+
+        if isinstance(exc, TemplateError):
+            return 400
+        return 404 if "not found" in str(exc) else 500
+    return 500
+
+
+def message_for(exc: BaseException) -> str:
+    from gemma_cli.server.jobs import JobCancelled
+
+    if isinstance(exc, JobCancelled):
+        return "request cancelled before it started: the server is stopping or the client went away"
+    if isinstance(exc, (APIError, GemmaError)):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status `gemma` would end with for this error in-process (client mode reuses it)."""
+    if isinstance(exc, GemmaError):
+        return int(exc.exit_code)
+    if isinstance(exc, APIError) and exc.status in (400, 413):
+        return int(ExitCode.USAGE)
+    return int(ExitCode.ERROR)
+
+
+def error_body(exc: BaseException) -> dict[str, object]:
+    """`{"error": message}` as Ollama sends it, plus `exit_code` for gemma's own client mode."""
+    return {"error": message_for(exc), "exit_code": exit_code_for(exc)}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None,
+                   exit_code: int = ExitCode.ERROR) -> JSONResponse:
+    return JSONResponse({"error": message, "exit_code": int(exit_code)}, status_code=status, headers=headers)
+
+
+def response_for(exc: BaseException) -> JSONResponse:
+    return error_response(status_for(exc), message_for(exc), exit_code=exit_code_for(exc))

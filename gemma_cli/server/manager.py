@@ -1,0 +1,284 @@
+"""Loaded models: load on first use, one worker thread each, keep-alive, LRU unloading.
+
+Rules (see issue 15):
+- a model is loaded by the first request that needs it, on its own worker thread;
+- each model runs one job at a time, in arrival order (its thread's queue);
+- at most `max_loaded` models stay loaded; a new one evicts the least recently
+  used *idle* model and waits while every loaded model is busy;
+- a model is never unloaded while a job is queued or running on it;
+- an idle model unloads when its keep-alive (from its latest request) runs out;
+  keep-alive 0 unloads right after the response, before its final event;
+- at most `max_queue` jobs wait (for a busy model or a free slot); beyond that, 503.
+
+All bookkeeping is under one threading lock: worker threads and the event
+loop both touch it. Engines are only ever touched on their model's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from gemma_cli.server.errors import QueueFullError
+from gemma_cli.server.jobs import DONE, ERROR, Job, JobCancelled
+from gemma_cli.server.metrics import Metrics
+from gemma_cli.server.settings import FOREVER, Settings
+
+FAR_FUTURE = datetime(2318, 1, 1, tzinfo=timezone.utc)  # what Ollama reports for "never expires"
+
+
+class Slot:
+    """One model: its resolved files, its engine (once loaded) and its worker thread."""
+
+    def __init__(self, name: str, pair: Any, after: "Future[None] | None" = None) -> None:
+        self.name = name
+        self.pair = pair
+        self.engine: Any = None
+        self.n_ctx = 0  # the engine's context (llama.cpp may round the request up)
+        self.asked_ctx = 0  # the context size it was loaded for
+        self.pending = 0  # jobs queued or running
+        self.running = False
+        self.keep_alive = 0.0
+        self.expires = FOREVER  # monotonic deadline while idle
+        self.last_used = time.monotonic()
+        self.loaded_at: datetime | None = None
+        self.jobs: set[Job] = set()  # queued or running, so shutdown can cancel them
+        self.stop_requested = False  # `gemma stop` while busy: unload after the queued jobs
+        self._after = after  # an evicted model's close, finished before this one loads
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gemma-model-{name}")
+
+    def ensure_engine(self, settings: Settings, options: Any) -> float:
+        """Load (or reload for another context size) on this slot's thread; returns seconds spent."""
+        from gemma_cli.session import EngineChoice, draft_config, open_engine
+
+        if self._after is not None:
+            self._after.result()
+            self._after = None
+        n_ctx = options.num_ctx or settings.n_ctx
+        choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads)
+        t0 = time.perf_counter()
+        if self.engine is not None and self.asked_ctx != n_ctx:
+            self.close()  # another context size: reload, as Ollama does for num_ctx
+        if self.engine is None:
+            self.engine = open_engine(self.pair, choice, option="draft")
+            self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
+            self.loaded_at = datetime.now(timezone.utc)
+            return time.perf_counter() - t0
+        draft = draft_config(self.pair, choice, option="draft")
+        if draft != self.engine.draft:
+            self.engine.set_draft(draft)
+        return 0.0
+
+    def close(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()
+
+    @property
+    def size(self) -> int:
+        files = [self.pair.target] + ([self.pair.drafter] if self.pair.drafter else [])
+        return sum(p.stat().st_size for p in files if p.exists())
+
+    def expires_at(self) -> datetime:
+        if self.pending or self.keep_alive == FOREVER:
+            return FAR_FUTURE if self.keep_alive == FOREVER else datetime.now(timezone.utc) + timedelta(seconds=self.keep_alive)
+        left = max(self.expires - time.monotonic(), 0.0)
+        return datetime.now(timezone.utc) + timedelta(seconds=left)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A snapshot for /api/ps."""
+
+    name: str
+    pair: Any
+    size: int
+    n_ctx: int
+    draft_source: str
+    expires_at: datetime
+    in_use: bool
+    loaded: bool
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._lock = threading.RLock()
+        self._slots: dict[str, Slot] = {}
+        self._waiting = 0  # jobs admitted but not yet running (the queue)
+
+    # -- admission ------------------------------------------------------------
+    async def submit(self, name: str, job: Job) -> None:
+        """Queue `job` on model `name` (loading it if needed); QueueFullError when the queue is full."""
+        from gemma_cli.registry.resolve import resolve_model
+
+        pair = None
+        counted = False  # whether this job holds a place in the queue
+        try:
+            while True:
+                with self._lock:
+                    slot = self._slots.get(name)
+                    if slot is None and pair is not None:
+                        slot = self._new_slot(name, pair)
+                        if slot is None and not counted:  # every loaded model is busy: wait for one
+                            self._admit_waiting()
+                            counted = True
+                    if slot is not None:
+                        if slot.pending > 0 and not counted:
+                            self._admit_waiting()
+                            counted = True
+                        slot.pending += 1
+                        slot.jobs.add(job)
+                        slot.expires = FOREVER
+                        slot.worker.submit(self._run, slot, job, counted)
+                        counted = False  # the worker thread gives the place back when the job starts
+                        return
+                if pair is None:
+                    pair = await asyncio.to_thread(resolve_model, name)
+                    continue
+                if job.cancelled:
+                    raise JobCancelled("the client went away")
+                await asyncio.sleep(0.02)
+        finally:
+            if counted:
+                with self._lock:
+                    self._waiting -= 1
+                    self.metrics.queue_depth.set(self._waiting)
+
+    def _admit_waiting(self) -> None:
+        if self._waiting >= self.settings.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(self.settings.max_queue)
+        self._waiting += 1
+        self.metrics.queue_depth.set(self._waiting)
+
+    def _new_slot(self, name: str, pair: Any) -> Slot | None:
+        """A slot for `name`, evicting the least recently used idle model if full; None if all are busy."""
+        after = None
+        if len(self._slots) >= self.settings.max_loaded:
+            idle = [s for s in self._slots.values() if s.pending == 0]
+            if not idle:
+                return None
+            victim = min(idle, key=lambda s: s.last_used)
+            after = self._unload_locked(victim)
+        slot = Slot(name, pair, after)
+        self._slots[name] = slot
+        self.metrics.loaded_models.set(len(self._slots))
+        return slot
+
+    # -- the worker thread -------------------------------------------------------
+    def _run(self, slot: Slot, job: Job, counted: bool) -> None:
+        with self._lock:
+            if counted:
+                self._waiting -= 1
+                self.metrics.queue_depth.set(self._waiting)
+            slot.running = True
+        final: tuple[str, Any] = (ERROR, RuntimeError("the job ended without a result"))
+        try:
+            if job.cancelled:
+                raise JobCancelled("the client went away")
+            load_s = slot.ensure_engine(self.settings, job.options)
+            final = (DONE, job.run(slot.engine, load_s))
+        except BaseException as exc:  # noqa: BLE001 - reported to the client as JSON
+            final = (ERROR, exc)
+        finally:
+            self._finish(slot, job)
+            job.emit(*final)
+
+    def _finish(self, slot: Slot, job: Job) -> None:
+        """Bookkeeping after a job, before its final event: keep-alive 0 unloads here."""
+        with self._lock:
+            slot.pending -= 1
+            slot.jobs.discard(job)
+            slot.running = False
+            slot.last_used = time.monotonic()
+            slot.keep_alive = 0.0 if slot.stop_requested else job.keep_alive
+            slot.expires = slot.last_used + slot.keep_alive if slot.keep_alive != FOREVER else FOREVER
+            unload = slot.pending == 0 and (slot.keep_alive == 0 or slot.engine is None)
+            if unload and self._slots.get(slot.name) is slot:
+                del self._slots[slot.name]
+                self.metrics.loaded_models.set(len(self._slots))
+            else:
+                unload = False
+        if unload:
+            slot.close()  # on this slot's own thread: nothing else can use the engine
+            slot.worker.shutdown(wait=False)
+
+    # -- unloading ------------------------------------------------------------
+    def _unload_locked(self, slot: Slot) -> "Future[None]":
+        """Remove an idle slot and close its engine on its own thread; returns that close."""
+        del self._slots[slot.name]
+        self.metrics.loaded_models.set(len(self._slots))
+        future = slot.worker.submit(slot.close)
+        slot.worker.shutdown(wait=False)
+        return future
+
+    def stop(self, name: str) -> bool:
+        """Unload `name` now if idle, else right after its queued jobs; False if not loaded."""
+        with self._lock:
+            slot = self._slots.get(name)
+            if slot is None:
+                return False
+            slot.stop_requested = True
+            if slot.pending == 0:
+                self._unload_locked(slot)
+            return True
+
+    def expire(self) -> None:
+        """Unload idle models whose keep-alive ran out (called periodically)."""
+        now = time.monotonic()
+        with self._lock:
+            for slot in list(self._slots.values()):
+                if slot.pending == 0 and slot.expires <= now:
+                    self._unload_locked(slot)
+
+    async def reap_forever(self, every: float = 0.25) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.expire()
+
+    def cancel_all(self) -> None:
+        """Stop every queued and running job within a step (server shutdown); thread safe."""
+        with self._lock:
+            jobs = [job for slot in self._slots.values() for job in slot.jobs]
+        for job in jobs:
+            job.cancel()
+
+    def shutdown(self) -> None:
+        """Cancel every job (each stops within a step) and close the engines on their threads."""
+        with self._lock:
+            slots = list(self._slots.values())
+            self._slots.clear()
+            self.metrics.loaded_models.set(0)
+            jobs = [job for slot in slots for job in slot.jobs]
+        for job in jobs:
+            job.cancel()
+        for slot in slots:
+            slot.worker.submit(slot.close)
+            slot.worker.shutdown(wait=False)
+
+    # -- views ------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            slots = list(self._slots.values())
+        out = []
+        for s in slots:
+            engine = s.engine
+            out.append(LoadedModel(s.name, s.pair, s.size, s.n_ctx, engine.draft.source if engine else "",
+                                   s.expires_at(), s.pending > 0, engine is not None))
+        return out
+
+    def keep_alive_for(self, value: Any) -> float:
+        from gemma_cli.server.settings import parse_duration
+
+        return self.settings.keep_alive if value is None else parse_duration(value)

@@ -1,0 +1,282 @@
+"""Turn untrusted JSON request bodies into typed, validated generation requests.
+
+Everything a client sends is checked here with a one-line reason (400), so
+the routes and the engine only ever see well-formed values. The rules are the
+CLI's: ranges from `gemma_cli.limits`, defaults and draft choices from
+`gemma_cli.session`, model names from the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from starlette.requests import Request
+
+from gemma_cli import limits
+from gemma_cli.errors import UsageError
+from gemma_cli.server.errors import APIError
+from gemma_cli.session import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, DRAFT_CHOICES
+
+MAX_CTX = 1 << 20  # a request may not ask llama.cpp for more (it would try to allocate it)
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class GenOptions:
+    """What one request asks of the engine (None: the model's or server's default)."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
+    top_p: float = DEFAULT_TOP_P
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = None  # None: until end of text or a full context
+    stop: tuple[str, ...] = ()
+    draft: str = "auto"
+    draft_tokens: int | None = None
+    num_ctx: int | None = None
+
+    def sampling(self):
+        from gemma_cli.engine import SamplingParams
+
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.seed).validate()
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or 400 saying what is wrong with it."""
+    body = await request.body()
+    if not body.strip():
+        raise APIError(400, "missing request body: expected a JSON object")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"invalid JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    return data
+
+
+def model_name(body: Mapping[str, Any], *keys: str, required: bool = True) -> str | None:
+    """The requested model name, validated as the CLI validates names (paths are refused)."""
+    from gemma_cli.registry.catalog import load_catalog
+
+    value = None
+    for key in keys or ("model",):
+        if body.get(key):
+            value = body[key]
+            break
+    if value is None:
+        if required:
+            raise APIError(400, "model is required")
+        return None
+    if not isinstance(value, str):
+        raise APIError(400, "model must be a string")
+    if value.endswith(".gguf") or "/" in value or "\\" in value or value.startswith((".", "~")):
+        raise APIError(400, f"invalid model name {value[:80]!r}: the server loads store models only; "
+                       "register a file with `gemma create NAME --target FILE`")
+    return str(load_catalog().ref(value))  # raises InvalidModelNameError (400) on bad names
+
+
+def _number(value: Any, what: str, *, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise APIError(400, f"{what} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if integer:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise APIError(400, f"{what} must be an integer, got {value!r}")
+            value = int(value)
+        return value
+    if value != value or value in (float("inf"), float("-inf")):
+        raise APIError(400, f"{what} must be a finite number")
+    return float(value)
+
+
+def _stop(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise APIError(400, f"{what} must be a string or a list of strings")
+    if len(value) > 16:
+        raise APIError(400, f"{what} takes at most 16 strings")
+    return tuple(s for s in value if s)
+
+
+def _draft(value: Any, what: str) -> str:
+    if value is None:
+        return "auto"
+    if value not in DRAFT_CHOICES:
+        raise APIError(400, f"{what} must be one of {', '.join(DRAFT_CHOICES)}, got {value!r}")
+    return value
+
+
+def _limit(check: Any, *args: Any) -> Any:
+    """A `gemma_cli.limits` check, its UsageError as a 400."""
+    try:
+        return check(*args)
+    except UsageError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+def _draft_tokens(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    return _limit(limits.check_draft_tokens, int(_number(value, what, integer=True)), what)
+
+
+def _num_ctx(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    n = _limit(limits.check_n_ctx, int(_number(value, what, integer=True)), what)
+    if n > MAX_CTX:
+        raise APIError(400, f"{what} must be at most {MAX_CTX}, got {n}")
+    return n
+
+
+def _max_tokens(value: Any, what: str, *, negative_unlimited: bool) -> int | None:
+    if value is None:
+        return None
+    n = int(_number(value, what, integer=True))
+    if n < 0 and negative_unlimited:
+        return None
+    return _limit(limits.check_max_tokens, n, what)
+
+
+def _seed(value: Any, what: str) -> int | None:
+    """-1 means a random seed, as on the command line (`limits.RANDOM_SEED`, Ollama's default too).
+
+    Other negative seeds are seeds: OpenAI's are any int64 and llama.cpp (so
+    Ollama) wraps them to unsigned; they are folded to non-negative here.
+    """
+    if value is None:
+        return None
+    n = int(_number(value, what, integer=True))
+    if n == limits.RANDOM_SEED:
+        return None
+    return n % (1 << 64) if n < 0 else n
+
+
+def _checked(opts: GenOptions) -> GenOptions:
+    try:
+        opts.sampling()
+    except UsageError as exc:
+        raise APIError(400, str(exc)) from None
+    return opts
+
+
+def ollama_options(options: Any) -> GenOptions:
+    """Ollama's `options` object; unknown keys (num_thread, repeat_penalty...) are ignored, as Ollama does."""
+    if options is None:
+        return GenOptions()
+    if not isinstance(options, dict):
+        raise APIError(400, "options must be a JSON object")
+    o = options
+    get = o.get
+    return _checked(GenOptions(
+        temperature=_number(get("temperature"), "options.temperature") if get("temperature") is not None else DEFAULT_TEMPERATURE,
+        top_k=int(_number(get("top_k"), "options.top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
+        top_p=_number(get("top_p"), "options.top_p") if get("top_p") is not None else DEFAULT_TOP_P,
+        min_p=_number(get("min_p"), "options.min_p") if get("min_p") is not None else 0.0,
+        seed=_seed(get("seed"), "options.seed"),
+        max_tokens=_max_tokens(get("num_predict"), "options.num_predict", negative_unlimited=True),
+        stop=_stop(get("stop"), "options.stop"),
+        draft=_draft(get("draft"), "options.draft"),
+        draft_tokens=_draft_tokens(get("draft_tokens"), "options.draft_tokens"),
+        num_ctx=_num_ctx(get("num_ctx"), "options.num_ctx"),
+    ))
+
+
+def openai_options(body: Mapping[str, Any]) -> GenOptions:
+    """OpenAI sampling fields, plus our extensions top_k, min_p, draft, draft_tokens, num_ctx."""
+    get = body.get
+    n = get("n")
+    if n is not None and n != 1:
+        raise APIError(400, "n must be 1: one choice per request")
+    max_tokens = get("max_completion_tokens") if get("max_completion_tokens") is not None else get("max_tokens")
+    return _checked(GenOptions(
+        temperature=_number(get("temperature"), "temperature") if get("temperature") is not None else DEFAULT_TEMPERATURE,
+        top_k=int(_number(get("top_k"), "top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
+        top_p=_number(get("top_p"), "top_p") if get("top_p") is not None else DEFAULT_TOP_P,
+        min_p=_number(get("min_p"), "min_p") if get("min_p") is not None else 0.0,
+        seed=_seed(get("seed"), "seed"),
+        max_tokens=_max_tokens(max_tokens, "max_tokens", negative_unlimited=False),
+        stop=_stop(get("stop"), "stop"),
+        draft=_draft(get("draft"), "draft"),
+        draft_tokens=_draft_tokens(get("draft_tokens"), "draft_tokens"),
+        num_ctx=_num_ctx(get("num_ctx"), "num_ctx"),
+    ))
+
+
+def _content(value: Any, where: str) -> str:
+    """Message content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"{where}: only text content parts are supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise APIError(400, f"{where} must be a string")
+
+
+def messages(value: Any, *, where: str = "messages") -> tuple[dict[str, str], ...]:
+    """Chat messages with roles system/user/assistant and text content (images are refused)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise APIError(400, f"{where} must be a list")
+    out = []
+    for i, m in enumerate(value):
+        here = f"{where}[{i}]"
+        if not isinstance(m, dict):
+            raise APIError(400, f"{here} must be an object")
+        role = m.get("role")
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        if role not in ROLES:
+            raise APIError(400, f"{here}.role must be one of {', '.join(ROLES)}, got {role!r}")
+        if m.get("images"):
+            raise APIError(400, f"{here}: images are not supported by this server")
+        out.append({"role": role, "content": _content(m.get("content"), f"{here}.content")})
+    return tuple(out)
+
+
+def text_field(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise APIError(400, f"{key} must be a string")
+    return value
+
+
+def flag(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise APIError(400, f"{key} must be true or false")
+    return value
+
+
+def unsupported(body: Mapping[str, Any]) -> None:
+    """Refuse, with a reason, the Ollama fields this server cannot honour (rather than ignore them)."""
+    if body.get("images"):
+        raise APIError(400, "images are not supported by this server")
+    if body.get("format") not in (None, ""):
+        raise APIError(400, "format (structured output) is not supported yet")
+    if body.get("think"):
+        raise APIError(400, "thinking is not supported by Gemma 3 models")
+    if body.get("tools"):
+        raise APIError(400, "tools are not supported yet")
+    if body.get("suffix"):
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported")
+    if body.get("template"):
+        raise APIError(400, "a custom template is not supported; use raw with a pre-rendered prompt")

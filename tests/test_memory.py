@@ -1,0 +1,85 @@
+"""The RAM estimate from headers (gemma_cli.memory) and the refusal before load (issue 17, item 4)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gemma4_factory import FAMILY, TINY, write_gemma4_pair
+from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.errors import InsufficientMemoryError
+from gemma_cli.gguf_meta import read_gguf
+from gemma_cli.memory import MemoryEstimate, check_fits, estimate_memory, kv_cache_bytes
+from hub_server import gemma_env, run_gemma
+
+HUGE_CTX = 131072
+
+
+@pytest.fixture(scope="module")
+def e2b(tmp_path_factory) -> tuple[Path, Path]:
+    return write_gemma4_pair(tmp_path_factory.mktemp("mem-e2b"), FAMILY["e2b"])
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny weights, but a header claiming 4096 KV heads and a 128k context: ~275 GB of KV cache."""
+    kv = {"attention.head_count": 4096, "attention.head_count_kv": 4096}  # valid (KV heads divide heads), huge KV
+    spec = replace(TINY, n_ctx=HUGE_CTX)
+    return write_gemma4_pair(tmp_path_factory.mktemp("mem-huge"), spec, target_overrides=kv, assistant_overrides=kv)
+
+
+def test_kv_counts_only_layers_with_their_own_cache_at_their_head_size(e2b):
+    """E2B shape: 10 layers, the last 5 KV-shared; of the 5 with a cache, 4 SWA (head 16) and 1 full (head 32)."""
+    info = read_gguf(e2b[0])
+    # K: 4 x 16 + 32; V padded to the widest layer (32) on all 5 layers; F16; the engine keeps SWA at full context
+    assert kv_cache_bytes(info, 1000) == (4 * 16 + 32 + 5 * 32) * 2 * 1000
+    assert kv_cache_bytes(info, 1000, swa_full=False) < kv_cache_bytes(info, 1000)
+    dense = read_gguf(write_gemma4_pair(e2b[0].parent / "noshare", replace(FAMILY["e2b"], shared_kv_layers=0))[0])
+    assert kv_cache_bytes(dense, 1000) == 2 * kv_cache_bytes(info, 1000)  # 10 cached layers instead of 5
+
+
+def test_mtp_assistant_adds_weights_but_no_kv(e2b):
+    target, assistant = e2b
+    alone = estimate_memory(target, n_ctx=8192)
+    paired = estimate_memory(target, assistant, drafter_is_mtp=True, n_ctx=8192)
+    assert paired.kv == alone.kv
+    assert paired.drafter_weights == assistant.stat().st_size and paired.total > alone.total
+    assert estimate_memory(target, n_ctx=16384).kv == 2 * alone.kv
+
+
+def test_check_fits_refuses_with_estimate_and_what_to_change():
+    est = MemoryEstimate(n_ctx=HUGE_CTX, target_weights=5 << 30, drafter_weights=100 << 20, kv=40 << 30, overhead=1 << 30)
+    with pytest.raises(InsufficientMemoryError) as err:
+        check_fits(est, available=8 << 30)
+    assert "GiB" in str(err.value) and str(HUGE_CTX) in str(err.value) and "\n" not in str(err.value)
+    assert "--ctx" in err.value.hint and "quantization" in err.value.hint and "--gpu-layers" in err.value.hint
+    check_fits(est, available=64 << 30)  # fits: no error
+
+
+def test_engine_refuses_a_pair_that_cannot_fit_before_loading(huge):
+    target, assistant = huge
+    est = estimate_memory(target, assistant, drafter_is_mtp=True, n_ctx=HUGE_CTX)
+    assert est.kv > 200 << 30
+    with pytest.raises(InsufficientMemoryError):
+        Engine(target, DraftConfig(source="mtp", tokens=3, model_path=assistant), EngineConfig(n_ctx=HUGE_CTX))
+    with pytest.raises(InsufficientMemoryError):
+        Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=HUGE_CTX))
+    gpu = estimate_memory(target, assistant, drafter_is_mtp=True, n_ctx=HUGE_CTX, gpu_layers=-1)
+    assert gpu.ram < est.ram / 50  # all layers offloaded: weights and KV leave RAM
+
+
+def test_run_and_show_and_doctor_report_the_estimate(huge, tmp_path):
+    target, assistant = huge
+    env = gemma_env(tmp_path / "models", HF_HUB_OFFLINE="1")
+    assert run_gemma(env, "create", "huge:ctx", "--target", str(target), "--draft", str(assistant)).returncode == 0
+    proc = run_gemma(env, "run", "huge:ctx", "hello", "--ctx", str(HUGE_CTX))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("Error: ") and "GiB" in lines[0] and f"KV at {HUGE_CTX} tokens" in lines[0], proc.stderr
+    assert "--ctx" in proc.stderr
+    shown = run_gemma(env, "show", "huge:ctx")
+    assert shown.returncode == 0 and "Memory        about" in shown.stdout and "8192 tokens" in shown.stdout
+    doc = run_gemma(env, "doctor", "huge:ctx", "--ctx", str(HUGE_CTX))
+    assert "does not fit" in doc.stdout + doc.stderr

@@ -1,0 +1,113 @@
+"""Client mode: with GEMMA_HOST (or --host) the commands talk to `gemma serve` and print what they print in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gguf_factory import write_llama_gguf
+from hub_server import assert_one_line_error, gemma_env, run_gemma
+from serve_helpers import ServerProcess, register
+
+PROMPT = "Tell me a story"
+GREEDY = ("--temperature", "0", "-n", "24")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("serve-client")
+    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    return d / "models"
+
+
+@pytest.fixture(scope="module")
+def server(store: Path):
+    with ServerProcess(store, "--threads", "1") as srv:
+        yield srv
+
+
+def both(store: Path, server: ServerProcess, *args: str, stdin: str | None = None):
+    """The same command in-process and through the server (GEMMA_HOST)."""
+    local = run_gemma(gemma_env(store), *args)
+    remote = run_gemma(gemma_env(store, GEMMA_HOST=server.host), *args)
+    return local, remote
+
+
+def test_run_prints_the_same_text_json_and_statistics(store, server):
+    local, remote = both(store, server, "run", "tiny", PROMPT, *GREEDY, "--threads", "1", "--verbose")
+    assert local.returncode == remote.returncode == 0, (local.stderr, remote.stderr)
+    assert remote.stdout == local.stdout and len(local.stdout) >= 10
+    keys = lambda err: [line.split(":")[0] for line in err.splitlines() if ":" in line]  # noqa: E731
+    assert keys(remote.stderr) == keys(local.stderr) and "draft source" in keys(remote.stderr)
+    assert any("/api/generate" in line for line in server.log)  # it went there
+
+    local, remote = both(store, server, "run", "tiny", PROMPT, *GREEDY, "--format", "json")
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert b["text"] == a["text"] and b["model"] == a["model"] == "tiny:latest" and b["stop_reason"] == a["stop_reason"]
+    assert set(b) == set(a) and b["generated_tokens"] == a["generated_tokens"] == 24
+    assert b["draft_source"] == a["draft_source"] and b["prompt_tokens"] == a["prompt_tokens"]
+
+    local, remote = both(store, server, "run", "tiny", PROMPT, *GREEDY, "--format", "jsonl", "--draft", "none")
+    la, lb = [json.loads(x) for x in local.stdout.splitlines()], [json.loads(x) for x in remote.stdout.splitlines()]
+    assert lb[:-1] == la[:-1]  # every piece: text, tokens, drafted (no drafting: no timing-dependent steps)
+    assert lb[-1]["done"] and set(lb[-1]) == set(la[-1])
+
+
+def test_host_option_and_chat(store, server):
+    args = ("run", "--host", server.host, "tiny", PROMPT, *GREEDY)
+    remote = run_gemma(gemma_env(store), *args)
+    local = run_gemma(gemma_env(store), *args[:1], *args[3:])
+    assert remote.returncode == 0 and remote.stdout == local.stdout
+
+    chat = ("chat", "tiny", "--temperature", "0", "-n", "12")
+    env = gemma_env(store)
+    import subprocess
+
+    from hub_server import ROOT, gemma_cmd
+
+    talk = "Hello there\n/set draft none\nAnd again\n/show parameters\n"
+    outs = [subprocess.run(gemma_cmd(*chat, *extra), env=env, cwd=ROOT, input=talk, capture_output=True, text=True,
+                           timeout=120) for extra in ((), ("--host", server.host))]
+    assert outs[0].returncode == outs[1].returncode == 0, outs[1].stderr
+    assert outs[1].stdout == outs[0].stdout and "Set draft to none." in outs[1].stdout
+    summaries = [[line.split(" · ")[0] for line in o.stderr.splitlines() if "tokens ·" in line] for o in outs]
+    assert summaries[0] == summaries[1] == ["12 tokens", "12 tokens"]
+
+
+def test_list_show_ps_stop(store, server):
+    local, remote = both(store, server, "list", "--json")
+    assert remote.returncode == 0 and json.loads(remote.stdout) == json.loads(local.stdout)
+    local, remote = both(store, server, "show", "tiny")
+    assert remote.returncode == 0 and remote.stdout == local.stdout and "Architecture  llama" in remote.stdout
+    local, remote = both(store, server, "list")
+    assert remote.stdout.splitlines()[0] == local.stdout.splitlines()[0] and "tiny:latest" in remote.stdout
+
+    env = gemma_env(store, GEMMA_HOST=server.host)
+    assert run_gemma(env, "run", "tiny", "hi", "-n", "2").returncode == 0
+    ps = run_gemma(env, "ps")
+    assert ps.returncode == 0 and "tiny:latest" in ps.stdout and ps.stdout.startswith("NAME")
+    stop = run_gemma(env, "stop", "tiny")
+    assert stop.returncode == 0, stop.stderr
+    assert "tiny:latest" not in run_gemma(env, "ps").stdout
+    again = run_gemma(env, "stop", "tiny")
+    assert_one_line_error(again, "not loaded")
+
+
+def test_errors_are_the_same_lines_and_exit_codes(store, server):
+    for args in (("run", "nosuch:model", "hi"), ("run", "Bad Name!:x", "hi"), ("run", "tiny", "hi", "--draft", "magic"),
+                 ("show", "nosuch:model"), ("run", "tiny", "hi", "--draft-tokens", "99")):
+        local, remote = both(store, server, *args)
+        assert remote.returncode == local.returncode != 0, args
+        assert remote.stderr == local.stderr and assert_one_line_error(remote), args
+
+
+def test_a_server_that_is_not_running_is_one_clean_line(store):
+    env = gemma_env(store, GEMMA_HOST="127.0.0.1:1")
+    for args in (("run", "tiny", "hi"), ("list",), ("show", "tiny"), ("ps",), ("pull", "gemma3:270m")):
+        proc = run_gemma(env, *args)
+        assert proc.returncode == 1, args
+        assert_one_line_error(proc, "cannot reach gemma serve at http://127.0.0.1:1")
+    serve = run_gemma(gemma_env(store, GEMMA_HOST="127.0.0.1:1"), "run", "--host", "", "tiny", "hi", "-n", "2")
+    assert serve.returncode == 0  # an empty --host means in-process, whatever GEMMA_HOST says

@@ -1,0 +1,181 @@
+"""`gemma serve` under concurrent clients: exact solo outputs, disconnects, the queue, LRU, keep-alive, metrics."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gguf_factory import write_llama_gguf
+from serve_helpers import ServerProcess, register
+
+# A generation that runs for many seconds: greedy "Hello" settles into a loop without an end-of-text
+# token on this tiny model, so it runs until the server's 16k context is full.
+LONG_PROMPT = "Hello"
+LONG = {"temperature": 0, "draft": "none"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("serve-conc")
+    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    register(d / "models", "other", write_llama_gguf(d / "other.gguf", seed=3))
+    return d / "models"
+
+
+@pytest.fixture(scope="module")
+def server(store: Path):
+    with ServerProcess(store, "--ctx", "16384", "--threads", "1", GEMMA_MAX_QUEUE="3", GEMMA_MAX_LOADED_MODELS="1") as srv:
+        yield srv
+
+
+def _ps(server) -> dict[str, dict]:
+    return {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+
+
+def _generate(server, prompt: str, n: int = 30) -> str:
+    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": prompt, "stream": False,
+                                                       "options": {"temperature": 0, "num_predict": n}}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["response"]
+
+
+def _chat(server, prompt: str, n: int = 30) -> str:
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": prompt}],
+                                                             "temperature": 0, "max_tokens": n, "stream": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    text = ""
+    for line in r.text.split("\n\n"):
+        if line.startswith("data: {"):
+            import json
+
+            text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    return text
+
+
+class LongStream:
+    """A long streaming generation held open from a thread until `close()`."""
+
+    def __init__(self, server, model: str = "tiny") -> None:
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.status = 0
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(server, model), daemon=True)
+        self._thread.start()
+
+    def _run(self, server, model: str) -> None:
+        body = {"model": model, "prompt": LONG_PROMPT, "options": LONG}
+        with httpx.Client(timeout=60) as c, c.stream("POST", server.url + "/api/generate", json=body) as r:
+            self.status = r.status_code
+            for _ in r.iter_lines():
+                self.first.set()
+                if self._release.is_set():
+                    break
+        self.first.set()
+        self.done.set()
+
+    def close(self) -> None:
+        self._release.set()
+        self.done.wait(30)
+
+
+def test_four_concurrent_clients_each_get_their_solo_output(server):
+    prompts = ["alpha", "bravo charlie", "delta echo foxtrot", "golf"]
+    calls = [(p, _generate if i % 2 == 0 else _chat) for i, p in enumerate(prompts)]  # both APIs at once
+    solo = [call(server, p, 120) for p, call in calls]
+    assert len(set(solo)) == 4  # the prompts really give different texts
+    start = threading.Barrier(4)
+
+    def client(i: int) -> str:
+        start.wait()
+        p, call = calls[i]
+        return call(server, p, 120)
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(client, range(4)))  # 1 running + 3 queued: all admitted (GEMMA_MAX_QUEUE=3)
+    assert together == solo
+
+
+def test_disconnect_frees_the_server_within_a_step(server):
+    stream = LongStream(server)
+    assert stream.first.wait(30) and stream.status == 200
+    assert _ps(server)["tiny:latest"]["in_use"]
+    t0 = time.perf_counter()
+    stream.close()
+    freed = server.wait_for(lambda: not _ps(server)["tiny:latest"]["in_use"], timeout=5)
+    assert freed < 2.0
+    t1 = time.perf_counter()
+    assert _generate(server, "after", 5)
+    assert time.perf_counter() - t1 < 5.0, "the next request waited for the abandoned generation"
+    # a non-streaming client that gives up (timeout) is cancelled too
+    body = {"model": "tiny", "prompt": LONG_PROMPT, "stream": False, "options": LONG}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/api/generate", json=body, timeout=1.0)
+    server.wait_for(lambda: not _ps(server)["tiny:latest"]["in_use"], timeout=5)
+    assert time.perf_counter() - t0 < 15
+
+
+def test_queue_overflow_gives_503_and_the_queue_drains(server):
+    running = LongStream(server)
+    assert running.first.wait(30)
+    queued = [LongStream(server) for _ in range(3)]  # they wait for the model: the queue is full
+    server.wait_for(lambda: httpx.get(server.url + "/health").json()["queue_depth"] == 3)
+    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "options": {"num_predict": 1}})
+    assert r.status_code == 503 and "GEMMA_MAX_QUEUE" in r.json()["error"]
+    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+    running.close()
+    while queued:  # each gets the model in turn (in arrival order, unknown here) and gives it up when closed
+        server.wait_for(lambda: any(s.first.is_set() for s in queued), timeout=30)
+        stream = next(s for s in queued if s.first.is_set())
+        assert stream.status == 200
+        stream.close()
+        queued.remove(stream)
+    server.wait_for(lambda: not _ps(server)["tiny:latest"]["in_use"], timeout=5)
+    assert httpx.get(server.url + "/health").json()["queue_depth"] == 0
+
+
+def test_lru_unloads_idle_models_never_busy_ones(server):
+    _generate(server, "x", 2)
+    busy = LongStream(server, "tiny")
+    assert busy.first.wait(30)
+    result: dict[str, str] = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("text", httpx.post(
+        server.url + "/api/generate", json={"model": "other", "prompt": "x", "stream": False, "options": {"num_predict": 3}},
+        timeout=60).json()["response"]))
+    waiter.start()
+    time.sleep(0.5)
+    assert list(_ps(server)) == ["tiny:latest"]  # the busy model stays; `other` waits for it
+    busy.close()
+    waiter.join(30)
+    assert result.get("text") is not None
+    assert list(_ps(server)) == ["other:latest"]  # one model at a time: tiny (now idle) was unloaded
+
+
+def test_keep_alive_expiry_and_metrics(server):
+    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False, "keep_alive": "1s",
+                                                       "options": {"num_predict": 3}})
+    assert r.status_code == 200 and "tiny:latest" in _ps(server)
+    server.wait_for(lambda: "tiny:latest" not in _ps(server), timeout=5)
+    text = httpx.get(server.url + "/metrics").text
+
+    def value(pattern: str) -> float:
+        m = re.search("^" + pattern + r" ([0-9.e+]+)$", text, re.M)
+        assert m, pattern
+        return float(m.group(1))
+
+    assert value(r'gemma_generated_tokens_total\{model="tiny:latest"\}') > 30
+    assert value(r'gemma_requests_total\{route="/api/generate",status="503"\}') >= 1
+    assert value(r'gemma_requests_total\{route="/v1/chat/completions",status="200"\}') >= 4
+    assert value(r'gemma_time_to_first_token_seconds_count\{model="tiny:latest"\}') >= 4
+    assert value(r'gemma_tokens_per_second_count\{model="tiny:latest"\}') >= 4
+    assert value("gemma_queue_depth") == 0 and value("gemma_loaded_models") == 0
+    assert value(r'gemma_draft_proposed_tokens_total\{model="tiny:latest",source="ngram"\}') >= \
+        value(r'gemma_draft_accepted_tokens_total\{model="tiny:latest",source="ngram"\}')
+    assert "gemma_draft_accepted_by_position_total" in text

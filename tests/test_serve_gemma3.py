@@ -1,0 +1,75 @@
+"""The real Gemma 3 270M through `gemma serve`: greedy text over every API equals `gemma run`'s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub_server import gemma_env, run_gemma
+from serve_helpers import ServerProcess, ndjson, sse
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "Why is the sky blue? Answer in one sentence."
+N = 40
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, gemma3_path: Path):
+    models = tmp_path_factory.mktemp("serve-g3") / "models"
+    with ServerProcess(models, "--threads", "1") as srv:  # gemma3:270m is materialised from its pip package on first use
+        yield srv, models
+
+
+def test_every_api_matches_gemma_run(server):
+    """Text prompts (/api/generate, /v1/completions) equal `gemma run`; chat prompts agree across both APIs.
+
+    The bundled 270M GGUF has no chat template: `gemma run` then sends the text as is, while the chat
+    endpoints (like `gemma chat`) render the conversation with Gemma's own turn format.
+    """
+    srv, models = server
+    url = srv.url
+    first = httpx.post(url + "/api/generate", json={"model": "gemma3:270m", "prompt": PROMPT,
+                                                    "options": {"temperature": 0, "num_predict": N}}, timeout=120)
+    lines = ndjson(first.content)
+    final = lines[-1]
+    assert final["load_duration"] > 0 and final["draft_source"] == "ngram" and final["eval_count"] <= N
+
+    run = run_gemma(gemma_env(models), "run", "gemma3:270m", PROMPT, "--temperature", "0", "-n", str(N), "--threads", "1", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "".join(line["response"] for line in lines) == run.stdout and run.stdout.strip()
+    comp = httpx.post(url + "/v1/completions", json={"model": "gemma3:270m", "prompt": PROMPT, "temperature": 0, "max_tokens": N},
+                      timeout=60).json()
+    assert comp["choices"][0]["text"] == run.stdout and comp["x_gemma"]["draft_source"] == "ngram"
+    assert comp["x_gemma"]["prompt_cached_tokens"] > 0  # the same prompt again: the KV prefix was reused
+
+    messages = [{"role": "user", "content": PROMPT}]
+    # The first chat request evaluates its whole prompt in one batch; later identical ones re-evaluate only the
+    # last token (KV reuse). llama.cpp rounds those two ways differently, and on this prompt's base-model
+    # transcript frame the first token after "because" is a near-tie, so compare two requests on the warm cache.
+    chat_body = {"model": "gemma3:270m", "messages": messages, "stream": False, "options": {"temperature": 0, "num_predict": N}}
+    httpx.post(url + "/api/chat", json=chat_body, timeout=60).raise_for_status()
+    chat = httpx.post(url + "/api/chat", json=chat_body, timeout=60).json()
+    body = {"model": "gemma3:270m", "messages": messages, "temperature": 0, "max_tokens": N, "stream": True}
+    events = sse(httpx.post(url + "/v1/chat/completions", json=body, timeout=60).content)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == chat["message"]["content"]
+    assert events[-2]["x_gemma"]["prompt_cached_tokens"] > 0
+    # the draft statistics are real: n-gram drafting proposed tokens over these requests
+    metrics = httpx.get(url + "/metrics").text
+    proposed = [line for line in metrics.splitlines() if line.startswith("gemma_draft_proposed_tokens_total")]
+    assert proposed and float(proposed[0].split()[-1]) > 0, json.dumps(proposed)
+
+
+def test_client_mode_run_prints_what_in_process_run_prints(server):
+    """`GEMMA_HOST=... gemma run` on the real model: the same greedy text, the same JSON summary keys."""
+    srv, models = server
+    args = ("run", "gemma3:270m", PROMPT, "--temperature", "0", "-n", str(N), "--format", "json")
+    local = run_gemma(gemma_env(models), *args, "--threads", "1", timeout=180)
+    remote = run_gemma(gemma_env(models, GEMMA_HOST=srv.host), *args, timeout=180)
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert b["text"] == a["text"] and a["text"].strip() and set(b) == set(a)
+    assert b["model"] == a["model"] == "gemma3:270m" and b["draft_source"] == a["draft_source"] == "ngram"

@@ -1,0 +1,214 @@
+"""`gemma serve`'s Ollama API through a real server process: the official ollama client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gguf_factory import write_llama_gguf
+from hub_server import gemma_env, run_gemma
+from serve_helpers import ServerProcess, ndjson, register
+
+PROMPT = "Tell me a story"
+GREEDY = {"temperature": 0, "num_predict": 24}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("serve-ollama")
+    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    register(d / "models", "base", write_llama_gguf(d / "base.gguf", seed=5, chat_template=None))
+    return d / "models"
+
+
+def engine_text(gguf: Path, prompt: str, n: int, **kwargs) -> str:
+    """Greedy text from the engine in this process: what `gemma run` computes, without its start-up."""
+    from gemma_cli.engine import DraftConfig, Engine
+
+    with Engine(gguf, DraftConfig("none")) as engine:
+        return engine.generate(engine.prompt_tokens(prompt, **kwargs), max_tokens=n).text()
+
+
+@pytest.fixture(scope="module")
+def server(store: Path):
+    with ServerProcess(store, "--threads", "1") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import ollama
+
+    return ollama.Client(host=server.url)
+
+
+@pytest.fixture(scope="module")
+def solo(store: Path) -> str:
+    """What `gemma run` prints for PROMPT, greedy, 24 tokens."""
+    proc = run_gemma(gemma_env(store), "run", "tiny", PROMPT, "--temperature", "0", "-n", "24", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) >= 10
+    return proc.stdout
+
+
+def test_generate_streams_ndjson_and_equals_gemma_run(server, solo):
+    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": PROMPT, "options": GREEDY})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    lines = ndjson(r.content)
+    assert all(not line["done"] for line in lines[:-1]) and len(lines) > 2
+    final = lines[-1]
+    assert "".join(line["response"] for line in lines) == solo
+    assert final["done"] is True and final["done_reason"] == "length" and final["model"] == "tiny:latest"
+    assert final["eval_count"] == 24 and final["prompt_eval_count"] > 0
+    for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(final[key], int) and final[key] >= 0, key
+    assert final["total_duration"] >= final["eval_duration"] > 0
+    # the draft statistics: ngram drafting is the tiny store model's default
+    assert final["draft_source"] == "ngram" and final["draft_max"] == 16
+    assert 0 <= final["draft_accepted"] <= final["draft_proposed"]
+    assert final["tokens_per_pass"] >= 1.0
+
+
+def test_ollama_client_generate_and_chat(client, solo):
+    one = client.generate(model="tiny", prompt=PROMPT, options=GREEDY)
+    assert one.response == solo and one.done and one.done_reason == "length" and one.eval_count == 24
+    parts = list(client.generate(model="tiny", prompt=PROMPT, options=GREEDY, stream=True))
+    assert "".join(p.response for p in parts) == solo and parts[-1].done
+
+    messages = [{"role": "user", "content": PROMPT}]
+    reply = client.chat(model="tiny", messages=messages, options=GREEDY)
+    assert reply.message.role == "assistant" and reply.message.content == solo  # same template, same prompt
+    streamed = list(client.chat(model="tiny", messages=messages, options=GREEDY, stream=True))
+    assert "".join(p.message.content for p in streamed) == solo and streamed[-1].done_reason == "length"
+
+
+def test_system_raw_and_stop(client, store, solo):
+    tiny = store.parent / "tiny.gguf"
+    assert engine_text(tiny, PROMPT, 24) == solo  # the in-process reference agrees with `gemma run`
+    for kwargs in ({"system": "Be brief."}, {"raw": True}):
+        got = client.generate(model="tiny", prompt=PROMPT, options={"temperature": 0, "num_predict": 16}, **kwargs)
+        assert got.response == engine_text(tiny, PROMPT, 16, **kwargs) != solo[: len(got.response)], kwargs
+    # a base model without a chat template continues the text
+    expect = engine_text(store.parent / "base.gguf", "abc", 12)
+    assert client.generate(model="base", prompt="abc", options={"temperature": 0, "num_predict": 12}).response == expect
+    # stop strings end the text before them
+    full = client.generate(model="tiny", prompt=PROMPT, options=GREEDY).response
+    stop = full[5:7]
+    cut = client.generate(model="tiny", prompt=PROMPT, options={**GREEDY, "stop": [stop]})
+    assert cut.response == full[: full.index(stop)] and cut.done_reason == "stop"
+
+
+def test_seeded_sampling_repeats_and_draft_options_do_not_change_greedy_text(client, server, solo):
+    opts = {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "min_p": 0.05, "seed": 7, "num_predict": 20}
+    a = client.generate(model="tiny", prompt=PROMPT, options=opts).response
+    b = client.generate(model="tiny", prompt=PROMPT, options=opts).response
+    assert a == b and a
+    assert client.generate(model="tiny", prompt=PROMPT, options={**opts, "seed": -1}).done  # Ollama's "random"
+    for draft, k in (("none", None), ("ngram", 3), ("ngram", 32)):
+        opts = {**GREEDY, "draft": draft} | ({"draft_tokens": k} if k else {})
+        got = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": PROMPT, "options": opts,
+                                                              "stream": False}).json()  # the ollama client drops extra fields
+        assert got["response"] == solo and got["draft_source"] == draft
+        assert got["draft_max"] == (0 if draft == "none" else k)
+
+
+def test_list_show_ps_version(client, server):
+    names = {m.model for m in client.list().models}
+    assert names == {"tiny:latest", "base:latest"}
+    tiny = next(m for m in client.list().models if m.model == "tiny:latest")
+    assert tiny.details.format == "gguf" and tiny.details.family == "llama" and tiny.size > 0 and len(tiny.digest) == 64
+    shown = client.show("tiny")
+    assert shown.details.family == "llama" and "start_of_turn" in shown.template
+    assert shown.modelinfo["general.architecture"] == "llama"
+    client.generate(model="tiny", prompt="hi", options={"num_predict": 2}, keep_alive="1h")
+    ps = client.ps().models
+    assert [m.model for m in ps] == ["tiny:latest"] and ps[0].context_length == 4096 and ps[0].size > 0
+    assert ps[0].details.family == "llama" and ps[0].details.quantization_level == "F32"
+    assert httpx.get(server.url + "/api/version").json()["version"]
+
+
+def test_keep_alive_zero_unloads_and_empty_prompt_loads(server):
+    ps = lambda: [m["name"] for m in httpx.get(server.url + "/api/ps").json()["models"]]  # noqa: E731
+    r = httpx.post(server.url + "/api/generate", json={"model": "base", "prompt": "ab", "stream": False, "keep_alive": 0,
+                                                         "options": {"num_predict": 3}})
+    assert r.status_code == 200 and r.json()["done"]
+    assert "base:latest" not in ps()  # unloaded before the response ended
+    loaded = httpx.post(server.url + "/api/generate", json={"model": "base"}).json()
+    assert loaded["done_reason"] == "load" and loaded["response"] == "" and "base:latest" in ps()
+    unloaded = httpx.post(server.url + "/api/chat", json={"model": "base", "keep_alive": "0s"}).json()
+    assert unloaded["done_reason"] == "unload" and "base:latest" not in ps()
+    # keep_alive as seconds: expires about then
+    httpx.post(server.url + "/api/generate", json={"model": "base", "keep_alive": 90})
+    entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "base:latest")
+    from datetime import datetime, timezone
+
+    left = (datetime.fromisoformat(entry["expires_at"]) - datetime.now(timezone.utc)).total_seconds()
+    assert 80 < left <= 90
+
+
+def test_gemma_ps_and_stop_commands(server, store):
+    env = gemma_env(store, GEMMA_HOST=server.host)
+    httpx.post(server.url + "/api/generate", json={"model": "tiny", "keep_alive": -1})
+    table = run_gemma(env, "ps")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["NAME", "SIZE", "CONTEXT", "DRAFT", "UNTIL"]
+    assert any(r.startswith("tiny:latest") and "Forever" in r and "ngram" in r for r in rows), table.stdout
+    assert json.loads(run_gemma(env, "ps", "--json").stdout)[0]["name"] in ("tiny:latest", "base:latest")
+    stopped = run_gemma(env, "stop", "tiny")
+    assert stopped.returncode == 0 and stopped.stderr == "", stopped.stderr
+    assert "tiny:latest" not in run_gemma(env, "ps").stdout
+    again = run_gemma(env, "stop", "tiny")
+    assert again.returncode == 1 and "not loaded" in again.stderr and "Traceback" not in again.stderr
+    gone = run_gemma(gemma_env(store, GEMMA_HOST="127.0.0.1:1"), "ps")
+    assert gone.returncode == 1 and "cannot reach gemma serve" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_delete_removes_from_store(server, store, tmp_path):
+    register(store, "doomed", write_llama_gguf(tmp_path / "doomed.gguf", seed=9))
+    assert httpx.post(server.url + "/api/generate", json={"model": "doomed", "prompt": "x", "stream": False,
+                                                          "options": {"num_predict": 1}}).status_code == 200
+    r = httpx.request("DELETE", server.url + "/api/delete", json={"model": "doomed"})
+    assert r.status_code == 200
+    assert "doomed:latest" not in {m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
+    assert "doomed:latest" not in {m["name"] for m in httpx.get(server.url + "/api/ps").json()["models"]}
+    again = httpx.request("DELETE", server.url + "/api/delete", json={"model": "doomed"})
+    assert again.status_code == 404 and "not in the store" in again.json()["error"]
+
+
+def test_num_ctx_reloads_once_per_size(server):
+    def gen(num_ctx: int) -> dict:
+        body = {"model": "base", "prompt": "ab", "stream": False, "options": {"num_predict": 2, "num_ctx": num_ctx}}
+        return httpx.post(server.url + "/api/generate", json=body).json()
+
+    first, again = gen(300), gen(300)  # llama.cpp rounds 300 up; the same request must not reload
+    assert first["load_duration"] > 0 and again["load_duration"] == 0
+    entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "base:latest")
+    assert entry["context_length"] >= 300
+    assert gen(1024)["load_duration"] > 0
+
+
+def test_gemma_client_module(server, solo):
+    """gemma_cli.client.Client, which `gemma ps`/`stop` (and client mode) build on."""
+    from gemma_cli.client import Client, ServerError
+    from gemma_cli.errors import ModelNotFoundError
+
+    c = Client.from_env(server.host)
+    assert c.version() and {m["name"] for m in c.tags()} >= {"tiny:latest"}
+    parts = list(c.generate({"model": "tiny", "prompt": PROMPT, "options": GREEDY}))
+    assert "".join(p["response"] for p in parts) == solo and parts[-1]["done"] and "draft_source" in parts[-1]
+    chat = list(c.chat({"model": "tiny", "messages": [{"role": "user", "content": PROMPT}], "options": GREEDY}))
+    assert "".join(p["message"]["content"] for p in chat) == solo
+    assert c.show("tiny")["details"]["family"] == "llama"
+    assert c.load("tiny", keep_alive="1m")["done_reason"] == "load" and "tiny:latest" in {m["name"] for m in c.ps()}
+    assert c.stop("tiny")["done_reason"] == "unload" and "tiny:latest" not in {m["name"] for m in c.ps()}
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        list(c.generate({"model": "nope", "prompt": "x"}))
+    with pytest.raises(ServerError, match="temperature") as info:
+        c.request("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"temperature": -1}})
+    assert info.value.status == 400
+    with pytest.raises(ServerError, match="cannot reach gemma serve"):
+        Client.from_env("127.0.0.1:1", timeout=5).version()

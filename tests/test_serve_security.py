@@ -1,0 +1,160 @@
+"""`gemma serve`'s defences and error contract: Host and Origin checks, body limit, JSON errors, access log."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gemma_cli.errors import UsageError
+from gemma_cli.server.settings import DEFAULT_PORT, parse_duration, parse_host
+from gguf_factory import write_llama_gguf
+from hub_server import gemma_env, run_gemma
+from serve_helpers import ServerProcess, register
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("serve-sec")
+    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    return d / "models"
+
+
+@pytest.fixture(scope="module")
+def server(store: Path):
+    with ServerProcess(store, "--threads", "1", GEMMA_ORIGINS="https://app.example.com, https://*.trusted.dev",
+                       GEMMA_MAX_BODY="4096") as srv:
+        yield srv
+
+
+def test_startup_says_loopback(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert "loopback only" in server.log[0]
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("localhost", True), ("127.0.0.1:11436", True), ("[::1]:80", True), ("LOCALHOST.", True),
+    ("evil.example.com", False), ("192.168.1.10:11436", False), ("127.0.0.1.nip.io", False),
+])
+def test_host_header_checked_against_dns_rebinding(server, host, ok):
+    r = httpx.get(server.url + "/api/version", headers={"Host": host})
+    if ok:
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 403 and "not a loopback name" in r.json()["error"]
+
+
+@pytest.mark.parametrize("origin, ok", [
+    ("http://localhost:3000", True), ("http://127.0.0.1:8080", True), ("https://app.example.com", True),
+    ("https://ui.trusted.dev", True), ("vscode-webview://1a2b", True), ("app://obsidian.md", True),
+    ("https://evil.com", False), ("null", False),
+    ("https://app.example.com.evil.com", False), ("http://localhost.evil.com", False),
+])
+def test_cross_origin_requests_need_the_allowlist(server, origin, ok):
+    r = httpx.get(server.url + "/api/tags", headers={"Origin": origin})
+    if ok:
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    else:
+        assert r.status_code == 403 and "GEMMA_ORIGINS" in r.json()["error"]
+        assert "access-control-allow-origin" not in r.headers
+    pre = httpx.options(server.url + "/api/chat", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == (204 if ok else 403)
+    if ok:
+        assert "POST" in pre.headers["access-control-allow-methods"]
+
+
+def test_body_limit_413(server):
+    big = json.dumps({"model": "tiny", "prompt": "a" * 5000}).encode()
+    r = httpx.post(server.url + "/api/generate", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "GEMMA_MAX_BODY" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit applies while reading
+        for i in range(0, len(big), 1000):
+            yield big[i:i + 1000]
+
+    r = httpx.post(server.url + "/api/generate", content=chunks())
+    assert r.status_code == 413 and "GEMMA_MAX_BODY" in r.json()["error"]
+
+
+@pytest.mark.parametrize("method, path, body, status, needle", [
+    ("POST", "/api/generate", b"{not json", 400, "invalid JSON"),
+    ("POST", "/api/generate", b"[1, 2]", 400, "must be a JSON object"),
+    ("POST", "/api/generate", b"", 400, "missing request body"),
+    ("POST", "/api/generate", {"prompt": "x"}, 400, "model is required"),
+    ("POST", "/api/generate", {"model": "nope:1b", "prompt": "x"}, 404, "unknown model"),
+    ("POST", "/api/generate", {"model": "gemma4:e4b", "prompt": "x"}, 404, "not pulled yet"),
+    ("POST", "/api/generate", {"model": "../../etc/passwd", "prompt": "x"}, 400, "invalid model name"),
+    ("POST", "/api/generate", {"model": "/tmp/x.gguf", "prompt": "x"}, 400, "store models only"),
+    ("POST", "/api/generate", {"model": "Bad Name!", "prompt": "x"}, 400, "invalid model name"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"temperature": "hot"}}, 400, "must be a number"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"top_k": -1}}, 400, "top_k"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_predict": 0}}, 400, "num_predict"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_ctx": 0}}, 400, "num_ctx"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"draft": "magic"}}, 400, "options.draft must be one of"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"draft": "mtp"}}, 400, "no drafter"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"draft_tokens": 0}}, 400, "between 1 and 32"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "options": {"stop": [1]}}, 400, "options.stop"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "soon"}, 400, "keep_alive"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x", "format": "json"}, 400, "format"),
+    ("POST", "/api/generate", {"model": "tiny", "prompt": "x" * 3000, "options": {"num_ctx": 64}}, 400, "but the context holds"),
+    ("POST", "/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
+    ("POST", "/api/chat", {"model": "tiny", "messages": "hi"}, 400, "messages must be a list"),
+    ("POST", "/api/show", {"model": "nope"}, 404, "unknown model"),
+    ("DELETE", "/api/delete", {"model": "nope"}, 404, "not in the store"),
+    ("POST", "/api/pull", {"model": "nope"}, 404, "unknown model"),
+    ("GET", "/api/nothing", None, 404, "no such endpoint"),
+    ("GET", "/api/generate", None, 405, "not allowed"),
+])
+def test_every_error_is_json_with_its_status(server, method, path, body, status, needle):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    r = httpx.request(method, server.url + path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert needle in r.json()["error"], r.json()
+
+
+def test_server_survives_errors_and_logs_one_line_per_request(server):
+    before = len(server.log)
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    httpx.post(server.url + "/api/generate", content=b"{bad")
+    httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+    server.wait_for(lambda: len(server.log) >= before + 3)
+    lines = server.log[before:]
+    lines = lines[next(i for i, line in enumerate(lines) if "/health" in line):]  # after an earlier test's late line
+    assert len(lines) == 3
+    assert lines[0].startswith('127.0.0.1 "GET /health" 200 ')
+    assert lines[1].startswith('127.0.0.1 "POST /api/generate" 400 ')
+    assert lines[2].startswith('127.0.0.1 "POST /api/generate" 200 ') and lines[2].endswith("ms")
+    assert not any("Traceback" in line for line in server.log)
+
+
+def test_port_in_use_is_one_line(store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_gemma(gemma_env(store, GEMMA_HOST=f"127.0.0.1:{port}"), "serve", timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: cannot listen on 127.0.0.1:")
+
+
+def test_parse_host_and_duration():
+    assert parse_host(None) == ("127.0.0.1", DEFAULT_PORT)
+    assert parse_host("0.0.0.0") == ("0.0.0.0", DEFAULT_PORT)
+    assert parse_host(":8000") == ("127.0.0.1", 8000)
+    assert parse_host("http://localhost:9/") == ("localhost", 9)
+    assert parse_host("[::1]:7") == ("::1", 7)
+    for bad in ("host:port", "h:70000", "[::1"):
+        with pytest.raises(UsageError):
+            parse_host(bad)
+    assert parse_duration("5m") == 300 and parse_duration("1h30m") == 5400 and parse_duration("250ms") == 0.25
+    assert parse_duration(0) == 0 and parse_duration("0") == 0 and parse_duration(42) == 42
+    assert math.isinf(parse_duration(-1)) and math.isinf(parse_duration("-1m"))
+    for bad in ("soon", "5 m", "", True, None, [1]):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
