@@ -17,7 +17,7 @@ import time
 import pytest
 
 from gguf_factory import char_vocab, write_llama_gguf
-from hub_server import EXIT_USAGE, ROOT, assert_one_line_error, gemma_cmd
+from hub_server import EXIT_USAGE, ROOT, assert_one_line_error, gemma_cmd, write_catalog
 
 FAST = ("--threads", "1", "--ctx", "512")
 GREEDY = ("--temperature", "0")
@@ -31,6 +31,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     model = write_llama_gguf(d / "run-tiny.gguf", seed=11, vocab=char_vocab() + ["\n"])
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GEMMA_", "NO_COLOR", "FORCE_COLOR"))}
     e.update(GEMMA_MODELS=str(d / "models"), HF_HUB_OFFLINE="1", TERM="xterm-256color", PYTHONUNBUFFERED="1")
+    # An empty catalog: `create` refuses catalog names (`gemma pull` owns those), and this store's default must be ours.
+    e["GEMMA_CATALOG"] = str(write_catalog(d / "catalog.json", {}))
     made = subprocess.run(gemma_cmd("create", "gemma3:270m", "--target", str(model), "--quiet"), env=e, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr

@@ -35,6 +35,7 @@ class MTPDrafter:
     name = "mtp"
     proposes_first = False  # each draft row is an assistant decode: choose k first
     last_key = None  # proposals are costly: k is decided before proposing, no per-class record
+    gives_confidences = False  # k comes from the acceptance estimate and measured costs (adaptive.py)
     samples_proposals = True  # sampled generations use rejection sampling against the assistant's distributions
     catch_up_seconds = 0.0  # the assistant reads the target's KV: nothing to catch up on
 
