@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gguf_factory import write_llama_gguf
-from hub_server import ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma, write_catalog
+from hub_server import EXIT_USAGE, ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma, write_catalog
 
 REPO = "test-org/careless-GGUF"
 
@@ -80,7 +80,7 @@ def test_seed_minus_one_means_random_and_other_negatives_are_usage_errors(env, t
     assert json.loads(ok.stdout)["generated_tokens"] >= 1
     bad = run_gemma(env, "run", str(tiny), "hello", "--seed", "-2", "-n", "3")
     assert bad.returncode == 2
-    assert_one_line_error(bad, "--seed", "-1 for a random seed")
+    assert_one_line_error(bad, "--seed", "-1 for a random seed", code=EXIT_USAGE)
 
 
 def test_chat_set_seed_minus_one_then_a_message_keeps_the_session(env, tiny):
