@@ -58,10 +58,7 @@ DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
 # -- the gemma side (import paths may move: try the package's front door first) --------------------
 def gemma_api():
     """(Engine, EngineConfig, DraftConfig, run_once)."""
-    try:
-        from gemma_cli.engine import DraftConfig, Engine, EngineConfig  # type: ignore[attr-defined]
-    except ImportError:
-        from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
     from gemma_cli.bench.harness import run_once
 
     return Engine, EngineConfig, DraftConfig, run_once
@@ -69,14 +66,10 @@ def gemma_api():
 
 def gemma_default_draft(model: Path, threads: int):
     """The draft configuration `gemma run MODEL.gguf` would use (the CLI's own mapping)."""
-    try:
-        from gemma_cli.cli.engine_options import EngineChoice, draft_config
-        from gemma_cli.store.resolve import resolve_model
+    from gemma_cli.registry.resolve import resolve_model
+    from gemma_cli.session import EngineChoice, draft_config
 
-        return draft_config(resolve_model(str(model)), EngineChoice(threads=threads), "default")
-    except ImportError:  # the CLI moved: fall back to the engine's own defaults
-        _, _, DraftConfig, _ = gemma_api()
-        return DraftConfig()
+    return draft_config(resolve_model(str(model)), EngineChoice(threads=threads), "default")
 
 
 def gemma3_270m() -> Path:
