@@ -64,7 +64,12 @@ def test_healthy_with_unreachable_hub_is_exit_0_and_a_warning(store: Path) -> No
 
     gpu = checks["gpu"]  # what this very build says, and a status that follows from it
     assert gpu["details"]["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())
-    if gpu["details"]["gpu_offload"]:
+    # An RPC-enabled CPU build reports offload support (to remote workers), but no local GPU:
+    # no GPU backend compiled in and no GPU device means CPU-only, whatever the offload flag says.
+    local_gpu = bool(gpu["details"]["backends"]) or any(
+        d.get("type") in ("gpu", "igpu") for d in gpu["details"]["devices"] or [])
+    rpc_only = bool(llama_cpp.llama_supports_rpc()) and not local_gpu
+    if gpu["details"]["gpu_offload"] and not rpc_only:
         assert gpu["status"] in (OK, WARN) and "GPU offload" in gpu["summary"]
     else:
         assert gpu["status"] == "info" and "CPU-only" in gpu["summary"] and "GGML_CUDA" in gpu["hint"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gguf_factory import write_llama_gguf
-from hub_server import assert_one_line_error, gemma_env, run_gemma
+from hub_server import EXIT_RUNTIME, EXIT_USAGE, assert_one_line_error, gemma_env, run_gemma
 from serve_helpers import ServerProcess, register
 
 PROMPT = "Tell me a story"
@@ -96,11 +96,13 @@ def test_list_show_ps_stop(store, server):
 
 
 def test_errors_are_the_same_lines_and_exit_codes(store, server):
-    for args in (("run", "nosuch:model", "hi"), ("run", "Bad Name!:x", "hi"), ("run", "tiny", "hi", "--draft", "magic"),
-                 ("show", "nosuch:model"), ("run", "tiny", "hi", "--draft-tokens", "99")):
+    # Unknown models are runtime errors (1); malformed names and options are usage errors (2), as in-process.
+    for code, args in ((EXIT_RUNTIME, ("run", "nosuch:model", "hi")), (EXIT_USAGE, ("run", "Bad Name!:x", "hi")),
+                       (EXIT_USAGE, ("run", "tiny", "hi", "--draft", "magic")), (EXIT_RUNTIME, ("show", "nosuch:model")),
+                       (EXIT_USAGE, ("run", "tiny", "hi", "--draft-tokens", "99"))):
         local, remote = both(store, server, *args)
         assert remote.returncode == local.returncode != 0, args
-        assert remote.stderr == local.stderr and assert_one_line_error(remote), args
+        assert remote.stderr == local.stderr and assert_one_line_error(remote, code=code), args
 
 
 def test_a_server_that_is_not_running_is_one_clean_line(store):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gguf_factory import write_llama_gguf
-from hub_server import ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma, write_catalog
+from hub_server import EXIT_USAGE, ROOT, HubServer, assert_one_line_error, gemma_cmd, gemma_env, run_gemma, write_catalog
 
 REPO = "test-org/store-GGUF"
 
@@ -26,8 +26,8 @@ REPO = "test-org/store-GGUF"
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("store-careless")
     big = write_llama_gguf(d / "big.gguf", seed=51)
-    with big.open("r+b") as fh:  # a valid header followed by 256 MB of (sparse) zeros: copying takes seconds
-        fh.truncate(256 << 20)
+    with big.open("r+b") as fh:  # a valid header followed by 1 GiB of (sparse) zeros: copying takes seconds
+        fh.truncate(1 << 30)
     return {"a": write_llama_gguf(d / "a.gguf", seed=52), "b": write_llama_gguf(d / "b.gguf", seed=53), "big": big}
 
 
@@ -50,9 +50,13 @@ def _ingest_tmps(models: Path) -> list[Path]:
 
 
 def _start_create(env: dict[str, str], models: Path, src: Path) -> subprocess.Popen:
+    """A `gemma create` caught in the middle of its copy, stopped (SIGSTOP) there: the caller
+    signals it, then resumes it with SIGCONT, so the signal lands mid-copy however busy the machine."""
     proc = subprocess.Popen(gemma_cmd("create", "big", "--target", str(src)), env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: any(p.stat().st_size > (1 << 20) for p in _ingest_tmps(models) if p.exists()))
+    proc.send_signal(signal.SIGSTOP)
+    assert proc.poll() is None and _ingest_tmps(models), "the copy ended before the test could interrupt it"
     return proc
 
 
@@ -63,6 +67,7 @@ def test_an_interrupted_create_leaves_no_temp_file(env, ggufs, tmp_path, sig, co
     models = tmp_path / "models"
     proc = _start_create(env, models, ggufs["big"])
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == code and "Traceback" not in err, err
     assert _ingest_tmps(models) == []
@@ -115,9 +120,9 @@ def test_create_refuses_catalog_names_and_pull_restores_a_hijacked_one(ggufs, tm
     env = gemma_env(tmp_path / "models", hub.endpoint, catalog)
     refused = run_gemma(env, "create", "cat:one", "--target", str(ggufs["b"]))
     assert refused.returncode == 2
-    assert_one_line_error(refused, "cat:one is a catalog model's name", "choose another name, e.g. my-cat:one")
+    assert_one_line_error(refused, "cat:one is a catalog model's name", "choose another name, e.g. my-cat:one", code=EXIT_USAGE)
     refused_default = run_gemma(gemma_env(tmp_path / "m2"), "create", "gemma3:270m", "--target", str(ggufs["b"]))
-    assert_one_line_error(refused_default, "gemma3:270m is a catalog model's name")
+    assert_one_line_error(refused_default, "gemma3:270m is a catalog model's name", code=EXIT_USAGE)
 
     assert run_gemma(env, "pull", "cat:one").returncode == 0
     # an older gemma-cli let `create` write over the catalog name: simulate that manifest
@@ -164,7 +169,7 @@ def test_verify_tells_the_truth_about_repairing_a_custom_model(env, ggufs, tmp_p
 
 def test_long_names_and_odd_targets_get_the_right_reason(env, tmp_path):
     long = run_gemma(env, "show", "a" * 250)
-    assert_one_line_error(long, "250 characters", "at most 64 characters")
+    assert_one_line_error(long, "250 characters", "at most 64 characters", code=EXIT_USAGE)
     assert "'/'" not in long.stderr
     for target, reason in ((str(tmp_path), "is a directory, not a GGUF file"), ("/dev/zero", "is a device, not a GGUF file"),
                            (str(tmp_path / "nope.gguf"), "model file not found")):
@@ -191,14 +196,19 @@ def test_an_interrupted_pull_says_how_to_resume(ggufs, tmp_path, hub):
     data = ggufs["a"].read_bytes()
     hub.state.stall_after["a.gguf"] = len(data) // 2
     catalog = write_catalog(tmp_path / "catalog.json", {"cat:one": {"target": (REPO, "a.gguf"), "draft_source": "ngram"}})
-    env = gemma_env(tmp_path / "models", hub.endpoint, catalog)
+    # The SIGINT lands just as the client goes back to waiting for bytes. If it arrives between
+    # CPython's last signal check and the poll() (a window a loaded machine widens by preempting the
+    # client there), Python acts on it only when that poll returns: after the stall timeout, 30 s by
+    # default, as long as communicate() waits. 5 s bounds that; a lost SIGINT still fails the test
+    # (the pull would end "stalled", exit 1).
+    env = gemma_env(tmp_path / "models", hub.endpoint, catalog, GEMMA_STALL_TIMEOUT="5")
     partial = tmp_path / "models" / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}.partial"
     proc = subprocess.Popen(gemma_cmd("pull", "cat:one"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: partial.exists() and partial.stat().st_size >= len(data) // 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "interrupted: what was downloaded is kept; run the same command to resume" in err
 
 
