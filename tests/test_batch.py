@@ -79,7 +79,7 @@ def test_concurrent_requests_equal_their_solo_runs(plain, tiny_drafter, n_reques
     while sched.step():
         widest = max(widest, len(sched.active))
     assert widest == min(n_slots, n_requests)  # they really ran together
-    verdicts = [_check_solo(plain, s, g) for s, g in zip(specs, gens)]
+    verdicts = [_check_solo(plain, s, g) for s, g in zip(specs, gens, strict=True)]
     near = [v for v in verdicts if v != "equal"]
     assert len(near) <= len(verdicts) // 4, near
     assert any(g.result.stats.draft_accepted for g in gens)
@@ -104,7 +104,7 @@ def test_requests_read_from_threads_and_joining_midway(plain, tiny_drafter):
     for t in threads:
         t.join(60)
     assert sorted(texts) == [0, 1, 2, 3]
-    for i, (s, g) in enumerate(zip(specs, gens)):
+    for i, (s, g) in enumerate(zip(specs, gens, strict=True)):
         assert texts[i] == g.result.text
         _check_solo(plain, s, g)
     sched.close()
@@ -124,7 +124,7 @@ def test_cancelling_one_slot_leaves_the_others_untouched(plain, tiny_drafter):
     assert sched.ctx.seq_pos_max(seq) == -1  # its cells are free at once
     assert 0 < victim.result.stats.generated_tokens < specs[3]["max_tokens"]
     sched.run()
-    for s, g in list(zip(specs, gens))[:3]:
+    for s, g in list(zip(specs, gens, strict=True))[:3]:
         _check_solo(plain, s, g)
     sched.close()
 
@@ -142,8 +142,8 @@ def test_context_limit_and_stop_string_end_one_slot_alone(plain):
     assert full.result.stop_reason is StopReason.CONTEXT
     assert full.stats.prompt_tokens + full.stats.generated_tokens <= plain.n_ctx
     assert stopped.result.stop_reason is StopReason.STOP and stop[0] not in stopped.result.text
-    for prompt, g, n, stop in ((long_prompt, full, 200, []), (short, other, 60, []), (stopper, stopped, 60, stop)):
-        ref = plain.generate(prompt, max_tokens=n, stop=stop)
+    for prompt, g, n, stops in ((long_prompt, full, 200, []), (short, other, 60, []), (stopper, stopped, 60, stop)):
+        ref = plain.generate(prompt, max_tokens=n, stop=stops)
         ref.text()
         assert ref.result.stop_reason == g.result.stop_reason
         check_greedy_lossless(plain, prompt, ref.result, g.result)
@@ -227,3 +227,32 @@ def test_refusals_are_one_line_errors(plain, monkeypatch, tmp_path):
     assert default_num_parallel() == 6
     monkeypatch.delenv("GEMMA_NUM_PARALLEL")
     assert default_num_parallel() == 4 and default_num_parallel(gpu=True) == 8
+
+
+def test_clients_on_threads_cancel_only_their_own(plain):
+    """The server hook: each job gets a BatchClient, generates and cancels through it like an Engine."""
+    sched = BatchScheduler(plain, 3)
+    texts = ["abcabcabcab", "hello hello hello hel", "x=1; y=2; x=1; y="]
+    results: dict[int, object] = {}
+
+    def job(i: int) -> None:
+        client = sched.client()
+        gen = client.generate(client.prompt_tokens(texts[i], raw=True), max_tokens=50)
+        for n, _ in enumerate(gen):
+            if i == 1 and n == 3:
+                client.cancel()
+        results[i] = gen.result
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results[1].stop_reason is StopReason.CANCELLED
+    for i in (0, 2):
+        prompt = plain.prompt_tokens(texts[i], raw=True)
+        ref = plain.generate(prompt, max_tokens=50)
+        ref.text()
+        check_greedy_lossless(plain, prompt, ref.result, results[i])
+    assert all(v == -1 for v in sched.kv_positions().values())
+    sched.close()

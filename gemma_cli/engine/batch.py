@@ -33,7 +33,7 @@ import numpy as np
 
 from gemma_cli import limits
 from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_length
-from gemma_cli.engine.batch_slot import BatchGeneration, SlotState
+from gemma_cli.engine.batch_slot import BatchClient, BatchGeneration, SlotState
 from gemma_cli.engine.drafters import Drafter, ModelDrafter
 from gemma_cli.engine.generate import DraftConfig, Engine
 from gemma_cli.engine.llama import Context, Model
@@ -116,6 +116,10 @@ class BatchScheduler:
         with self._lock:
             self.waiting.append(slot)
         return BatchGeneration(self, slot)
+
+    def client(self) -> "BatchClient":
+        """An engine-like view for one request (what a server job calls; see BatchClient)."""
+        return BatchClient(self)
 
     def drive(self, slot: SlotState) -> None:
         """Run one step unless another thread produced `slot`'s next piece meanwhile."""
@@ -232,7 +236,7 @@ class BatchScheduler:
                 continue
             self._probe(s)
         extra = self.costs.time(1) * chunk_rows / max(self.ctx.n_batch, 1) if chunk_rows else 0.0
-        for s, k in zip(joint, choose_lengths(cands, self.costs, extra)):
+        for s, k in zip(joint, choose_lengths(cands, self.costs, extra), strict=True):
             s.k = k
             self._probe(s)
         for s in ready:
@@ -291,7 +295,7 @@ class BatchScheduler:
             s.n_past += n
             s.pending = s.pending[n:]
         row = 0
-        for s, start in zip(ready, starts):
+        for s, start in zip(ready, starts, strict=True):
             n_out = len(s.draft) + 1
             n_acc, nxt = verify(logits[row : row + n_out], s.draft, s.dists, s.sampler, s.n_generated)
             row += n_out

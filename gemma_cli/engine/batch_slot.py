@@ -4,6 +4,7 @@
 an engine `Generation` (pieces, live `stats`, `result` at the end, `cancel`),
 and asking it for a piece when none is queued runs one batched step for
 every request (see batch.py), so any thread reading any request keeps them all going.
+`BatchClient` is the engine-like view one server job uses instead of the `Engine`.
 """
 
 from __future__ import annotations
@@ -142,3 +143,41 @@ class BatchGeneration:
             pass
         assert self.result is not None
         return self.result.text
+
+
+class BatchClient:
+    """What one server job sees instead of the `Engine`: the same calls, its own cancel.
+
+    `generate` submits to the scheduler; `cancel` stops only this client's
+    generation. Several clients may iterate from different threads at once:
+    whichever needs a piece runs the next batched step under the scheduler's lock.
+    """
+
+    def __init__(self, scheduler: "BatchScheduler") -> None:
+        self.scheduler = scheduler
+        self.engine = scheduler.engine
+        self.draft = scheduler.engine.draft
+        self._gen: "BatchGeneration | None" = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.scheduler.n_ctx
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, add_special=add_special)
+
+    def chat_tokens(self, messages, *, add_generation_prompt: bool = True) -> list[int]:  # type: ignore[no-untyped-def]
+        return self.engine.chat_tokens(messages, add_generation_prompt=add_generation_prompt)
+
+    def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+        return self.engine.prompt_tokens(text, system=system, raw=raw)
+
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 512,
+                 sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = ()) -> "BatchGeneration":
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self._gen = self.scheduler.submit(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        return self._gen
+
+    def cancel(self) -> None:
+        if self._gen is not None:
+            self._gen.cancel()
