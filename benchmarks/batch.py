@@ -81,6 +81,24 @@ def batched(sched: BatchScheduler, prompts: list[list[int]], tokens: int, draft:
     return _summary(t0, [ttft[i] for i in range(len(gens))], [lat[i] for i in range(len(gens))], [g.result.tokens for g in gens])
 
 
+def cost_curve(engine: Engine, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), reps: int = 5) -> dict[int, float]:
+    """Median seconds of one decode with `rows` output rows, relative to one row: what bounds batching."""
+    engine.reset()
+    engine.ctx.decode(engine.prompt_tokens("Hello there"), n_outputs=1)
+    base = engine.ctx.n_past
+    out = {}
+    for rows in sizes:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            engine.ctx.decode([236743] * rows if engine.target.n_vocab > 236743 else [5] * rows, n_outputs=rows)
+            times.append(time.perf_counter() - t0)
+            engine.ctx.trim(base)
+        out[rows] = statistics.median(times)
+    engine.reset()
+    return {r: t / out[sizes[0]] for r, t in out.items()} | {"one_row_s": out[sizes[0]]}
+
+
 def _summary(t0: float, ttft: list[float], lat: list[float], outs: list[list[int]]) -> dict:
     wall = max(lat)
     n = sum(len(o) for o in outs)
@@ -102,7 +120,14 @@ def main() -> None:
         draft = DraftConfig(source=source, tokens=4)
         engine = Engine(gemma3_path(), draft, EngineConfig(n_ctx=1024, n_threads=args.threads))
         sched = BatchScheduler(engine, max(args.clients))
+        if source == args.sources[0]:
+            curve = cost_curve(engine)
+            print("decode cost by output rows (x one row): " + "  ".join(
+                f"{r}: {v:.2f}" for r, v in curve.items() if r != "one_row_s") + f"  (one row {curve['one_row_s'] * 1e3:.1f} ms)")
+            rows.append({"cost_curve": curve})
         prompts = [engine.prompt_tokens(t) for t in PROMPTS]
+        serialized(engine, prompts[:1], 8)  # warm-up: fault the mmapped weights in before timing
+        batched(sched, prompts[:2], 8, draft)
         for c in args.clients:
             ps = [prompts[i % len(prompts)] for i in range(c)]
             ratios, sers, bats, same = [], [], [], 0

@@ -256,3 +256,29 @@ def test_clients_on_threads_cancel_only_their_own(plain):
         check_greedy_lossless(plain, prompt, ref.result, results[i])
     assert all(v == -1 for v in sched.kv_positions().values())
     sched.close()
+
+
+@pytest.mark.slow
+def test_gemma3_four_concurrent_requests_equal_solo(gemma3_path):
+    plain = Engine(gemma3_path, DraftConfig(source="none"), EngineConfig(n_ctx=1024, n_threads=2))
+    sched = BatchScheduler(plain, 4)
+    texts = [
+        "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+        "The quick brown fox jumps over the lazy dog. The quick brown fox",
+        "List the days of the week:",
+        "Once upon a time",
+    ]
+    prompts = [plain.prompt_tokens(t, raw=True) for t in texts]
+    drafts = [DraftConfig(source="ngram", tokens=4), DraftConfig(source="ngram", tokens=8), DraftConfig(source="none"),
+              DraftConfig(source="ngram", tokens=2)]
+    gens = [sched.submit(p, max_tokens=40, draft=d) for p, d in zip(prompts, drafts, strict=True)]
+    sched.run()
+    verdicts = []
+    for p, g in zip(prompts, gens, strict=True):
+        ref = plain.generate(p, max_tokens=40)
+        ref.text()
+        verdicts.append(check_greedy_lossless(plain, p, ref.result, g.result))
+    assert sum(v == "equal" for v in verdicts) >= 3, verdicts
+    assert sum(g.stats.draft_accepted for g in gens) > 0
+    sched.close()
+    plain.close()

@@ -65,6 +65,11 @@ def default_num_parallel(gpu: bool = False) -> int:
     return n
 
 
+def batchable(draft: DraftConfig) -> bool:
+    """Whether requests with this draft source can share batches (MTP cannot yet: see the module doc)."""
+    return draft.source != "mtp"
+
+
 class BatchScheduler:
     """Up to `n_slots` concurrent generations on `engine`'s model, decoded in shared batches."""
 
@@ -99,7 +104,7 @@ class BatchScheduler:
         sampling.validate()
         limits.check_max_tokens(max_tokens)
         draft = (draft or self.engine.draft).validate()
-        if draft.source == "mtp":
+        if not batchable(draft):
             raise UsageError("MTP drafting is not batched: run this request on the engine itself")
         if self.n_slots * (draft.tokens + 1) > self.ctx.n_batch:
             raise UsageError(f"{self.n_slots} slots drafting {draft.tokens} tokens need n_batch >= {self.n_slots * (draft.tokens + 1)}")
@@ -182,6 +187,8 @@ class BatchScheduler:
     def _leave(self, slot: SlotState, reason: StopReason) -> None:
         self.ctx.seq_trim(slot.seq, 0)  # free every cell this sequence held
         self.active.remove(slot)
+        if slot.drafter not in self._pooled.values():
+            slot.drafter.close()  # its own instance (pooled drafter contexts are closed with the scheduler)
         self._free.append(slot.seq)
         slot.finish(reason)
 
