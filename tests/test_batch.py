@@ -282,3 +282,25 @@ def test_gemma3_four_concurrent_requests_equal_solo(gemma3_path):
     assert sum(g.stats.draft_accepted for g in gens) > 0
     sched.close()
     plain.close()
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_decode(plain):
+    sched = BatchScheduler(plain, 2, prefill_chunk=32)
+    short = sched.submit(plain.tokenize(PROMPTS[0]), max_tokens=120)
+    sched.step()
+    long_prompt = plain.tokenize("the cat sat on the mat and looked around. " * 8)
+    assert len(long_prompt) > 300
+    late = sched.submit(long_prompt, max_tokens=20, draft=DraftConfig(source="ngram", tokens=4))
+    before = short.stats.generated_tokens
+    steps = 0
+    while late.stats.target_passes == 0:
+        sched.step()
+        steps += 1
+    assert steps >= len(long_prompt) // 32  # the prompt went in 32-token pieces ...
+    assert short.stats.generated_tokens - before >= steps - 1  # ... and the running slot decoded at every step
+    sched.run()
+    for prompt, g, n in ((long_prompt, late, 20), (plain.tokenize(PROMPTS[0]), short, 120)):
+        ref = plain.generate(prompt, max_tokens=n)
+        ref.text()
+        check_greedy_lossless(plain, prompt, ref.result, g.result)
+    sched.close()
