@@ -304,3 +304,33 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode(plain):
         ref.text()
         check_greedy_lossless(plain, prompt, ref.result, g.result)
     sched.close()
+
+
+def test_sampled_outputs_in_batches_have_the_target_distribution(small_vocab_model, small_vocab_drafter):
+    """Chi-square: 8 concurrent sampled requests per batch (drafter model and n-gram mixed) vs the exact distribution."""
+    from collections import Counter
+
+    from lossless import chi_square_pvalue, exact_continuations, outcome
+
+    eng = Engine(small_vocab_model, DraftConfig(source="none"), EngineConfig(n_ctx=64, n_threads=1))
+    prompt = [1, 4, 5, 6, 4, 5, 6, 4, 5]
+    t1 = SamplingParams(temperature=1.0)
+    exact = exact_continuations(eng, prompt, 2, t1)
+    sched = BatchScheduler(eng, 8)
+    counts = {"model": Counter(), "ngram": Counter()}
+    seed = 0
+    for _ in range(250):
+        batch = []
+        for j in range(8):
+            source = "model" if j % 2 else "ngram"
+            draft = DraftConfig(source=source, tokens=2, model_path=small_vocab_drafter, adaptive=False)
+            batch.append((source, sched.submit(prompt, max_tokens=2, sampling=SamplingParams(1.0, seed=seed), draft=draft)))
+            seed += 1
+        sched.run()
+        for source, g in batch:
+            counts[source][outcome(g.result)] += 1
+    for source, c in counts.items():
+        stat, p, dof = chi_square_pvalue(c, exact)
+        assert p > 1e-3, (source, stat, dof)
+    sched.close()
+    eng.close()
