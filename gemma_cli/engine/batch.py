@@ -238,7 +238,9 @@ class BatchScheduler:
                 s.k = solo_length(s.acceptance.rate(s.key), limit, s.drafter.relative_cost)
             else:
                 joint.append(s)
-                cost = 0.0 if s.drafter.proposes_first else (s.draft_cost or 0.0)
+                cost = 0.0 if s.drafter.proposes_first else s.draft_cost
+                if cost is None:  # not measured yet: the drafter's prior, in plain decodes
+                    cost = s.drafter.relative_cost * self.costs.time(1)
                 cands.append(Candidate(s.acceptance.rate(s.key), limit, cost))
                 continue
             self._probe(s)
