@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from gemma_cli import limits
-from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_length
+from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_length, split_groups
 from gemma_cli.engine.batch_slot import BatchClient, BatchGeneration, SlotState
 from gemma_cli.engine.drafters import Drafter, ModelDrafter
 from gemma_cli.engine.generate import DraftConfig, Engine
@@ -273,6 +273,14 @@ class BatchScheduler:
             s.since_draft, s.k = 0, 1
 
     def _decode_and_verify(self, ready: list[SlotState], chunks: list[tuple[SlotState, int]]) -> None:
+        """Decode the step's rows (in the groups the cost curve favours), verify each slot, trim its rejected cells."""
+        groups = split_groups([len(s.draft) + 1 for s in ready], self.costs)
+        if not groups:
+            groups = [[]]
+        for gi, group in enumerate(groups):
+            self._decode_group([ready[i] for i in group], chunks if gi == 0 else [])
+
+    def _decode_group(self, ready: list[SlotState], chunks: list[tuple[SlotState, int]]) -> None:
         toks: list[int] = []
         pos: list[int] = []
         seqs: list[int] = []
@@ -284,8 +292,7 @@ class BatchScheduler:
             toks += rows
             pos += range(s.n_past, s.n_past + len(rows))
             seqs += [s.seq] * len(rows)
-            outs += [0] * len(s.pending) + [1] * len(s.draft)
-            outs[starts[-1] + len(s.pending) - 1] = 1
+            outs += [0] * (len(s.pending) - 1) + [1] * (len(s.draft) + 1)
         for s, n in chunks:
             toks += s.pending[:n]
             pos += range(s.n_past, s.n_past + n)

@@ -105,9 +105,11 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
     best, best_rate = list(ks), 0.0
     tokens = float(len(slots))
     rows = len(slots)
+    separate = rows * costs.time(1)  # the slots decoded one by one, should that be cheaper (see split_groups)
     drafting = 0.0
     while True:
-        rate = tokens / (costs.time(rows) + extra_seconds + drafting) if rows else 0.0
+        decode = min(costs.time(rows), separate)
+        rate = tokens / (decode + extra_seconds + drafting) if rows else 0.0
         if rate > best_rate:
             best, best_rate = list(ks), rate
         pick, gain = -1, 0.0
@@ -118,6 +120,7 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
                     pick, gain = i, g
         if pick < 0:
             return best
+        separate += costs.time(ks[pick] + 2) - costs.time(ks[pick] + 1)
         ks[pick] += 1
         tokens += gain
         rows += 1
@@ -132,3 +135,31 @@ def solo_length(acceptance: float, k_max: int, draft_cost: float) -> int:
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k
+
+
+def split_groups(rows: list[int], costs: BatchCosts) -> list[list[int]]:
+    """Which slots share a decode: merge groups while one decode of both costs less than two.
+
+    Usually everything goes into one decode. But the cost curve is not always
+    concave: on a 2-core AVX2 CPU a 2-row decode of Gemma 3 270M measured
+    2.8x a 1-row one (and 4 rows 3.5x), so two single-row slots are cheaper
+    decoded one after the other. Returns lists of indices into `rows`.
+    """
+    groups = [[i] for i in range(len(rows))]
+    size = list(rows)
+    t = costs.time
+    while len(groups) > 1:
+        best, pair = 0.0, None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                saving = t(size[a]) + t(size[b]) - t(size[a] + size[b])
+                if saving > best:
+                    best, pair = saving, (a, b)
+        if pair is None:
+            break
+        a, b = pair
+        groups[a] += groups.pop(b)
+        size[a] += size.pop(b)
+    if len(groups) > 1 and t(sum(size)) <= sum(t(n) for n in size):  # pairwise merging can miss the whole batch
+        return [list(range(len(rows)))]
+    return [sorted(g) for g in groups]
