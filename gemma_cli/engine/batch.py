@@ -274,11 +274,17 @@ class BatchScheduler:
 
     def _decode_and_verify(self, ready: list[SlotState], chunks: list[tuple[SlotState, int]]) -> None:
         """Decode the step's rows (in the groups the cost curve favours), verify each slot, trim its rejected cells."""
-        groups = split_groups([len(s.draft) + 1 for s in ready], self.costs)
-        if not groups:
-            groups = [[]]
-        for gi, group in enumerate(groups):
-            self._decode_group([ready[i] for i in group], chunks if gi == 0 else [])
+        decoding = [s for s in ready if len(s.pending) == 1]
+        for group in split_groups([len(s.draft) + 1 for s in decoding], self.costs):
+            self._decode_group([decoding[i] for i in group], [])
+        # Prompt pieces get decodes of their own: llama.cpp's logits depend on a batch's shape (Gemma 3
+        # 270M: the same 72-token prompt split 30+42 or 8+64 differs by ~1 logit), so a prompt evaluated
+        # as it would be alone keeps the output as it would be alone.
+        for s in ready:
+            if len(s.pending) > 1:
+                self._decode_group([s], [])
+        for chunk in chunks:
+            self._decode_group([], [chunk])
 
     def _decode_group(self, ready: list[SlotState], chunks: list[tuple[SlotState, int]]) -> None:
         toks: list[int] = []
