@@ -137,14 +137,16 @@ def solo_length(acceptance: float, k_max: int, draft_cost: float) -> int:
     return best_k
 
 
-def split_groups(rows: list[int], costs: BatchCosts) -> list[list[int]]:
+def split_groups(rows: list[int], costs: BatchCosts, cap: int | None = None) -> list[list[int]]:
     """Which slots share a decode: merge groups while one decode of both costs less than two.
 
     Usually everything goes into one decode. But the cost curve is not always
     concave: on a 2-core AVX2 CPU a 2-row decode of Gemma 3 270M measured
     2.8x a 1-row one (and 4 rows 3.5x), so two single-row slots are cheaper
-    decoded one after the other. Returns lists of indices into `rows`.
+    decoded one after the other. No merged group exceeds `cap` rows (see
+    batch.EXACT_ROWS). Returns lists of indices into `rows`.
     """
+    cap = cap or 1 << 30
     groups = [[i] for i in range(len(rows))]
     size = list(rows)
     t = costs.time
@@ -152,6 +154,8 @@ def split_groups(rows: list[int], costs: BatchCosts) -> list[list[int]]:
         best, pair = 0.0, None
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
+                if size[a] + size[b] > cap:
+                    continue
                 saving = t(size[a]) + t(size[b]) - t(size[a] + size[b])
                 if saving > best:
                     best, pair = saving, (a, b)
@@ -160,6 +164,6 @@ def split_groups(rows: list[int], costs: BatchCosts) -> list[list[int]]:
         a, b = pair
         groups[a] += groups.pop(b)
         size[a] += size.pop(b)
-    if len(groups) > 1 and t(sum(size)) <= sum(t(n) for n in size):  # pairwise merging can miss the whole batch
+    if len(groups) > 1 and sum(size) <= cap and t(sum(size)) <= sum(t(n) for n in size):  # pairwise merging can miss the whole batch
         return [list(range(len(rows)))]
     return [sorted(g) for g in groups]
