@@ -18,7 +18,7 @@ target context's hidden rows per sequence and is not batched: `submit`
 refuses it and callers run such requests on the engine's own path.
 
 The scheduler has its own context on the engine's model (a unified KV pool
-of n_slots * n_ctx cells); the engine's single-sequence path is untouched.
+of n_slots * n_ctx cells, one stream per slot); the engine's single-sequence path is untouched.
 """
 
 from __future__ import annotations

@@ -61,8 +61,11 @@ class Context:
         params.n_batch = int(n_batch)
         params.n_ubatch = int(n_batch)
         params.n_seq_max = int(n_seq_max)
-        if n_seq_max > 1:  # one cell pool: a batch mixing sequences stays one ubatch (see decode_rows)
-            params.kv_unified = True
+        # Several sequences get a KV stream each (not one unified pool): a sequence's cells then sit
+        # exactly where they would alone, and attention sums run in the same order, so its logits are
+        # bit-identical to a solo run (with a unified pool, interleaved cells moved near-ties by ~0.14).
+        if n_seq_max > 1:
+            params.kv_unified = False
         params.n_outputs_max = int(n_outputs_max)
         params.n_threads = threads
         params.n_threads_batch = threads
@@ -203,8 +206,13 @@ class Context:
         self._seq_rm(self.memory, seq, n_keep, -1)
 
     def seq_copy(self, src: int, dst: int, n: int) -> None:
-        """Let `dst` share `src`'s cells for positions [0, n) (a unified pool shares, it does not copy)."""
-        lib().llama_memory_seq_cp(self.memory, src, dst, 0, n)
+        """Give the empty sequence `dst` the KV of `src`'s positions [0, n).
+
+        With one stream per sequence llama.cpp copies whole streams only (it
+        asserts otherwise), so copy it all and drop what lies past n.
+        """
+        lib().llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        self._seq_rm(self.memory, dst, n, -1)
 
     def seq_pos_max(self, seq: int) -> int:
         """Highest position llama.cpp holds for `seq` (-1 when empty)."""
