@@ -7,7 +7,7 @@ chunk of a waiting prompt, runs one decode, then verifies each slot with
 between steps and leave the moment they finish (continuous batching); a long
 prompt is evaluated in PREFILL_CHUNK pieces while others decode, so it does
 not stall them. A new prompt sharing a prefix with a running slot's cached
-tokens shares those cells (`llama_memory_seq_cp`) instead of evaluating them.
+tokens gets a copy of those cells (`llama_memory_seq_cp`) instead of evaluating them.
 
 Losslessness per slot holds for the same reason it does alone: the target's
 token at each output position depends only on that sequence's logits and
@@ -17,8 +17,11 @@ model) gets k from its own history alone. Gemma 4 MTP drafting needs the
 target context's hidden rows per sequence and is not batched: `submit`
 refuses it and callers run such requests on the engine's own path.
 
-The scheduler has its own context on the engine's model (a unified KV pool
-of n_slots * n_ctx cells, one stream per slot); the engine's single-sequence path is untouched.
+The scheduler has its own context on the engine's model (one KV stream of
+n_ctx cells per slot); the engine's single-sequence path is untouched. Two
+rules keep each slot's logits bit-identical to a solo run: a slot's cells sit
+where they would alone (one stream each), and slots share a decode only up
+to EXACT_ROWS rows (see there); prompt pieces decode on their own.
 """
 
 from __future__ import annotations

@@ -177,8 +177,9 @@ class Context:
         """One decode of rows that may belong to different sequences (`n_past` is not used).
 
         `outputs` flags the rows that get logits; `logits()` returns them in
-        row order. All rows must fit in one batch. With a unified KV pool
-        llama.cpp keeps the whole batch in one ubatch whatever the mix.
+        row order. All rows must fit in one batch. With one KV stream per
+        sequence llama.cpp splits a batch whose sequences have different
+        row counts into several ubatches (still one call).
         """
         n = len(tokens)
         if n == 0 or n > self.n_batch:
