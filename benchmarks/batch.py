@@ -127,13 +127,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sources", nargs="+", default=["none", "ngram"])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fast", action="store_true", help="BatchScheduler(exact=False): unified KV pool, no row cap")
     args = ap.parse_args()
     rows = []
     load0 = os.getloadavg()
     for source in args.sources:
         draft = DraftConfig(source=source, tokens=4)
         engine = Engine(gemma3_path(), draft, EngineConfig(n_ctx=1024, n_threads=args.threads))
-        sched = BatchScheduler(engine, max(args.clients))
+        sched = BatchScheduler(engine, max(args.clients), exact=not args.fast)
         if source == args.sources[0]:
             curve = cost_curve(engine)
             print("decode cost by output rows (x one row): " + "  ".join(

@@ -361,3 +361,15 @@ def test_split_groups_follows_the_measured_curve():
         smooth.observe(rows, 1.0 + 0.3 * rows)
     assert split_groups([1, 3, 2], smooth) == [[0, 1, 2]]
     assert split_groups([], smooth) == []
+
+
+def test_fast_mode_shares_one_pool_and_stays_within_near_ties(plain, tiny_drafter):
+    sched = BatchScheduler(plain, 4, exact=False)
+    assert sched.ctx.kv_unified and sched.exact_rows == 0
+    specs = [_spec(i, tiny_drafter, plain) for i in range(4)]
+    gens = [sched.submit(plain.tokenize(s["prompt"]), **{k: v for k, v in s.items() if k != "prompt"}) for s in specs]
+    sched.run()
+    for s, g in zip(specs, gens, strict=True):
+        _check_solo(plain, s, g)
+    assert all(p == -1 for p in sched.kv_positions().values())
+    sched.close()
