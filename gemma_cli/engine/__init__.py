@@ -17,6 +17,7 @@ _EXPORTS = {
     "EngineConfig": "generate",
     "check_before_load": "generate",
     "Generation": "generation",
+    "BatchScheduler": "batch",
     "CacheSlot": "generation",
     "SamplingParams": "sampling",
     "TokenSampler": "sampling",
@@ -31,6 +32,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchScheduler",
     "CacheSlot",
     "Context",
     "DecodeTimer",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gemma_cli.engine.batch import BatchScheduler
     from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig, check_before_load
     from gemma_cli.engine.generation import CacheSlot, Generation
     from gemma_cli.engine.llama import Context, DecodeTimer, Model, default_threads
