@@ -58,8 +58,8 @@ DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
 # -- the gemma side (import paths may move: try the package's front door first) --------------------
 def gemma_api():
     """(Engine, EngineConfig, DraftConfig, run_once)."""
-    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
     from gemma_cli.bench.harness import run_once
+    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
 
     return Engine, EngineConfig, DraftConfig, run_once
 

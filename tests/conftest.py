@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# A shell that starts pytest in the background ignores SIGINT, and an ignored signal stays ignored in every
+# child: the Ctrl-C tests' `gemma` processes would then never see it. A handled signal resets to the default
+# in children, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from gguf_factory import char_vocab, write_llama_gguf  # noqa: E402
 

@@ -168,7 +168,9 @@ def test_sampled_ngram_reproduces_plain_sampling_token_for_token(tiny_model, k, 
 @pytest.mark.slow
 def test_sampled_ngram_reproduces_plain_sampling_gemma3(gemma3_path):
     plain = _plain(gemma3_path, n_ctx=1024)
-    spec = Engine(gemma3_path, DraftConfig(source="ngram", tokens=8), EngineConfig(n_ctx=1024, n_threads=2))
+    # Drafts of at most 4 tokens verify in passes of <= 5 rows, whose logits llama.cpp computes exactly as one-token
+    # passes (from 8 rows on they differ by up to ~1 logit: docs/batching.md), so the coupling is tested, not the numerics.
+    spec = Engine(gemma3_path, DraftConfig(source="ngram", tokens=4), EngineConfig(n_ctx=1024, n_threads=2))
     prompt = plain.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n")
     verdicts, accepted = [], 0
     for seed in range(3):
