@@ -71,3 +71,13 @@ def gemma3_path() -> Path:
 
 
 __all__ = ["char_vocab", "write_llama_gguf"]
+
+
+@pytest.fixture(autouse=True)
+def _sigint_unblocked():
+    """An in-process `--rpc` command blocks SIGINT in the main thread (engine/rpc.install_interrupt_escape: meant for a
+    CLI process) and a blocked mask is inherited by every child: unblock it after each test, so later tests'
+    `gemma` subprocesses still see Ctrl-C."""
+    yield
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
