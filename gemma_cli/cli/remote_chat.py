@@ -126,14 +126,4 @@ class RemoteChatRepl(ChatRepl):
         finally:
             generation.close()
             engine.current = None
-        result = generation.result
-        if result is None:
-            conv.pop_user()
-            return
-        conv.add_assistant(shown if sig.fired else result.text)
-        self.last = result
-        renderer.summary(result.stats, result.stop_reason)
-        if sig.fired:
-            self.hint("(stopped; the partial reply stays in the conversation, /clear starts over)")
-        if s.verbose:
-            self._verbose(result)
+        self._finish_turn(generation.result, shown, sig.fired, renderer)

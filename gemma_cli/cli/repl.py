@@ -143,17 +143,20 @@ class ChatRepl:
         except Exception:
             conv.pop_user()
             raise
-        result = generation.result
+        self._finish_turn(generation.result, shown, sig.fired, renderer)
+
+    def _finish_turn(self, result: GenerationResult | None, shown: str, interrupted: bool, renderer) -> None:
+        """Record the reply and print its summary (shared by the in-process and the server-backed REPL)."""
         if result is None:  # the stream ended abnormally
-            conv.pop_user()
+            self.conv.pop_user()
             return
         # After Ctrl-C the conversation keeps what the user saw, not the rest of the step being verified.
-        conv.add_assistant(shown if sig.fired else result.text)
+        self.conv.add_assistant(shown if interrupted else result.text)
         self.last = result
         renderer.summary(result.stats, result.stop_reason)
-        if sig.fired:
+        if interrupted:
             self.hint("(stopped; the partial reply stays in the conversation, /clear starts over)")
-        if s.verbose:
+        if self.settings.verbose:
             self._verbose(result)
 
     def _verbose(self, result: GenerationResult) -> None:
