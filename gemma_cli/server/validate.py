@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from starlette.requests import Request
 
@@ -167,26 +167,38 @@ def _checked(opts: GenOptions) -> GenOptions:
     return opts
 
 
+def _options(get: Any, prefix: str, max_tokens: Callable[[], Any]) -> GenOptions:
+    """Both APIs' options, checked in one order (the first bad field is the one reported); `prefix` names
+    fields in messages as the client sent them; `max_tokens` checks the field each API spells its own way."""
+    def num(key: str, default: float, integer: bool = False) -> Any:
+        value = get(key)
+        if value is None:
+            return default
+        n = _number(value, prefix + key, integer=integer)
+        return int(n) if integer else n
+
+    return _checked(GenOptions(
+        temperature=num("temperature", DEFAULT_TEMPERATURE),
+        top_k=num("top_k", DEFAULT_TOP_K, integer=True),
+        top_p=num("top_p", DEFAULT_TOP_P),
+        min_p=num("min_p", 0.0),
+        seed=_seed(get("seed"), prefix + "seed"),
+        max_tokens=max_tokens(),
+        stop=_stop(get("stop"), prefix + "stop"),
+        draft=_draft(get("draft"), prefix + "draft"),
+        draft_tokens=_draft_tokens(get("draft_tokens"), prefix + "draft_tokens"),
+        num_ctx=_num_ctx(get("num_ctx"), prefix + "num_ctx"),
+    ))
+
+
 def ollama_options(options: Any) -> GenOptions:
     """Ollama's `options` object; unknown keys (num_thread, repeat_penalty...) are ignored, as Ollama does."""
     if options is None:
         return GenOptions()
     if not isinstance(options, dict):
         raise APIError(400, "options must be a JSON object")
-    o = options
-    get = o.get
-    return _checked(GenOptions(
-        temperature=_number(get("temperature"), "options.temperature") if get("temperature") is not None else DEFAULT_TEMPERATURE,
-        top_k=int(_number(get("top_k"), "options.top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
-        top_p=_number(get("top_p"), "options.top_p") if get("top_p") is not None else DEFAULT_TOP_P,
-        min_p=_number(get("min_p"), "options.min_p") if get("min_p") is not None else 0.0,
-        seed=_seed(get("seed"), "options.seed"),
-        max_tokens=_max_tokens(get("num_predict"), "options.num_predict", negative_unlimited=True),
-        stop=_stop(get("stop"), "options.stop"),
-        draft=_draft(get("draft"), "options.draft"),
-        draft_tokens=_draft_tokens(get("draft_tokens"), "options.draft_tokens"),
-        num_ctx=_num_ctx(get("num_ctx"), "options.num_ctx"),
-    ))
+    get = options.get
+    return _options(get, "options.", lambda: _max_tokens(get("num_predict"), "options.num_predict", negative_unlimited=True))
 
 
 def openai_options(body: Mapping[str, Any]) -> GenOptions:
@@ -196,18 +208,7 @@ def openai_options(body: Mapping[str, Any]) -> GenOptions:
     if n is not None and n != 1:
         raise APIError(400, "n must be 1: one choice per request")
     max_tokens = get("max_completion_tokens") if get("max_completion_tokens") is not None else get("max_tokens")
-    return _checked(GenOptions(
-        temperature=_number(get("temperature"), "temperature") if get("temperature") is not None else DEFAULT_TEMPERATURE,
-        top_k=int(_number(get("top_k"), "top_k", integer=True)) if get("top_k") is not None else DEFAULT_TOP_K,
-        top_p=_number(get("top_p"), "top_p") if get("top_p") is not None else DEFAULT_TOP_P,
-        min_p=_number(get("min_p"), "min_p") if get("min_p") is not None else 0.0,
-        seed=_seed(get("seed"), "seed"),
-        max_tokens=_max_tokens(max_tokens, "max_tokens", negative_unlimited=False),
-        stop=_stop(get("stop"), "stop"),
-        draft=_draft(get("draft"), "draft"),
-        draft_tokens=_draft_tokens(get("draft_tokens"), "draft_tokens"),
-        num_ctx=_num_ctx(get("num_ctx"), "num_ctx"),
-    ))
+    return _options(get, "", lambda: _max_tokens(max_tokens, "max_tokens", negative_unlimited=False))
 
 
 def _content(value: Any, where: str) -> str:
