@@ -35,9 +35,19 @@ fixed uniform per position (see `speculative.verify`). A drafter that samples
 its proposals draws more or fewer random numbers as k varies, so such
 generations run with `measure_time=False`: costs stay at a fixed prior and
 only the acceptance estimate (a function of the seed) adapts.
+
+Seeding: `PassCosts.from_curve({batch_size: seconds})` (or `seed` on the
+engine's own `Engine.costs`, or `EngineConfig(pass_costs=...)`) starts the
+target's pass costs from a known curve instead of from nothing, e.g. one
+measured earlier on this machine, or a flat curve under which timing alone
+steers k. The curve is a starting point: measurements move it as usual.
+`PassCosts.curve` reads it back, {batch_size: seconds}.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Mapping
 
 DECAY = 0.85
 OPTIMISTIC_PER_TOKEN = 0.15  # unmeasured extra verified token, in plain steps
@@ -59,6 +69,34 @@ class PassCosts:
     def __init__(self) -> None:
         self.verify: dict[int, float] = {}  # batch size -> decayed mean seconds
         self.draft_per_token: float | None = None
+
+    @classmethod
+    def from_curve(cls, curve: Mapping[int, float]) -> "PassCosts":
+        """Costs that start from `curve`, {batch_size: seconds per target pass} (see `seed`)."""
+        costs = cls()
+        costs.seed(curve)
+        return costs
+
+    def seed(self, curve: Mapping[int, float]) -> None:
+        """Replace the target's pass costs with `curve`, {batch_size: seconds}; the drafter's cost stays.
+
+        In place: a controller already sharing these costs sees the new curve.
+        ValueError for a batch size below 1 or a time that is not a positive finite number.
+        """
+        checked: dict[int, float] = {}
+        for batch, seconds in curve.items():
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise ValueError(f"a pass cost's batch size must be an integer >= 1, got {batch!r}")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+                raise ValueError(f"the pass cost of batch size {batch} must be a positive number of seconds, got {seconds!r}")
+            checked[batch] = float(seconds)
+        self.verify.clear()
+        self.verify.update(checked)
+
+    @property
+    def curve(self) -> dict[int, float]:
+        """A copy of the measured target pass costs, {batch_size: seconds}: what `seed` takes."""
+        return dict(self.verify)
 
     def observe(self, batch: int, verify_s: float, proposed: int, draft_s: float) -> None:
         self.verify[batch] = _decayed_mean(self.verify.get(batch), max(verify_s, 1e-9))

@@ -4,6 +4,10 @@ Some sandboxes and VMs tick the wall clock in steps of milliseconds; a
 sub-millisecond decode then measures as 0. Per-step costs (the adaptive draft
 controller) fall back to process CPU time there, which llama.cpp's busy worker
 threads keep proportional to wall time. Totals (tokens/s) keep the wall clock.
+
+`step_clock` is the default: `EngineConfig(clock=...)` gives an engine another
+(the speculative loop and a model drafter read that one), e.g. a virtual clock
+that makes a test's timing, and so its draft lengths, deterministic.
 """
 
 from __future__ import annotations

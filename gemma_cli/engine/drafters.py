@@ -8,7 +8,7 @@ reads them in `after_verify`.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from gemma_cli.engine.clock import step_clock
 from gemma_cli.engine.llama import Context, Model
@@ -146,14 +146,18 @@ class ModelDrafter(NoDrafter):
     Its KV cache mirrors a prefix of the history; `_sync` finds where the
     history diverged from what it cached (rejected drafts), trims there and
     decodes what is missing, so the drafter needs no hook into the loop.
+    `clock` times its catch-up (the engine passes its own, see `EngineConfig.clock`).
     """
 
     name = "model"
     proposes_first = False  # each proposed token costs a drafter decode: choose k first
     samples_proposals = True
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int | None = None) -> None:
+    def __init__(
+        self, model: Model, *, n_ctx: int, n_threads: int | None = None, clock: Callable[[], float] = step_clock
+    ) -> None:
         self.model = model
+        self._clock = clock
         self.ctx = Context(model, n_ctx=n_ctx, n_batch=512, n_threads=n_threads)
         self.relative_cost = 0.0  # a prior for the controller; `attach` knows the target's size
         self._cached: list[int] = []  # tokens whose KV is in self.ctx
@@ -176,10 +180,11 @@ class ModelDrafter(NoDrafter):
             self.ctx.trim(i)
             del cached[i:]
         missing = list(history[i:])
-        t0 = step_clock()
+        clock = self._clock
+        t0 = clock()
         self.ctx.decode(missing, n_outputs=1)
         if len(missing) > 1:  # beyond the usual one token: the prompt, or what a pause skipped
-            self.catch_up_seconds = (step_clock() - t0) * (len(missing) - 1) / len(missing)
+            self.catch_up_seconds = (clock() - t0) * (len(missing) - 1) / len(missing)
         cached.extend(missing)
         self._confirmed = len(cached) - 1
 

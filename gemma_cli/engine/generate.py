@@ -13,10 +13,11 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from gemma_cli import limits
 from gemma_cli.engine.adaptive import PassCosts
+from gemma_cli.engine.clock import step_clock
 from gemma_cli.engine.dialogue import STOPS, render_dialogue
 from gemma_cli.engine.drafters import Drafter, ModelDrafter, NoDrafter, check_vocab_compatible
 from gemma_cli.engine.generation import CacheSlot, Generation
@@ -49,6 +50,8 @@ class DraftConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """How to load and run the target; the last two fields steer what the draft controller measures."""
+
     n_ctx: int = 4096
     n_batch: int = 512
     n_gpu_layers: int = 0
@@ -56,6 +59,11 @@ class EngineConfig:
     cpu_repack: bool | None = None  # None: automatic (see llama.choose_cpu_repack)
     rpc: str | None = None  # "HOST:PORT,...": split the target across ggml RPC workers (rpc_placement.py)
     tensor_split: str | None = None  # with rpc: shares per worker, then this machine
+    # The clock that times drafting and target passes for the draft controller (None: clock.step_clock).
+    # Given one (a virtual clock in tests, say), the controller's decisions follow it, not the machine.
+    clock: Callable[[], float] | None = None
+    # Starting target pass costs, {batch_size: seconds}, instead of none measured (adaptive.py, "Seeding").
+    pass_costs: Mapping[int, float] | None = None
 
 
 def check_before_load(target: Path, draft: DraftConfig) -> None:
@@ -109,7 +117,9 @@ class Engine:
             self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
             self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads)
         self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag
-        self.costs = PassCosts()  # measured pass costs that sampled generations keep (see adaptive.py)
+        self.clock: Callable[[], float] = config.clock if config.clock is not None else step_clock
+        # measured pass costs that sampled generations keep (see adaptive.py); `seed` restarts them from a curve
+        self.costs: PassCosts = PassCosts.from_curve(config.pass_costs) if config.pass_costs is not None else PassCosts()
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
         self._drafter_model: Model | None = None
@@ -157,7 +167,7 @@ class Engine:
         try:
             if draft.source == "model":
                 check_vocab_compatible(self.target, model)
-                drafter: Drafter = ModelDrafter(model, n_ctx=self.ctx.n_ctx, n_threads=self.config.n_threads)
+                drafter: Drafter = ModelDrafter(model, n_ctx=self.ctx.n_ctx, n_threads=self.config.n_threads, clock=self.clock)
             else:
                 from gemma_cli.engine.mtp import MTPDrafter
 

@@ -192,7 +192,7 @@ class Generation:
                 optimistic=greedy,
             )
         self.sampler = TokenSampler(self.sampling)
-        return decode_steps(self.slot.ctx, self.history, pending, eng.drafter, self.controller, self.sampler, stats)
+        return decode_steps(self.slot.ctx, self.history, pending, eng.drafter, self.controller, self.sampler, stats, eng.clock)
 
     def _run(self) -> Iterator[Piece]:
         stats, ctx = self.stats, self.slot.ctx

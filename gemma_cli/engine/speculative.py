@@ -7,7 +7,7 @@ speculative path share every line that could make them differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -72,12 +72,14 @@ def decode_steps(
     controller: DraftController,
     sampler: TokenSampler,
     stats: LiveStats,
+    clock: Callable[[], float] = step_clock,
 ) -> Iterator[Step]:
     """Generate forever (the caller stops iterating); `history` grows in place.
 
     `history` = every token of the sequence; the target's KV holds
     history[:target.n_past]; `pending` are the tokens still to evaluate
-    (the prompt suffix at first, then the last emitted token).
+    (the prompt suffix at first, then the last emitted token). `clock`
+    times the steps the controller learns from (clock.py).
     """
     drafter.begin(history)
     n_prompt = len(history)
@@ -86,7 +88,7 @@ def decode_steps(
         room = target.n_ctx - target.n_past - len(pending)
         if room < 0:
             return
-        t0 = step_clock()
+        t0 = clock()
         key = None
         if look_first and room > 0:  # free proposals: look first, then decide
             draft, dists = drafter.propose(history, min(controller.k_max, room), sampler)
@@ -97,10 +99,10 @@ def decode_steps(
             k = min(controller.next_k(), room)
             draft, dists = drafter.propose(history, k, sampler) if k > 0 else ([], None)
             draft = draft[:k]
-        t1 = step_clock()
+        t1 = clock()
         target.decode(pending + draft, n_outputs=len(draft) + 1)
         n_acc, nxt = verify(target.logits(), draft, dists, sampler, len(history) - n_prompt)
-        t2 = step_clock()
+        t2 = clock()
         kept = target.n_past - len(draft) + n_acc  # drop the rejected drafts' KV
         target.trim(kept)
         drafter.after_verify(target, target.last_batch_len - 1 - (len(draft) - n_acc))
