@@ -103,6 +103,24 @@ def test_only_sampled_generations_keep_pass_costs_in_the_engine(ngram_engine):
     assert 1 in ngram_engine.costs.verify
 
 
+def test_an_engine_starts_from_the_pass_costs_it_is_given(tiny_model):
+    """EngineConfig(pass_costs=...) seeds what sampled generations start from (a curve kept from an earlier run)."""
+    steep = {b: 0.010 * b for b in range(1, 6)}  # drafting cannot pay: a sampled generation never drafts
+    eng = Engine(tiny_model, DraftConfig(source="ngram", tokens=4), EngineConfig(n_ctx=512, n_threads=2, pass_costs=steep))
+    try:
+        assert eng.costs.curve == steep
+        sp = SamplingParams(temperature=0.9, top_k=20, seed=1)
+        g = eng.generate("abcabcabcabc", max_tokens=24, sampling=sp)
+        g.text()
+        assert g.stats.draft_proposed == 0
+        eng.costs.seed({b: 0.010 for b in range(1, 6)})  # flat: drafting pays from the first step
+        g = eng.generate("abcabcabcabc", max_tokens=24, sampling=sp)
+        g.text()
+        assert g.stats.draft_proposed > 0 and g.stats.plain_steps < 24
+    finally:
+        eng.close()
+
+
 def test_cancel_keeps_kv_consistent(tiny_model, ngram_engine):
     g = ngram_engine.generate("the cat sat on the mat", max_tokens=200, sampling=GREEDY)
     for i, _ in enumerate(g):
@@ -134,11 +152,10 @@ def test_kv_holds_exactly_the_accepted_positions(tiny_model, tiny_drafter):
     assert eng.ctx.pos_max() + 1 == eng.ctx.n_past == eng.cached_tokens
 
 
-def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, tiny_drafter, monkeypatch):
+def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, tiny_drafter):
     """A model drafter's first proposal ingests the whole prompt: a one-off, reported apart from drafting."""
     import itertools
 
-    from gemma_cli.engine import drafters
     from gemma_cli.engine.drafters import ModelDrafter
     from gemma_cli.engine.llama import Model
     from gemma_cli.engine.sampling import TokenSampler
@@ -146,11 +163,9 @@ def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, ti
     # A clock that ticks one second per reading: the tiny model's prefill can be
     # shorter than this VM's wall-clock step, and the split must not depend on that.
     ticks = itertools.count()
-    monkeypatch.setattr(drafters, "step_clock", lambda: float(next(ticks)))
-
     target = Engine(tiny_model, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=1))
     model = Model(tiny_drafter)
-    drafter = ModelDrafter(model, n_ctx=512, n_threads=1)
+    drafter = ModelDrafter(model, n_ctx=512, n_threads=1, clock=lambda: float(next(ticks)))
     try:
         drafter.attach(target.ctx)
         history = target.tokenize("the cat sat on the mat. " * 12)
@@ -166,6 +181,61 @@ def test_drafter_prefill_is_not_charged_as_a_per_token_draft_cost(tiny_model, ti
         drafter.close()
         model.close()
         target.close()
+
+
+class WorkClock:
+    """Virtual seconds from the work the engine's contexts did since the last reading.
+
+    A target pass of b tokens costs 1 + 0.1 (b - 1) (batching pays, as on real
+    hardware) and each token the drafter ingests 0.1, so a 400-token prefill
+    looks like 40 plain steps however fast or coarse this machine's clock is.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.contexts: list = []  # (context, cost of its first token, of each further token); set once loaded
+        self._seen: list[int] = []
+
+    def watch(self, target_ctx, drafter_ctx) -> None:
+        self.contexts = [(target_ctx, 1.0, 0.1), (drafter_ctx, 0.1, 0.1)]
+        self._seen = [c.n_past for c, _, _ in self.contexts]
+
+    def __call__(self) -> float:
+        for i, (ctx, first, more) in enumerate(self.contexts):
+            new = ctx.n_past - self._seen[i]  # a trim (rejected drafts) only lowers the mark
+            if new > 0:
+                self.now += first + more * (new - 1)
+            self._seen[i] = ctx.n_past
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def agreeing_drafter(model_dir):
+    """tiny_model's weights with one layer: a drafter the target agrees with most of the time."""
+    from gguf_factory import write_llama_gguf
+
+    return write_llama_gguf(model_dir / "tiny-one-layer.gguf", seed=1, n_layer=1)
+
+
+def test_a_long_prompt_does_not_lock_a_model_drafter_out(tiny_model, agreeing_drafter):
+    """The drafter's prompt prefill is a one-off: charged per drafted token, it would make drafting look
+    hundreds of times dearer than it is, and the controller would never draft again after its first try."""
+    clock = WorkClock()
+    eng = Engine(tiny_model, DraftConfig(source="model", tokens=4, model_path=agreeing_drafter),
+                 EngineConfig(n_ctx=512, n_threads=2, clock=clock))
+    try:
+        clock.watch(eng.ctx, eng.drafter.ctx)
+        prompt = eng.tokenize("abcdefghij" * 40)  # greedy: no EOS within 64 tokens
+        assert len(prompt) >= 400
+        g = eng.generate(prompt, max_tokens=64, sampling=GREEDY)
+        g.text()
+        s = g.stats
+        assert s.generated_tokens == 64
+        assert s.plain_step_seconds == pytest.approx(s.plain_steps)  # timed by the clock given: one unit a plain step
+        assert s.draft_accepted > s.draft_proposed / 2, "fixture: the drafter should mostly agree"
+        assert s.draft_steps >= 8, f"drafting stopped after {s.draft_steps} step(s): the prefill was charged as drafting"
+    finally:
+        eng.close()
 
 
 def test_context_full_stops_generation(tiny_model):

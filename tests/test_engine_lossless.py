@@ -155,7 +155,7 @@ def test_sampled_ngram_reproduces_plain_sampling_token_for_token(tiny_model, k, 
             ref = plain.generate(prompt, max_tokens=40, sampling=p)
             ref.text()
             if adaptive:  # start from flat costs so timing, not a prior, steers k as measurements come in
-                spec.costs.verify.update({b: 1e-4 for b in range(1, k + 2)})
+                spec.costs.seed({b: 1e-4 for b in range(1, k + 2)})
             got = spec.generate(prompt, max_tokens=40, sampling=p)
             got.text()
             assert check_sampled_coupling(plain, prompt, p, ref.result, got.result) == "equal"

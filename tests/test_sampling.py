@@ -131,6 +131,33 @@ def test_shared_pass_costs_carry_measurements_into_the_next_generation():
     assert untimed.next_k() > 0
 
 
+def test_seeded_pass_costs_steer_the_first_decision():
+    """A seeded curve replaces measuring afresh: no plain step to measure first, and k follows the curve."""
+    from gemma_cli.engine.adaptive import PassCosts
+
+    steep = PassCosts.from_curve({b: 0.010 * b for b in range(1, 6)})  # b tokens cost b plain steps: never pays
+    assert [DraftController(4, costs=steep).next_k() for _ in range(3)] == [0, 0, 0]
+    flat = PassCosts.from_curve({b: 0.010 for b in range(1, 6)})  # verifying more is free: draft as far as allowed
+    assert DraftController(4, costs=flat).next_k() == 4
+    steep.seed(flat.curve)  # re-seeding replaces the curve in place, even under a live controller
+    live = DraftController(4, costs=steep)
+    steep.seed({1: 0.010, 2: 0.020, 3: 0.030, 4: 0.040, 5: 0.050})
+    assert live.next_k() == 0 and steep.curve == {1: 0.010, 2: 0.020, 3: 0.030, 4: 0.040, 5: 0.050}
+    curve = steep.curve
+    curve[1] = 1.0  # a copy: persisting or editing it leaves the costs alone
+    assert steep.curve[1] == 0.010
+
+
+@pytest.mark.parametrize("curve", [{0: 0.01}, {1: 0.0}, {1: -1.0}, {1: float("nan")}, {1: float("inf")}, {"1": 0.01}, {1: "fast"}])
+def test_a_bad_pass_cost_curve_is_refused_and_changes_nothing(curve):
+    from gemma_cli.engine.adaptive import PassCosts
+
+    costs = PassCosts.from_curve({1: 0.010})
+    with pytest.raises(ValueError, match="pass cost"):
+        costs.seed(curve)
+    assert costs.curve == {1: 0.010}
+
+
 def test_sampled_generations_do_not_price_unmeasured_lengths_as_cheap():
     """Greedy explores long drafts at once; sampled ones start short (unmeasured sizes at the prior)."""
     eager, careful = DraftController(8), DraftController(8, optimistic=False)
