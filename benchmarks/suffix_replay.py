@@ -111,9 +111,18 @@ def make(variant: str, k: int, curve, *, explore: bool = False, greedy: bool = T
     return SuffixDrafter(), DraftLengthController(k, costs=PassCosts() if explore else FrozenCosts(curve))
 
 
+def load_curve(spec: str | None) -> dict[int, float]:
+    """`--curve`: a JSON file written by pass_curve.py --json, or inline JSON {"2": 1.7, ...}; default NOTES_CURVE."""
+    if not spec:
+        return NOTES_CURVE
+    raw = json.loads(Path(spec).read_text()) if Path(spec).exists() else json.loads(spec)
+    raw = raw.get("curve", raw)
+    return {int(b): float(c) for b, c in raw.items()}
+
+
 def replay(args: argparse.Namespace) -> int:
     refs = json.loads(args.refs.read_text())
-    curve = full_curve(NOTES_CURVE)
+    curve = full_curve(load_curve(args.curve))
     variants = args.variants.split(",")
     totals = {v: [] for v in variants}
     for key, ref in refs.items():
@@ -202,6 +211,7 @@ def main() -> int:
     p.add_argument("--only", default=None)
     p.add_argument("--greedy-only", action="store_true")
     p.add_argument("--explore", action="store_true", help="pass costs start unmeasured (a fresh process)")
+    p.add_argument("--curve", default=None, help="pass-cost curve: pass_curve.py --json output or inline JSON")
     f = sub.add_parser("fit")
     f.add_argument("refs", type=Path)
     f.add_argument("--tokens", type=int, default=256)

@@ -20,7 +20,7 @@ ENVIRONMENT = {
     "GEMMA_CATALOG": "a model catalog JSON file replacing the built-in one (mirrors, tests)",
     "GEMMA_DEBUG": "1: show llama.cpp logs and Python tracebacks",
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
-    "GEMMA_CACHE": "cache directory (probe-load results for model files; default: the user cache dir)",
+    "GEMMA_CACHE": "cache directory (probe-load results for model files, measured pass costs; default: the user cache dir)",
     "GEMMA_PROBE": "0: skip the one-time child-process probe load of a new model file (header checks still run)",
     "GEMMA_STALL_TIMEOUT": "seconds without a byte before a download counts as stalled and is retried (default 30)",
     "GEMMA_HOST": "address of `gemma serve` (host:port; default 127.0.0.1:11436), and the server `ps`/`stop` talk to",
@@ -50,6 +50,14 @@ def history_file() -> Path:
     if override:
         return Path(override).expanduser()
     return Path(platformdirs.user_state_dir(APP_NAME)) / "chat_history"
+
+
+def cache_dir() -> Path:
+    """`$GEMMA_CACHE` or the user cache dir: what this user's machine learnt (probe loads, pass costs)."""
+    override = os.environ.get("GEMMA_CACHE")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_cache_dir(APP_NAME))
 
 
 def cpu_repack_override() -> bool | None:

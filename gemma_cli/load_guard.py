@@ -72,16 +72,6 @@ sys.exit(0)
 """
 
 
-def cache_dir() -> Path:
-    """`$GEMMA_CACHE` or the user cache dir: per user, not per store, since the key is the file itself."""
-    override = os.environ.get("GEMMA_CACHE")
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir(config.APP_NAME))
-
-
 def _probe_enabled() -> bool:
     return os.environ.get("GEMMA_PROBE", "").strip().lower() not in {"0", "off", "no", "false"}
 
@@ -107,7 +97,7 @@ def _marker(path: Path) -> Path | None:
         llama_version = _llama_cpp_identity()
         ident = "\0".join(map(str, (PROBE_VERSION, llama_version, _probe_enabled(), path.resolve(),
                                      st.st_size, st.st_mtime_ns, st.st_ino)))
-        return cache_dir() / "probed" / hashlib.sha256(ident.encode()).hexdigest()[:32]
+        return config.cache_dir() / "probed" / hashlib.sha256(ident.encode()).hexdigest()[:32]
     except OSError:
         return None
 

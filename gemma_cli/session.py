@@ -80,4 +80,8 @@ def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"
     config = EngineConfig(
         n_ctx=choice.ctx, n_gpu_layers=choice.gpu_layers, n_threads=choice.threads, rpc=choice.rpc or None, tensor_split=choice.tensor_split
     )
-    return Engine(pair.target, draft, config)
+    engine = Engine(pair.target, draft, config)
+    from gemma_cli import pass_cost_cache
+
+    engine.costs_seeded = pass_cost_cache.attach(engine, pair.target)
+    return engine

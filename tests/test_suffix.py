@@ -197,7 +197,7 @@ def _engine(path, source, n_ctx=512, **draft):
 
 def _flat_costs(engine: Engine, k: int) -> None:
     """Passes priced alike: the adaptive controller then drafts whenever it expects a gain, whatever the machine."""
-    engine.costs.verify.update({b: 1e-3 * (1 + 0.1 * (b - 1)) for b in range(1, k + 2)})
+    engine.costs.seed({b: 1e-3 * (1 + 0.1 * (b - 1)) for b in range(1, k + 2)})
 
 
 def test_greedy_lossless_tiny_adaptive_and_across_requests(tiny_model):
@@ -264,7 +264,7 @@ def test_sampled_distribution_is_the_targets(small_vocab_model):
     plain = _engine(small_vocab_model, "none", n_ctx=64)
     exact = exact_continuations(plain, PROMPT, 2, t1)
     spec = Engine(small_vocab_model, DraftConfig(source="ngram", tokens=2), EngineConfig(n_ctx=64, n_threads=1))
-    spec.costs.verify.update({1: 1e-3, 2: 1e-3, 3: 1e-3})  # drafting always looks free: every step drafts
+    spec.costs.seed({1: 1e-3, 2: 1e-3, 3: 1e-3})  # drafting always looks free: every step drafts
     counts = sample_outcomes(spec, PROMPT, 2, t1, 3000)
     stat, p, dof = chi_square_pvalue(counts, exact)
     assert p > 1e-3, (stat, dof)

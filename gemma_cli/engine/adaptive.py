@@ -12,7 +12,9 @@ measured cost per proposed token. Verification cost is far from flat on a CPU
 pass 5.7x, because every row pays for the 262k-vocabulary output projection),
 so each batch size is measured, not modelled. A size not measured yet is
 assumed cheap (optimism: trying it once costs one step, and corrects it).
-Greedy generations measure afresh each time: the fresh optimism makes them
+With this controller (the n-gram `DraftLengthController` keeps the engine's
+costs for every generation instead; see draft_length.py), greedy generations
+measure afresh each time: the fresh optimism makes them
 try long drafts early, which on text that copies is where the speed is
 (keeping costs across greedy generations measured slower: code rewrite
 1.77x -> 1.56x, chat 1.55x -> 1.45x). Sampled generations accept a

@@ -120,6 +120,8 @@ class Engine:
         self.clock: Callable[[], float] = config.clock if config.clock is not None else step_clock
         # measured pass costs that sampled generations keep (see adaptive.py); `seed` restarts them from a curve
         self.costs: PassCosts = PassCosts.from_curve(config.pass_costs) if config.pass_costs is not None else PassCosts()
+        self.costs_seeded = False  # whether `costs` started from this machine's saved curve (pass_cost_cache)
+        self._close_hooks: list[Callable[[], None]] = []
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
         self._drafter_model: Model | None = None
@@ -280,7 +282,33 @@ class Engine:
             )
         return Generation(self, tokens, max_tokens, sampling, stop)
 
+    def probe_pass_costs(self) -> bool:
+        """Measure the target's pass costs by size now (about a second, once per machine: pass_probe.py).
+
+        Only before the first generation, and only for the draft sources whose
+        length follows the measured curve (n-gram; none, which may switch to it):
+        a drafter model or MTP head shares the target's positions. Returns whether it ran.
+        """
+        from gemma_cli.engine.pass_probe import probe_pass_costs
+
+        if self.draft.source not in ("ngram", "none") or self.ctx.n_past or self.slot.tokens:
+            return False
+        curve = probe_pass_costs(self.ctx, max(self.draft.tokens, 16) + 1, clock=self.clock)
+        self.slot.clear()
+        if len(curve) < 2:
+            return False
+        self.costs.seed(curve)
+        return True
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when the engine closes, before anything is freed (the pass-cost cache saves there)."""
+        self._close_hooks.append(hook)
+
     def close(self) -> None:
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            with contextlib.suppress(Exception):  # a cache that cannot be written must not break closing
+                hook()
         self.drafter.close()
         if self._drafter_model is not None:
             self._drafter_model.close()

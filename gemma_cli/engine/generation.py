@@ -178,9 +178,9 @@ class Generation:
         greedy = self.sampling.greedy
         k_max = 0 if eng.draft.source == "none" else eng.draft.tokens
         if eng.drafter.gives_confidences:  # k from the drafter's per-token confidences (draft_length.py)
-            self.controller: DraftController = DraftLengthController(
-                k_max, adaptive=eng.draft.adaptive, costs=None if greedy else eng.costs
-            )
+            # Costs carry across generations, greedy ones too (and across processes: pass_cost_cache.py):
+            # its unmeasured-size prior is cautious, so knowing the curve only helps (draft_length.py).
+            self.controller: DraftController = DraftLengthController(k_max, adaptive=eng.draft.adaptive, costs=eng.costs)
         else:
             self.controller = DraftController(
                 k_max,
