@@ -1,4 +1,7 @@
-"""`gemma serve` under concurrent clients: exact solo outputs, disconnects, the queue, LRU, keep-alive, metrics."""
+"""`gemma serve` under concurrent clients: exact solo outputs, disconnects, the queue, LRU, keep-alive, metrics.
+
+These run with GEMMA_NUM_PARALLEL=1 (one request at a time per model, the others queued); shared
+batches with several requests at once are tested in test_serve_batching.py."""
 
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store: Path):
-    with ServerProcess(store, "--ctx", "16384", "--threads", "1", GEMMA_MAX_QUEUE="3", GEMMA_MAX_LOADED_MODELS="1") as srv:
+    with ServerProcess(store, "--ctx", "16384", "--threads", "1", GEMMA_MAX_QUEUE="3", GEMMA_MAX_LOADED_MODELS="1",
+                       GEMMA_NUM_PARALLEL="1") as srv:
         yield srv
 
 

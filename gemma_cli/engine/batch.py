@@ -103,6 +103,7 @@ class BatchScheduler:
         self._lock = threading.RLock()
         self._draft_models: dict[str, Model] = {}
         self._pooled: dict[tuple[int, str], Drafter] = {}  # (seq, model path) -> a drafter context to reuse
+        self._suffix: list[Drafter] = []  # idle n-gram drafters: each remembers the requests it served (suffix memory)
 
     # -- requests --------------------------------------------------------------
     def submit(
@@ -136,9 +137,9 @@ class BatchScheduler:
             self.waiting.append(slot)
         return BatchGeneration(self, slot)
 
-    def client(self) -> "BatchClient":
-        """An engine-like view for one request (what a server job calls; see BatchClient)."""
-        return BatchClient(self)
+    def client(self, draft: DraftConfig | None = None) -> "BatchClient":
+        """An engine-like view for one request (what a server job calls; see BatchClient), drafting with `draft`."""
+        return BatchClient(self, draft)
 
     def drive(self, slot: SlotState) -> None:
         """Run one step unless another thread produced `slot`'s next piece meanwhile."""
@@ -201,7 +202,9 @@ class BatchScheduler:
     def _leave(self, slot: SlotState, reason: StopReason) -> None:
         self.ctx.seq_trim(slot.seq, 0)  # free every cell this sequence held
         self.active.remove(slot)
-        if slot.drafter not in self._pooled.values():
+        if slot.draft_source == "ngram":
+            self._suffix.append(slot.drafter)  # kept for a later request: drafting from earlier requests' text
+        elif slot.drafter not in self._pooled.values():
             slot.drafter.close()  # its own instance (pooled drafter contexts are closed with the scheduler)
         self._free.append(slot.seq)
         slot.finish(reason)
@@ -354,6 +357,8 @@ class BatchScheduler:
     # -- drafters --------------------------------------------------------------
     def _drafter(self, draft: DraftConfig, seq: int) -> Drafter:
         """A drafter of its own for each slot (a drafter model's context is reused per sequence id)."""
+        if draft.source == "ngram" and self._suffix:
+            return self._suffix.pop()  # begin() files its previous request's text as memory for this one
         if draft.source != "model":
             return self.engine._make_drafter(draft)  # none / n-gram: cheap, stateful per generation
         path = str(draft.model_path)
@@ -378,9 +383,10 @@ class BatchScheduler:
                 self._leave(s, StopReason.CANCELLED)
             while self.waiting:
                 self.waiting.popleft().finish(StopReason.CANCELLED)
-            for d in self._pooled.values():
+            for d in [*self._pooled.values(), *self._suffix]:
                 d.close()
             self._pooled.clear()
+            self._suffix.clear()
             for m in self._draft_models.values():
                 m.close()
             self._draft_models.clear()

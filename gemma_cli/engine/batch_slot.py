@@ -24,6 +24,7 @@ from gemma_cli.engine.types import GenerationResult, LiveStats, Piece, StopReaso
 
 if TYPE_CHECKING:  # pragma: no cover
     from gemma_cli.engine.batch import BatchScheduler
+    from gemma_cli.engine.generate import DraftConfig
 
 
 class SlotState:
@@ -50,6 +51,7 @@ class SlotState:
         self.n_past = 0
         self.n_ctx = n_ctx
         self.drafter = drafter
+        self.draft_source = draft_source
         self.k_max = k_max
         self.adaptive = adaptive
         self.sampler = TokenSampler(sampling)
@@ -153,15 +155,19 @@ class BatchClient:
     whichever needs a piece runs the next batched step under the scheduler's lock.
     """
 
-    def __init__(self, scheduler: "BatchScheduler") -> None:
+    def __init__(self, scheduler: "BatchScheduler", draft: "DraftConfig | None" = None) -> None:
         self.scheduler = scheduler
         self.engine = scheduler.engine
-        self.draft = scheduler.engine.draft
+        self.draft = draft or scheduler.engine.draft  # this client's draft source (the engine's own is left alone)
         self._gen: "BatchGeneration | None" = None
 
     @property
     def n_ctx(self) -> int:
         return self.scheduler.n_ctx
+
+    @property
+    def chat_stops(self) -> tuple[str, ...]:
+        return self.engine.chat_stops
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return self.engine.tokenize(text, add_special=add_special)
@@ -175,7 +181,7 @@ class BatchClient:
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 512,
                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = ()) -> "BatchGeneration":
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self._gen = self.scheduler.submit(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        self._gen = self.scheduler.submit(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop, draft=self.draft)
         return self._gen
 
     def cancel(self) -> None:

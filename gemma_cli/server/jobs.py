@@ -1,7 +1,7 @@
 """One request's work on a model's worker thread, streamed back to the event loop.
 
-The engine is synchronous and not thread-safe, so each loaded model has one
-worker thread and runs one job at a time. A job reports through an asyncio
+The engine is synchronous and not thread-safe: a job gets it (or a slot in the
+model's batch scheduler) through lanes.py, which lets one step run at a time. A job reports through an asyncio
 queue: first READY (the model is loaded and the prompt fits) or ERROR, then
 PIECE events, then DONE. `cancel()` is safe from the event loop at any time:
 a queued job never starts, a running one stops within one decode step.
@@ -57,6 +57,7 @@ class Job:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
         self._engine: Any = None
+        self.batched = False  # it ran in the batch lane (shared batches with other requests)
 
     # -- event-loop side ----------------------------------------------------
     def cancel(self) -> None:
@@ -87,6 +88,7 @@ class Job:
         if self.work is None:
             self.emit(READY, load_s)
             return Outcome(None, load_s, time.perf_counter() - self.created, queued_s)
+        self.batched = bool(getattr(engine, "batched", False))
         generation = self.work(engine)  # may raise: template, context, options errors
         self._engine = engine
         if self.cancelled:  # cancelled while loading: do not start decoding

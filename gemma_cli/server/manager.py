@@ -1,8 +1,10 @@
-"""Loaded models: load on first use, one worker thread each, keep-alive, LRU unloading.
+"""Loaded models: load on first use, worker threads per model, keep-alive, LRU unloading.
 
-Rules (see issue 15):
-- a model is loaded by the first request that needs it, on its own worker thread;
-- each model runs one job at a time, in arrival order (its thread's queue);
+Rules (see issue 15, and issue 16 for parallel requests):
+- a model is loaded by the first request that needs it, on one of its worker threads;
+- each model runs up to `num_parallel` jobs at once (GEMMA_NUM_PARALLEL; 1: one at a time,
+  in arrival order): a job alone uses the engine, jobs arriving while others run share
+  batches (lanes.py);
 - at most `max_loaded` models stay loaded; a new one evicts the least recently
   used *idle* model and waits while every loaded model is busy;
 - a model is never unloaded while a job is queued or running on it;
@@ -11,12 +13,14 @@ Rules (see issue 15):
 - at most `max_queue` jobs wait (for a busy model or a free slot); beyond that, 503.
 
 All bookkeeping is under one threading lock: worker threads and the event
-loop both touch it. Engines are only ever touched on their model's thread.
+loop both touch it. Engines are only ever touched on their model's threads,
+one step at a time (lanes.TurnLock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gemma_cli.server.errors import QueueFullError
-from gemma_cli.server.jobs import DONE, ERROR, Job, JobCancelled
+from gemma_cli.server.jobs import DONE, ERROR, Job, JobCancelled, Outcome
+from gemma_cli.server.lanes import Lanes
 from gemma_cli.server.metrics import Metrics
 from gemma_cli.server.settings import FOREVER, Settings
 
@@ -33,16 +38,17 @@ FAR_FUTURE = datetime(2318, 1, 1, tzinfo=timezone.utc)  # what Ollama reports fo
 
 
 class Slot:
-    """One model: its resolved files, its engine (once loaded) and its worker thread."""
+    """One model: its resolved files, its engine and lanes (once loaded) and its worker threads."""
 
-    def __init__(self, name: str, pair: Any, after: "Future[None] | None" = None) -> None:
+    def __init__(self, name: str, pair: Any, after: "Future[None] | None" = None, parallel: int = 1) -> None:
         self.name = name
         self.pair = pair
         self.engine: Any = None
+        self.lanes: Lanes | None = None
         self.n_ctx = 0  # the engine's context (llama.cpp may round the request up)
         self.asked_ctx = 0  # the context size it was loaded for
         self.pending = 0  # jobs queued or running
-        self.running = False
+        self.parallel = parallel  # jobs that may run at once
         self.keep_alive = 0.0
         self.expires = FOREVER  # monotonic deadline while idle
         self.last_used = time.monotonic()
@@ -50,10 +56,21 @@ class Slot:
         self.jobs: set[Job] = set()  # queued or running, so shutdown can cancel them
         self.stop_requested = False  # `gemma stop` while busy: unload after the queued jobs
         self._after = after  # an evicted model's close, finished before this one loads
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gemma-model-{name}")
+        self._setup = threading.Lock()  # one job at a time loads, reloads or picks its lane
+        self.worker = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"gemma-model-{name}")
 
-    def ensure_engine(self, settings: Settings, options: Any) -> float:
-        """Load (or reload for another context size) on this slot's thread; returns seconds spent."""
+    def run_job(self, settings: Settings, job: Job) -> Outcome:
+        """Load if needed, take a lane (the engine, or a batch slot when others run), run the job there."""
+        with contextlib.ExitStack() as stack:
+            with self._setup:
+                load_s, draft = self.ensure_engine(settings, job.options)
+                assert self.lanes is not None
+                view = stack.enter_context(self.lanes.lane(draft))
+            outcome = job.run(view, load_s)
+        return outcome
+
+    def ensure_engine(self, settings: Settings, options: Any) -> tuple[float, Any]:
+        """Load (or reload for another context size, once no job runs); (seconds spent, the request's draft)."""
         from gemma_cli.session import EngineChoice, draft_config, open_engine
 
         if self._after is not None:
@@ -63,21 +80,22 @@ class Slot:
         choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads)
         t0 = time.perf_counter()
         if self.engine is not None and self.asked_ctx != n_ctx:
+            assert self.lanes is not None
+            self.lanes.wait_idle()
             self.close()  # another context size: reload, as Ollama does for num_ctx
         if self.engine is None:
             self.engine = open_engine(self.pair, choice, option="draft")
+            self.lanes = Lanes(self.engine, settings.num_parallel, settings.batch_exact)
             self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
             self.loaded_at = datetime.now(timezone.utc)
-            return time.perf_counter() - t0
-        draft = draft_config(self.pair, choice, option="draft")
-        if draft != self.engine.draft:
-            self.engine.set_draft(draft)
-        return 0.0
+            return time.perf_counter() - t0, self.engine.draft
+        return 0.0, draft_config(self.pair, choice, option="draft")
 
     def close(self) -> None:
         if self.engine is not None:
-            engine, self.engine = self.engine, None
-            engine.close()
+            lanes, self.lanes, self.engine = self.lanes, None, None
+            assert lanes is not None
+            lanes.close()
 
     @property
     def size(self) -> int:
@@ -103,6 +121,9 @@ class LoadedModel:
     expires_at: datetime
     in_use: bool
     loaded: bool
+    parallel: int = 1  # jobs that may run at once (GEMMA_NUM_PARALLEL)
+    active: int = 0  # jobs running now
+    batched: int = 0  # of those, jobs sharing batches
 
 
 class ModelManager:
@@ -130,7 +151,7 @@ class ModelManager:
                             self._admit_waiting()
                             counted = True
                     if slot is not None:
-                        if slot.pending > 0 and not counted:
+                        if slot.pending >= slot.parallel and not counted:
                             self._admit_waiting()
                             counted = True
                         slot.pending += 1
@@ -167,7 +188,7 @@ class ModelManager:
                 return None
             victim = min(idle, key=lambda s: s.last_used)
             after = self._unload_locked(victim)
-        slot = Slot(name, pair, after)
+        slot = Slot(name, pair, after, self.settings.num_parallel)
         self._slots[name] = slot
         self.metrics.loaded_models.set(len(self._slots))
         return slot
@@ -178,13 +199,11 @@ class ModelManager:
             if counted:
                 self._waiting -= 1
                 self.metrics.queue_depth.set(self._waiting)
-            slot.running = True
         final: tuple[str, Any] = (ERROR, RuntimeError("the job ended without a result"))
         try:
             if job.cancelled:
                 raise JobCancelled("the client went away")
-            load_s = slot.ensure_engine(self.settings, job.options)
-            final = (DONE, job.run(slot.engine, load_s))
+            final = (DONE, slot.run_job(self.settings, job))
         except BaseException as exc:  # noqa: BLE001 - reported to the client as JSON
             final = (ERROR, exc)
         finally:
@@ -196,7 +215,8 @@ class ModelManager:
         with self._lock:
             slot.pending -= 1
             slot.jobs.discard(job)
-            slot.running = False
+            if job.batched:
+                self.metrics.batched.labels(slot.name).inc()
             slot.last_used = time.monotonic()
             slot.keep_alive = 0.0 if slot.stop_requested else job.keep_alive
             slot.expires = slot.last_used + slot.keep_alive if slot.keep_alive != FOREVER else FOREVER
@@ -273,9 +293,10 @@ class ModelManager:
             slots = list(self._slots.values())
         out = []
         for s in slots:
-            engine = s.engine
+            engine, lanes = s.engine, s.lanes
             out.append(LoadedModel(s.name, s.pair, s.size, s.n_ctx, engine.draft.source if engine else "",
-                                   s.expires_at(), s.pending > 0, engine is not None))
+                                   s.expires_at(), s.pending > 0, engine is not None, s.parallel,
+                                   lanes.active if lanes else 0, lanes.batched if lanes else 0))
         return out
 
     def keep_alive_for(self, value: Any) -> float:

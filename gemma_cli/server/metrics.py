@@ -28,6 +28,8 @@ class Metrics:
                               ["model"], buckets=RATE_BUCKETS, registry=r)
         self.queue_depth = Gauge("gemma_queue_depth", "Requests waiting for a busy model.", registry=r)
         self.rejected = Counter("gemma_queue_rejected", "Requests refused with 503 because the queue was full.", registry=r)
+        self.batched = Counter("gemma_batched_requests", "Requests decoded in shared batches with others (GEMMA_NUM_PARALLEL > 1).",
+                               ["model"], registry=r)
         self.loaded_models = Gauge("gemma_loaded_models", "Models loaded (or loading).", registry=r)
         self.drafted = Counter("gemma_draft_proposed_tokens", "Draft tokens proposed.", ["model", "source"], registry=r)
         self.accepted = Counter("gemma_draft_accepted_tokens", "Draft tokens accepted by the target.", ["model", "source"], registry=r)

@@ -125,6 +125,7 @@ def running(manager: Any) -> list[dict[str, Any]]:
             "expires_at": m.expires_at.isoformat(), "size_vram": 0,
             "context_length": m.n_ctx,
             "draft_source": m.draft_source, "in_use": m.in_use, "loaded": m.loaded,
+            "num_parallel": m.parallel, "active_requests": m.active, "batched_requests": m.batched,
         })
     return out
 

@@ -7,6 +7,11 @@ Environment variables, like Ollama's OLLAMA_* ones:
     GEMMA_MAX_QUEUE          requests that may wait for a busy model before 503 (default 64)
     GEMMA_ORIGINS            extra browser origins allowed to call the API (comma-separated)
     GEMMA_MAX_BODY           request body limit in bytes (default 8 MiB)
+    GEMMA_NUM_PARALLEL       requests per model decoded at once in shared batches (default 4 on a CPU,
+                             8 with GPU offload; 1: one request at a time, on the engine alone)
+    GEMMA_BATCH_EXACT        1: batched requests get logits bit-identical to solo runs (one KV stream per
+                             slot, at most 7 rows per shared decode; slower); default: one unified KV pool,
+                             outputs equal to solo runs up to near-ties
 
 11436 is free of Ollama's 11434 and llama-server's 8080, so all three can run side by side.
 """
@@ -131,6 +136,8 @@ class Settings:
     n_threads: int | None = None
     verbose: bool = False
     loopback: bool = field(default=True)
+    num_parallel: int = 1  # from_env: GEMMA_NUM_PARALLEL, else batch.default_num_parallel
+    batch_exact: bool = False
 
     @classmethod
     def from_env(cls, host: str | None = None, **overrides: object) -> "Settings":
@@ -149,4 +156,12 @@ class Settings:
             loopback=is_loopback_host(h),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "num_parallel" not in overrides:
+            from gemma_cli.engine.batch import default_num_parallel  # reads GEMMA_NUM_PARALLEL (one clear error if bad)
+
+            values["num_parallel"] = default_num_parallel(int(values.get("n_gpu_layers") or 0) > 0)  # type: ignore[call-overload]
+        exact = os.environ.get("GEMMA_BATCH_EXACT", "").strip()
+        if exact not in ("", "0", "1"):
+            raise UsageError(f"GEMMA_BATCH_EXACT must be 0 or 1, got {exact!r}")
+        values["batch_exact"] = exact == "1"
         return cls(**values)  # type: ignore[arg-type]

