@@ -108,7 +108,7 @@ def make(variant: str, k: int, curve, *, explore: bool = False, greedy: bool = T
         if explore:
             return NgramDrafter(6, 1), DraftController(k, costs=PassCosts(), optimistic=greedy)
         return NgramDrafter(6, 1), DraftController(k, costs=FrozenCosts(curve))
-    return SuffixDrafter(), DraftLengthController(k, costs=PassCosts() if explore else FrozenCosts(curve))
+    return SuffixDrafter(), DraftLengthController(k, costs=PassCosts() if explore else FrozenCosts(curve), sampled=not greedy)
 
 
 def load_curve(spec: str | None) -> dict[int, float]:

@@ -280,10 +280,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _as_the_product_loads(engine, model: Path, log) -> None:
+    """What `gemma run` does after loading: seed this machine's pass-cost curve (measured now if new)."""
+    try:
+        from gemma_cli import pass_cost_cache
+    except ImportError:  # an older tree
+        return
+    seeded = pass_cost_cache.attach(engine, model)
+    log(f"pass costs: {'this machine' + chr(39) + 's saved curve' if seeded else 'measured at load'} "
+        f"({len(engine.costs.curve)} sizes)")
+
+
 def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[dict]:
     Engine, EngineConfig, _, _ = gemma_api()
     results = []
     with Engine(args.model, draft_default, EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
+        _as_the_product_loads(engine, args.model, log)
         for prompt in prompts:
             w = measure(engine, prompt.name, prompt.prompt, corpus_sides(draft_default, configs), args, bins, args.model, log)
             w.update({"class": prompt.kind, "set": prompt.set})

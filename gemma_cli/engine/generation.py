@@ -180,7 +180,9 @@ class Generation:
         if eng.drafter.gives_confidences:  # k from the drafter's per-token confidences (draft_length.py)
             # Costs carry across generations, greedy ones too (and across processes: pass_cost_cache.py):
             # its unmeasured-size prior is cautious, so knowing the curve only helps (draft_length.py).
-            self.controller: DraftController = DraftLengthController(k_max, adaptive=eng.draft.adaptive, costs=eng.costs)
+            self.controller: DraftController = DraftLengthController(
+                k_max, adaptive=eng.draft.adaptive, costs=eng.costs, sampled=not greedy
+            )
         else:
             self.controller = DraftController(
                 k_max,
