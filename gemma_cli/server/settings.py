@@ -7,6 +7,7 @@ Environment variables, like Ollama's OLLAMA_* ones:
     GEMMA_MAX_QUEUE          requests that may wait for a busy model before 503 (default 64)
     GEMMA_ORIGINS            extra browser origins allowed to call the API (comma-separated)
     GEMMA_MAX_BODY           request body limit in bytes (default 8 MiB)
+    GEMMA_RPC                RPC workers to split every loaded model across (as `--rpc`; read by the flag)
 
 11436 is free of Ollama's 11434 and llama-server's 8080, so all three can run side by side.
 """
@@ -129,6 +130,8 @@ class Settings:
     n_ctx: int = 4096
     n_gpu_layers: int = 0
     n_threads: int | None = None
+    rpc: str | None = None  # "HOST:PORT,...": every model loads split across these `gemma rpc-worker`s
+    tensor_split: str | None = None  # with rpc: shares per worker, then this machine
     verbose: bool = False
     loopback: bool = field(default=True)
 
