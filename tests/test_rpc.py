@@ -8,6 +8,7 @@ Skipped only when this llama.cpp build has no RPC backend.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -246,3 +247,25 @@ def test_build_without_rpc_gives_one_line(monkeypatch, tiny_model, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: this llama.cpp build has no RPC backend\n") and "-DGGML_RPC=on" in err
+
+
+def test_bench_reports_tokens_per_pass_and_round_trips_per_token(workers, tiny_model, tmp_path, capsys):
+    from gemma_cli.cli.commands.bench import render_tables
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("abcabcabcabcabc")
+    rpc = ",".join(w.address for w in workers)
+    proc = gemma("bench", str(tiny_model), "-w", str(prompt), "--runs", "1", "-n", "24", "--threads", "1",
+                 "--draft", "ngram", "--draft-tokens", "4", "--rpc", rpc, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [w["address"] for w in data["rpc"]["workers"]] == [w.address for w in workers]
+    assert all(0 < w["round_trip_ms"] < 1000 for w in data["rpc"]["workers"])
+    (w,) = data["workloads"]
+    plain, (spec,) = w["plain"], w["speculative"]
+    assert plain["tokens_per_pass"] == 1.0 and plain["round_trips_per_token"] == 2.0  # one pass per token, two workers
+    assert spec["round_trips_per_token"] == pytest.approx(2 * spec["target_passes"] / spec["generated_tokens"])
+    assert spec["round_trips_per_token"] == pytest.approx(2 / spec["tokens_per_pass"])
+    render_tables(data)
+    out = capsys.readouterr().out
+    assert "round trips/token" in out and f"{plain['round_trips_per_token']:.2f}/{spec['round_trips_per_token']:.2f}" in out
