@@ -166,7 +166,8 @@ def bench(
 
     err = stderr_console()
     progress = (lambda line: err.print(line)) if sys.stderr.isatty() else None
-    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads, rpc, tensor_split))
+    # Over --rpc an MTP assistant needs the target loaded for it (rpc_placement.MTP_TAIL): load with the drafter.
+    engine = opt.open_engine(pair, opt.EngineChoice(draft if rpc else "none", None, ctx, gpu_layers, threads, rpc, tensor_split))
     placed = engine.placement
     try:
         choices = []
