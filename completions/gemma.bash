@@ -22,7 +22,7 @@ _gemma_options() {
         "rm") echo "-h --help" ;;
         "rpc-worker") echo "--host -p --port --threads --cache --allow-remote -h --help" ;;
         "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host -h --help" ;;
-        "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads -h --help" ;;
+        "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
         "show") echo "--json --host -h --help" ;;
         "stop") echo "--host -h --help" ;;
         "verify") echo "--json -h --help" ;;
@@ -40,7 +40,7 @@ _gemma_value_options() {
         "pull") echo "--host" ;;
         "rpc-worker") echo "--host -p --port --threads --cache" ;;
         "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host" ;;
-        "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads" ;;
+        "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads --rpc --tensor-split" ;;
         "show") echo "--host" ;;
         "stop") echo "--host" ;;
     esac

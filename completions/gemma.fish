@@ -157,6 +157,8 @@ complete -c gemma -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'Log
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l ctx -x -d 'Context window in tokens (rounded up to a multiple of 256)'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l gpu-layers -x -d 'Layers to offload to the GPU (CUDA/Metal builds'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -l threads -x -d 'CPU threads (default: available cores)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l rpc -x -d 'Split every loaded model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local)'
+complete -c gemma -n '__fish_seen_subcommand_from serve' -l tensor-split -x -d 'With --rpc: layer shares per worker, then this machine, e.g'
 complete -c gemma -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show help for the command and exit'
 
 # gemma show

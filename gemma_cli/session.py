@@ -54,12 +54,6 @@ def draft_config(pair: ModelPair, choice: EngineChoice, workload: str = "default
             raise UsageError(f"{pair.name} has no drafter model for {option} {source}; use {option} ngram or none")
     if source == "mtp" and pair.draft_source != "mtp":
         raise UsageError(f"{pair.name}'s drafter is not a Gemma 4 MTP assistant; use {option} model")
-    if source == "mtp" and choice.rpc:  # the assistant reads the target's KV cache, which then lives on the workers
-        if choice.draft != "auto":
-            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
-
-            raise UsageError(MTP_UNSUPPORTED)
-        source = "ngram"
     tokens = choice.draft_tokens if choice.draft_tokens is not None else pair.draft_tokens_for(workload)
     limits.check_draft_tokens(tokens)
     model_path = pair.drafter if source in ("mtp", "model") else None

@@ -8,6 +8,7 @@ Skipped only when this llama.cpp build has no RPC backend.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from gemma_cli.engine.rpc_placement import (
     _ranges,
     layers_on_workers,
     parse_tensor_split,
+    with_local_tail,
 )
 from gemma_cli.errors import UsageError
 
@@ -99,6 +101,7 @@ def test_split_arithmetic():
     assert layers_on_workers(26, [1, 0]) == 27
     assert layers_on_workers(2, [1, 1000]) == 1  # the workers get at least one layer
     assert _ranges([0, 1, 2, 5, 6, 26], 26) == "layers 0-2, 5-6, output norm"
+    assert with_local_tail(26, 18, [1.0, 1.0], 2) == (21, [8.75, 8.75, 3.5])  # 18 layers remote, 24-25 + output here
 
 
 def test_tiny_model_through_two_workers_prints_the_local_text(workers, tiny_model):
@@ -246,3 +249,50 @@ def test_build_without_rpc_gives_one_line(monkeypatch, tiny_model, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: this llama.cpp build has no RPC backend\n") and "-DGGML_RPC=on" in err
+
+
+def test_bench_reports_tokens_per_pass_and_round_trips_per_token(workers, tiny_model, tmp_path, capsys):
+    from gemma_cli.cli.commands.bench import render_tables
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("abcabcabcabcabc")
+    rpc = ",".join(w.address for w in workers)
+    proc = gemma("bench", str(tiny_model), "-w", str(prompt), "--runs", "1", "-n", "24", "--threads", "1",
+                 "--draft", "ngram", "--draft-tokens", "4", "--rpc", rpc, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [w["address"] for w in data["rpc"]["workers"]] == [w.address for w in workers]
+    assert all(0 < w["round_trip_ms"] < 1000 for w in data["rpc"]["workers"])
+    (w,) = data["workloads"]
+    plain, (spec,) = w["plain"], w["speculative"]
+    assert plain["tokens_per_pass"] == 1.0 and plain["round_trips_per_token"] == 2.0  # one pass per token, two workers
+    assert spec["round_trips_per_token"] == pytest.approx(2 * spec["target_passes"] / spec["generated_tokens"])
+    assert spec["round_trips_per_token"] == pytest.approx(2 / spec["tokens_per_pass"])
+    render_tables(data)
+    out = capsys.readouterr().out
+    assert "round trips/token" in out and f"{plain['round_trips_per_token']:.2f}/{spec['round_trips_per_token']:.2f}" in out
+
+
+def test_mtp_over_rpc_keeps_the_layers_the_assistant_reads_here_and_matches_plain(workers, tmp_path):
+    """The assistant attends to the target's last two layers' KV: those stay local, the rest is split, the text is plain's."""
+    from gemma4_factory import write_gemma4_pair
+    from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+    from gemma_cli.engine.sampling import SamplingParams
+
+    target, assistant = write_gemma4_pair(tmp_path)
+    greedy, prompts = SamplingParams(temperature=0.0), ["Hello world", "The quick brown fox"]
+    with Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=1)) as local:
+        refs = [local.generate(local.tokenize(p), max_tokens=30, sampling=greedy).text() for p in prompts]
+    rpc = ",".join(w.address for w in workers)
+    mtp = DraftConfig(source="mtp", tokens=3, model_path=assistant, adaptive=False)
+    with Engine(target, mtp, EngineConfig(n_ctx=512, n_threads=1, rpc=rpc)) as eng:
+        for prompt, ref in zip(prompts, refs, strict=True):
+            g = eng.generate(eng.tokenize(prompt), max_tokens=30, sampling=greedy)
+            assert g.text() == ref
+            assert g.result.stats.tokens_per_pass > 1.5  # the assistant really drafted
+        places, n = eng.placement.summary(), eng.placement.n_layer
+        assert {n - 2, n - 1, n} <= set(places["this machine"]["layers"])
+        assert all(places[w.address]["layers"] for w in workers)
+    with Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=1, rpc=rpc)) as plain_split:
+        with pytest.raises(UsageError, match="--draft mtp"):
+            plain_split.set_draft(mtp)

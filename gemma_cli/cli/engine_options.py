@@ -47,6 +47,8 @@ def _arm_rpc_interrupts(value: str | None) -> str | None:
 
 
 Rpc = Annotated[Optional[str], typer.Option("--rpc", envvar="GEMMA_RPC", callback=_arm_rpc_interrupts, help="Split the model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local).", rich_help_panel="Hardware")]
+# `gemma serve` takes the same option without the CLI's Ctrl-C escape: uvicorn handles the server's signals.
+RpcServe = Annotated[Optional[str], typer.Option("--rpc", envvar="GEMMA_RPC", help="Split every loaded model across `gemma rpc-worker`s: HOST:PORT[,HOST:PORT...] (drafters stay local).", rich_help_panel="Hardware")]
 TensorSplit = Annotated[Optional[str], typer.Option("--tensor-split", help="With --rpc: layer shares per worker, then this machine, e.g. 1,1,1 (default: by free memory).", rich_help_panel="Hardware")]
 
 

@@ -107,11 +107,10 @@ class Engine:
         self.placement = None  # an rpc_placement.Placement when the target is split across RPC workers
         placed: dict = {"n_gpu_layers": config.n_gpu_layers}
         if config.rpc:
-            from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED, Placement
+            from gemma_cli.engine.rpc_placement import MTP_TAIL, Placement
 
-            if draft.source == "mtp":
-                raise UsageError(MTP_UNSUPPORTED)
-            self.placement = Placement.plan(config.rpc, Path(target_path), config.tensor_split)
+            tail = MTP_TAIL if draft.source == "mtp" else 0  # the assistant reads those layers' KV: keep them here
+            self.placement = Placement.plan(config.rpc, Path(target_path), config.tensor_split, local_tail=tail)
             placed = self.placement.model_kwargs()
         with self.placement.loading() if self.placement else contextlib.nullcontext():
             self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
@@ -157,7 +156,7 @@ class Engine:
             from gemma_cli.engine.suffix_drafter import SuffixDrafter
 
             return SuffixDrafter()
-        if draft.source == "mtp" and self.placement is not None:
+        if draft.source == "mtp" and self.placement is not None and not self.placement.local_tail:
             from gemma_cli.engine.rpc_placement import MTP_UNSUPPORTED
 
             raise UsageError(MTP_UNSUPPORTED)

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from gemma_cli.engine.rpc_protocol import BUILD_HINT, Endpoint, RpcError, WorkerInfo, port_refuses
 
@@ -34,6 +34,7 @@ _ggml = None
 _abort_cb = None  # keep a reference: ggml calls it from C
 _endpoints_in_use: list[Endpoint] = []
 _escape_thread: threading.Thread | None = None
+_on_lost: Callable[[str], None] | None = None  # a long-lived process (gemma serve) that must survive a lost worker
 
 
 def supports_rpc() -> bool:
@@ -125,6 +126,19 @@ def _dead_endpoints(endpoints: Sequence[Endpoint], within_s: float = 1.0) -> lis
         time.sleep(0.1)
 
 
+def set_loss_handler(handler: Callable[[str], None] | None) -> None:
+    """Let a server outlive a lost worker: `handler(line)` instead of ending the process.
+
+    ggml aborts on the thread that saw the socket fail (its RPC dispatcher
+    thread, or the caller's) and calls abort() when the callback returns. So
+    after `handler` the callback never returns: that thread parks for good, and
+    so does the thread waiting on it inside llama.cpp. The handler must answer
+    the affected requests and stop using every engine placed on the workers.
+    """
+    global _on_lost
+    _on_lost = handler
+
+
 def _on_abort(message: bytes | None) -> None:
     """Runs on whichever thread hit GGML_ABORT; prints one line and ends the process (no core dump)."""
     text = (message or b"").decode("utf-8", "replace").strip()
@@ -132,15 +146,23 @@ def _on_abort(message: bytes | None) -> None:
     if any(k in detail for k in ("Remote RPC server", "Failed to connect", "RPC handshake failed")):
         gone = _dead_endpoints(_endpoints_in_use)
         who = f"RPC worker {', '.join(gone)}" if gone else "an RPC worker"
-        line = f"lost the connection to {who} ({detail}); restart `gemma rpc-worker` there and run again"
+        line = f"lost the connection to {who} ({detail})"
     else:
         line = f"llama.cpp aborted: {detail}"
+    line = line.replace("\n", " ")
+    if _on_lost is not None:
+        try:
+            _on_lost(line)
+        finally:
+            threading.Event().wait()  # never return: ggml would abort() the whole server
+    if line.startswith("lost"):
+        line += "; restart `gemma rpc-worker` there and run again"
     try:
         sys.stdout.flush()
     except Exception:
         pass
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
-    os.write(2, (prefix + line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    os.write(2, (prefix + line + "\n").encode("utf-8", "replace"))
     os._exit(1)
 
 

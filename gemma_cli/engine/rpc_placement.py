@@ -22,9 +22,16 @@ from gemma_cli.engine import rpc
 from gemma_cli.engine.rpc_protocol import WorkerInfo, parse_endpoints, probe
 from gemma_cli.errors import UsageError
 
+# A Gemma 4 MTP assistant attends to the target's KV cache of its last two layers
+# (SWA layers read n-2, full layers n-1; compat.check_mtp_pair). Its context runs
+# on this machine, and ggml's scheduler aborts on a KV tensor in a worker's buffer
+# ("pre-allocated tensor (cache_k_lN) in a buffer (RPC0[...]) that cannot run the
+# operation", ggml-backend.cpp:941). So with MTP those layers stay here: the CPU
+# device goes last in the model's device list, after the workers'.
+MTP_TAIL = 2
 MTP_UNSUPPORTED = (
-    "MTP drafting does not work with --rpc yet: the assistant reads the target's KV cache, "
-    "which then lives on the workers; use --draft ngram or a draft model"
+    "MTP drafting over --rpc needs the target's last layers on this machine, and this model was loaded "
+    "without MTP: load it with --draft mtp (or auto)"
 )
 # The output projection stays on this machine: run on a worker, it would send
 # back n_vocab floats per output row (1 MiB a token for Gemma's 262k
@@ -58,6 +65,19 @@ def layers_on_workers(n_layer: int, shares: Sequence[float]) -> int:
     return min(n_layer + 1, max(1, round((n_layer + 1) * frac)))
 
 
+def with_local_tail(n_layer: int, n_gpu: int, split: list[float], tail: int) -> tuple[int, list[float]]:
+    """(n_gpu_layers, tensor_split) that also put the last `tail` layers and the output norm on a final local device.
+
+    llama.cpp gives device d the layers whose fraction of the offloaded range
+    falls below its cumulative share; half-layer margins keep float rounding
+    from moving a boundary layer.
+    """
+    on_workers = max(1, min(n_gpu, n_layer - tail))
+    total = sum(split)
+    scaled = [v * (on_workers - 0.5) / total for v in split]
+    return on_workers + tail + 1, scaled + [tail + 1.5]
+
+
 def device_split(workers: Sequence[WorkerInfo], shares: Sequence[float]) -> list[float]:
     """Each worker's share divided among its devices by their free memory."""
     out: list[float] = []
@@ -79,12 +99,17 @@ class Placement:
     n_gpu_layers: int
     tensor_split: list[float]
     local_free: int
+    local_tail: int = 0  # last layers kept on this machine (MTP_TAIL for an MTP assistant)
     log: list[str] = field(default_factory=list)
     _overrides: object = None  # the ctypes override array: llama.cpp keeps a pointer to it
 
     @classmethod
-    def plan(cls, spec: str, target: Path, tensor_split: str | None = None, probe_timeout: float = 3.0) -> "Placement":
-        """Probe the workers (bounded time), register them with ggml, decide the split."""
+    def plan(cls, spec: str, target: Path, tensor_split: str | None = None, probe_timeout: float = 3.0,
+             local_tail: int = 0) -> "Placement":
+        """Probe the workers (bounded time), register them with ggml, decide the split.
+
+        `local_tail` keeps the target's last layers here too (for an MTP assistant, which reads their KV).
+        """
         from gemma_cli.gguf_meta import read_gguf
 
         endpoints = parse_endpoints(spec)
@@ -99,7 +124,12 @@ class Placement:
         local_free, _ = rpc.device_memory(rpc.local_cpu_device())
         shares = explicit or [float(w.free_bytes) for w in workers] + [float(local_free)]
         n_gpu = layers_on_workers(n_layer, shares)
-        return cls(workers, devices, shares, n_layer, n_gpu, device_split(workers, shares), local_free)
+        split = device_split(workers, shares)
+        if local_tail:
+            if n_layer <= local_tail:
+                raise UsageError(f"{target.name} has {n_layer} layers: too few to split across workers with MTP drafting")
+            n_gpu, split = with_local_tail(n_layer, n_gpu, split, local_tail)
+        return cls(workers, devices, shares, n_layer, n_gpu, split, local_free, local_tail)
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for `llama.Model` (the target only: drafters stay local)."""
@@ -109,9 +139,10 @@ class Placement:
 
             cpu_buft = rpc.ggml().ggml_backend_dev_buffer_type(rpc.local_cpu_device())
             self._overrides = (Override * 2)(Override(LOCAL_OUTPUT, cpu_buft), Override(None, None))
+        tail = [rpc.local_cpu_device()] if self.local_tail else []
         return {
             "n_gpu_layers": self.n_gpu_layers,
-            "devices": [d for devs in self.devices for d in devs],
+            "devices": [d for devs in self.devices for d in devs] + tail,
             "tensor_split": self.tensor_split,
             "buft_overrides": ctypes.addressof(self._overrides),
         }

@@ -39,6 +39,10 @@ def status_for(exc: BaseException) -> int:
         return 503
     if isinstance(exc, (UsageError, ContextFullError)):
         return 400
+    from gemma_cli.engine.rpc_protocol import RpcError
+
+    if isinstance(exc, RpcError):  # an RPC worker is unreachable, busy or gone: an upstream failure
+        return 502
     if isinstance(exc, ModelNotFoundError):
         return 404
     if isinstance(exc, DownloadError):  # the Hub refused or failed: an upstream error

@@ -7,6 +7,7 @@ tests start servers that way without racing for a free port.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -49,6 +50,8 @@ def serve(settings: Settings) -> None:
     scope = ("loopback only: other machines cannot connect (set GEMMA_HOST=0.0.0.0:PORT to allow them)"
              if settings.loopback else "ALL reachable interfaces: anyone who can reach this port can use the API")
     sys.stderr.write(f"gemma serve: listening on {where} ({scope})\n")
+    if settings.rpc:
+        sys.stderr.write(f"gemma serve: models load split across RPC workers {settings.rpc} (drafters stay local)\n")
     sys.stderr.flush()
     app = create_app(settings)
 
@@ -70,3 +73,20 @@ def serve(settings: Settings) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if settings.rpc:
+            _leave_now()
+
+
+def _leave_now() -> None:
+    """End a `--rpc` server without waiting for its threads (called in `finally`, after uvicorn stopped).
+
+    A thread parked inside ggml on a lost or frozen worker never returns, and the
+    interpreter waits for every worker thread at exit. A stop the user asked for
+    (SIGTERM, Ctrl-C, or uvicorn returning) exits 0 at once; an error propagates.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None and isinstance(exc, Exception):
+        return
+    sys.stderr.write("gemma serve: stopped\n")
+    sys.stderr.flush()
+    os._exit(0)

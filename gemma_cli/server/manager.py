@@ -10,7 +10,10 @@ Rules (see issue 15, and issue 16 for parallel requests):
 - a model is never unloaded while a job is queued or running on it;
 - an idle model unloads when its keep-alive (from its latest request) runs out;
   keep-alive 0 unloads right after the response, before its final event;
-- at most `max_queue` jobs wait (for a busy model or a free slot); beyond that, 503.
+- at most `max_queue` jobs wait (for a busy model or a free slot); beyond that, 503;
+- with `--rpc`, a lost worker fails every queued and running job with one JSON
+  error (502), and later requests get the same error: llama.cpp keeps the broken
+  connection, so this process cannot reconnect (see `on_rpc_lost`).
 
 All bookkeeping is under one threading lock: worker threads and the event
 loop both touch it. Engines are only ever touched on their model's threads,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,7 +81,8 @@ class Slot:
             self._after.result()
             self._after = None
         n_ctx = options.num_ctx or settings.n_ctx
-        choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads)
+        choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads,
+                              settings.rpc, settings.tensor_split)
         t0 = time.perf_counter()
         if self.engine is not None and self.asked_ctx != n_ctx:
             assert self.lanes is not None
@@ -133,6 +138,11 @@ class ModelManager:
         self._lock = threading.RLock()
         self._slots: dict[str, Slot] = {}
         self._waiting = 0  # jobs admitted but not yet running (the queue)
+        self.rpc_lost: str | None = None  # why models split across RPC workers can no longer run here
+        if settings.rpc:
+            from gemma_cli.engine import rpc
+
+            rpc.set_loss_handler(self.on_rpc_lost)
 
     # -- admission ------------------------------------------------------------
     async def submit(self, name: str, job: Job) -> None:
@@ -203,6 +213,10 @@ class ModelManager:
         try:
             if job.cancelled:
                 raise JobCancelled("the client went away")
+            if self.rpc_lost:
+                from gemma_cli.engine.rpc_protocol import RpcError
+
+                raise RpcError(self.rpc_lost)
             final = (DONE, slot.run_job(self.settings, job))
         except BaseException as exc:  # noqa: BLE001 - reported to the client as JSON
             final = (ERROR, exc)
@@ -229,6 +243,28 @@ class ModelManager:
         if unload:
             slot.close()  # on this slot's own thread: nothing else can use the engine
             slot.worker.shutdown(wait=False)
+
+    def on_rpc_lost(self, line: str) -> None:
+        """An RPC worker went away (on a thread ggml has parked for good, see rpc.set_loss_handler).
+
+        Every job on a loaded model gets the error now; the models are dropped
+        without closing them (freeing their remote buffers would wait on the
+        dead connection), and later requests get the same error.
+        """
+        from gemma_cli.engine.rpc_protocol import RpcError
+
+        message = f"{line}; this server cannot reconnect: restart `gemma rpc-worker` there, then `gemma serve`"
+        sys.stderr.write(f"gemma serve: {message}\n")
+        sys.stderr.flush()
+        with self._lock:
+            self.rpc_lost = message
+            slots = list(self._slots.values())
+            self._slots.clear()
+            self.metrics.loaded_models.set(0)
+        for slot in slots:
+            for job in list(slot.jobs):
+                job.emit(ERROR, RpcError(message))
+            slot.worker.shutdown(wait=False, cancel_futures=True)
 
     # -- unloading ------------------------------------------------------------
     def _unload_locked(self, slot: Slot) -> "Future[None]":

@@ -12,6 +12,7 @@ Environment variables, like Ollama's OLLAMA_* ones:
     GEMMA_BATCH_EXACT        1: batched requests get logits bit-identical to solo runs (one KV stream per
                              slot, at most 7 rows per shared decode; slower); default: one unified KV pool,
                              outputs equal to solo runs up to near-ties
+    GEMMA_RPC                RPC workers to split every loaded model across (as `--rpc`; read by the flag)
 
 11436 is free of Ollama's 11434 and llama-server's 8080, so all three can run side by side.
 """
@@ -134,6 +135,8 @@ class Settings:
     n_ctx: int = 4096
     n_gpu_layers: int = 0
     n_threads: int | None = None
+    rpc: str | None = None  # "HOST:PORT,...": every model loads split across these `gemma rpc-worker`s
+    tensor_split: str | None = None  # with rpc: shares per worker, then this machine
     verbose: bool = False
     loopback: bool = field(default=True)
     num_parallel: int = 1  # from_env: GEMMA_NUM_PARALLEL, else batch.default_num_parallel
@@ -160,6 +163,8 @@ class Settings:
             from gemma_cli.engine.batch import default_num_parallel  # reads GEMMA_NUM_PARALLEL (one clear error if bad)
 
             values["num_parallel"] = default_num_parallel(int(values.get("n_gpu_layers") or 0) > 0)  # type: ignore[call-overload]
+        if values.get("rpc"):  # a model split over RPC runs one request at a time (shared batches untested there)
+            values["num_parallel"] = 1
         exact = os.environ.get("GEMMA_BATCH_EXACT", "").strip()
         if exact not in ("", "0", "1"):
             raise UsageError(f"GEMMA_BATCH_EXACT must be 0 or 1, got {exact!r}")

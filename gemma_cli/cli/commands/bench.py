@@ -59,15 +59,22 @@ def render_tables(data: dict) -> None:
     console = Console(no_color=not use_color(sys.stdout), highlight=False, width=None if tty else 160)
     m = data["machine"]
     sp = data["sampling"]
+    rpc = data.get("rpc")
     mode = "greedy" if sp["temperature"] <= 0 else f"sampled (temperature {sp['temperature']:g}, top-k {sp['top_k']}, top-p {sp['top_p']:g}; seed r in round r)"
     console.print(f"{data['model']} · {m['cpu']} · {m['threads'] or 'all'} threads · {mode}, {data['max_tokens']} tokens, {data['runs']} alternating rounds")
+    if rpc:
+        workers = ", ".join(f"{w['address']} (round trip {w['round_trip_ms']:.2f} ms)" for w in rpc["workers"])
+        console.print(f"split across RPC workers {workers}; a round trip = one graph compute on one worker (each target pass sends one to every worker)")
     for w in data["workloads"]:
         plain = w["plain"]
         table = Table(title=f"{w['workload']} ({w['prompt_tokens']} prompt tokens)", title_justify="left")
-        for col in ("draft", "plain tok/s", "spec tok/s", "speedup (min–max)", "acceptance", "mean accepted", "TTFT plain/spec", "peak memory"):
+        cols = ["draft", "plain tok/s", "spec tok/s", "speedup (min–max)", "acceptance", "mean accepted", "TTFT plain/spec", "peak memory"]
+        if rpc:
+            cols[6:6] = ["tokens/pass", "round trips/token plain/spec"]
+        for col in cols:
             table.add_column(col, justify="left" if col == "draft" else "right")
         for v in w["speculative"]:
-            table.add_row(
+            cells = [
                 v["label"],
                 f"{plain['tokens_per_s']:.1f}",
                 f"{v['tokens_per_s']:.1f}",
@@ -76,7 +83,10 @@ def render_tables(data: dict) -> None:
                 f"{v['mean_accepted_length']:.2f}",
                 f"{plain['ttft_s'] * 1000:.0f}/{v['ttft_s'] * 1000:.0f} ms",
                 _mib(w["peak_rss_bytes"]),
-            )
+            ]
+            if rpc:
+                cells[6:6] = [f"{v['tokens_per_pass']:.2f}", f"{plain['round_trips_per_token']:.2f}/{v['round_trips_per_token']:.2f}"]
+            table.add_row(*cells)
         console.print(table)
         notes = []
         if not all(v["timing_reliable"] for v in [plain, *w["speculative"]]):
@@ -156,7 +166,9 @@ def bench(
 
     err = stderr_console()
     progress = (lambda line: err.print(line)) if sys.stderr.isatty() else None
-    engine = opt.open_engine(pair, opt.EngineChoice("none", None, ctx, gpu_layers, threads, rpc, tensor_split))
+    # Over --rpc an MTP assistant needs the target loaded for it (rpc_placement.MTP_TAIL): load with the drafter.
+    engine = opt.open_engine(pair, opt.EngineChoice(draft if rpc else "none", None, ctx, gpu_layers, threads, rpc, tensor_split))
+    placed = engine.placement
     try:
         choices = []
         if tune:
@@ -190,6 +202,8 @@ def bench(
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         "workloads": [r.as_dict() for r in reports],
     }
+    if placed is not None:
+        add_round_trips(data, placed)
     if tune:
         data["tuned"] = [c.as_dict() for c in choices]
     if as_json:
@@ -197,6 +211,21 @@ def bench(
         sys.stdout.flush()
     else:
         render_tables(data)
+
+
+def add_round_trips(data: dict, placement) -> None:
+    """With --rpc: the workers, and each variant's network round trips per generated token.
+
+    Every target pass (one `llama_decode`, counted in the stats) runs one graph
+    compute on each worker in turn, each a synchronous round trip; so round
+    trips per token = target passes x workers / generated tokens, the figure
+    that speculation divides (see README, Several machines).
+    """
+    n = len(placement.workers)
+    data["rpc"] = {"workers": [{"address": w.endpoint.text, "round_trip_ms": w.rtt_s * 1000} for w in placement.workers]}
+    for w in data["workloads"]:
+        for v in [w["plain"], *w["speculative"]]:
+            v["round_trips_per_token"] = v["target_passes"] * n / v["generated_tokens"] if v["generated_tokens"] else 0.0
 
 
 def _default_threads() -> int:

@@ -18,10 +18,12 @@ def serve_cmd(
     ctx: opt.Ctx = 4096,
     gpu_layers: opt.GpuLayers = 0,
     threads: opt.Threads = None,
+    rpc: opt.RpcServe = None,
+    tensor_split: opt.TensorSplit = None,
 ) -> None:
     """Serve the Ollama-compatible API (/api/...) and the OpenAI-compatible API (/v1/...).
 
-    Binds 127.0.0.1:11436 by default. Examples: gemma serve | GEMMA_HOST=0.0.0.0:11436 gemma serve
+    Binds 127.0.0.1:11436 by default. Examples: gemma serve | GEMMA_HOST=0.0.0.0:11436 gemma serve | gemma serve --rpc 10.8.0.2:50052
     """
     from gemma_cli import limits
     from gemma_cli.errors import UsageError
@@ -38,6 +40,27 @@ def serve_cmd(
         host,
         keep_alive=parse_duration(keep_alive, "--keep-alive") if keep_alive is not None else None,
         max_loaded=max_loaded, max_queue=max_queue, n_ctx=ctx, n_gpu_layers=gpu_layers, n_threads=threads,
-        verbose=verbose,
+        rpc=rpc or None, tensor_split=tensor_split, verbose=verbose,
     )
+    check_rpc(settings)
     serve(settings)
+
+
+def check_rpc(settings) -> None:
+    """--rpc / --tensor-split problems as one line before binding (the workers themselves are probed at each load)."""
+    from gemma_cli.errors import UsageError
+
+    if settings.tensor_split and not settings.rpc:
+        raise UsageError("--tensor-split only applies with --rpc")
+    if not settings.rpc:
+        return
+    from gemma_cli.engine.rpc import require_rpc
+    from gemma_cli.engine.rpc_placement import parse_tensor_split
+    from gemma_cli.engine.rpc_protocol import parse_endpoints
+
+    parse_tensor_split(settings.tensor_split, len(parse_endpoints(settings.rpc)))
+    if settings.n_gpu_layers:
+        raise UsageError("--gpu-layers does not combine with --rpc; shape the split with --tensor-split")
+    if settings.max_loaded > 1:  # a worker serves one connection: a second model's probe would find it busy
+        raise UsageError(f"--rpc loads one model at a time (max loaded {settings.max_loaded}); use --max-loaded 1")
+    require_rpc()
