@@ -1,19 +1,25 @@
 """Concurrent clients through `gemma serve`: serialized (GEMMA_NUM_PARALLEL=1) vs parallel slots (shared batches).
 
     .venv/bin/python benchmarks/serve_concurrency.py                          # 270M, 1/2/4/8 clients, plain + ngram
-    .venv/bin/python benchmarks/serve_concurrency.py --clients 1 4 --tokens 48 --threads 1 --json out.json
+    .venv/bin/python benchmarks/serve_concurrency.py --clients 1 4 --tokens 96 --threads 1 --rounds 2 --json out.json
 
-For each mode, one `gemma serve` (a temporary store holding the model); for
-each draft source and client count c, c streaming /api/generate requests with
-different prompts are sent at once (greedy, `num_predict` = --tokens).
+Two `gemma serve` processes run side by side (a temporary store holding the
+model): serialized (GEMMA_NUM_PARALLEL=1) and batched. For each round, draft
+source and client count c, c streaming /api/generate requests with different
+prompts are sent at once (greedy, `num_predict` = --tokens), first to the
+serialized server, then to the batched one, so both see the same load; the
+table shows medians over rounds, and the ratios are medians of per-round ratios.
 Reported per cell: aggregate tokens/s (all generated tokens / wall time from
 the common start to the last end), tokens per CPU second of the server
 process (the work itself, less sensitive to other load), mean time to first
 token and mean total latency per request, and how many batched outputs equal
-their serialized text. Serialized runs every request on the engine, one after
-another; with parallel slots a request alone still runs on the engine and the
-ones arriving while it runs share batches (docs/batching.md). The numbers are
-only as quiet as the machine: the load average is printed.
+their serialized text; an output that differs is checked at the token level
+with the near-tie rule (the top-2 logit gap where it leaves the solo output,
+re-evaluated in this process; `tests/lossless.py`'s NEAR_TIE is 0.1).
+Serialized runs every request on the engine, one after another; with parallel
+slots a request alone runs on the engine, the ones arriving while it runs
+share batches, and it moves into their batch (docs/batching.md). The numbers
+are only as quiet as the machine: the load average is printed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # lossless.py: the near-tie rule the tests use
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -108,55 +115,105 @@ def run_cell(server: Server, clients: int, tokens: int, draft: str) -> dict:
             "total": statistics.mean(o["total"] for o in outs), "texts": [o["text"] for o in outs]}
 
 
+def divergence(engine, prompt: str, solo: str, got: str) -> str:
+    """Where `got` leaves the solo output, and the top-2 logit gap there (a near-tie, or a real divergence)."""
+    from lossless import NEAR_TIE, next_logits
+
+    tokens = engine.prompt_tokens(prompt)
+    ref = engine.generate(tokens, max_tokens=max(len(solo), 1) * 2)
+    text = ref.text()
+    off, i, toks = 0, 0, ref.result.tokens
+    while i < len(toks):
+        piece = engine.target.piece(toks[i]).decode("utf-8", "replace")
+        if got[off:off + len(piece)] != piece or off >= len(solo):
+            break
+        off += len(piece)
+        i += 1
+    else:
+        return "differs after the solo output ended"
+    if not text.startswith(solo[:off]):
+        return "solo reference mismatch"
+    logits = next_logits(engine, list(tokens) + ref.result.tokens[:i])
+    rest = got[off:].encode()
+    cands = [t for t in range(engine.target.n_vocab) if (p := engine.target.piece(t)) and rest.startswith(p)]
+    if not cands:
+        return f"token {i}: no candidate token"
+    gap = float(logits.max()) - max(float(logits[t]) for t in cands)
+    return f"token {i}: gap {gap:.3f} ({'near-tie' if gap < NEAR_TIE else 'REAL DIVERGENCE' if gap > 0.5 else 'small gap'})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--drafts", nargs="+", default=["none", "ngram"])
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=4, help="GEMMA_NUM_PARALLEL of the batched server")
     ap.add_argument("--exact", action="store_true", help="GEMMA_BATCH_EXACT=1 (bit-identical logits, slower)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from gemma_cli.engine import DraftConfig, Engine, EngineConfig
     from gemma_cli.registry.create import create
     from gemma_cli.store.layout import Layout
 
     load_before = os.getloadavg()
-    results: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         create("bench", str(gemma3_path()), layout=Layout(models))
         modes = {"serialized": {"GEMMA_NUM_PARALLEL": "1"},
                  "batched": {"GEMMA_NUM_PARALLEL": str(args.parallel), "GEMMA_BATCH_EXACT": "1" if args.exact else "0"}}
-        for mode, env in modes.items():
-            server = Server(models, args.threads, **env)
-            try:
-                run_cell(server, 1, 4, "none")  # load the model before the clock
+        servers: dict[str, Server] = {}
+        try:
+            for mode, env in modes.items():
+                servers[mode] = Server(models, args.threads, **env)
+                run_cell(servers[mode], 1, 4, "none")  # load the model before the clock
+            for r in range(args.rounds):
                 for draft in args.drafts:
                     for c in args.clients:
-                        results[f"{mode}/{draft}/{c}"] = run_cell(server, c, args.tokens, draft)
-                        print(mode, draft, c, {k: round(v, 3) for k, v in results[f"{mode}/{draft}/{c}"].items() if k != "texts"},
-                              file=sys.stderr)
-            finally:
+                        for mode, server in servers.items():
+                            cell = run_cell(server, c, args.tokens, draft)
+                            runs.setdefault(f"{mode}/{draft}/{c}", []).append(cell)
+                            print(r, mode, draft, c, {k: round(v, 3) for k, v in cell.items() if k != "texts"}, file=sys.stderr)
+        finally:
+            for server in servers.values():
                 server.close()
+    load_after = os.getloadavg()
+    engine = Engine(gemma3_path(), DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=args.threads))
+    med = statistics.median
     rows = []
     print("| draft | clients | serialized tok/s | batched tok/s | wall ratio | per CPU s ratio | TTFT s (ser/bat) "
           "| latency s (ser/bat) | equal |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for draft in args.drafts:
         for c in args.clients:
-            s, b = results[f"serialized/{draft}/{c}"], results[f"batched/{draft}/{c}"]
-            equal = sum(x == y for x, y in zip(s["texts"], b["texts"], strict=True))
-            row = {"draft": draft, "clients": c, "serialized_tok_s": round(s["tok_s"], 1), "batched_tok_s": round(b["tok_s"], 1),
-                   "wall_ratio": round(b["tok_s"] / s["tok_s"], 2), "cpu_ratio": round(b["tok_cpu_s"] / s["tok_cpu_s"], 2),
-                   "ttft_s": [round(s["ttft"], 2), round(b["ttft"], 2)], "latency_s": [round(s["total"], 2), round(b["total"], 2)],
-                   "equal": f"{equal}/{c}"}
+            ss, bs = runs[f"serialized/{draft}/{c}"], runs[f"batched/{draft}/{c}"]
+            equal, notes = 0, []
+            for s, b in zip(ss, bs, strict=True):
+                for i, (x, y) in enumerate(zip(s["texts"], b["texts"], strict=True)):
+                    if x == y:
+                        equal += 1
+                    else:
+                        notes.append(f"client {i}: " + divergence(engine, PROMPTS[i % len(PROMPTS)], x, y))
+            row = {"draft": draft, "clients": c, "serialized_tok_s": round(med(s["tok_s"] for s in ss), 1),
+                   "batched_tok_s": round(med(b["tok_s"] for b in bs), 1),
+                   "wall_ratio": round(med(b["tok_s"] / s["tok_s"] for s, b in zip(ss, bs, strict=True)), 2),
+                   "cpu_ratio": round(med(b["tok_cpu_s"] / s["tok_cpu_s"] for s, b in zip(ss, bs, strict=True)), 2),
+                   "wall_ratios": [round(b["tok_s"] / s["tok_s"], 2) for s, b in zip(ss, bs, strict=True)],
+                   "ttft_s": [round(med(s["ttft"] for s in ss), 2), round(med(b["ttft"] for b in bs), 2)],
+                   "latency_s": [round(med(s["total"] for s in ss), 2), round(med(b["total"] for b in bs), 2)],
+                   "equal": f"{equal}/{c * len(ss)}", "differences": notes}
             rows.append(row)
             print(f"| {draft} | {c} | {row['serialized_tok_s']} | {row['batched_tok_s']} | {row['wall_ratio']} | {row['cpu_ratio']} "
                   f"| {row['ttft_s'][0]} / {row['ttft_s'][1]} | {row['latency_s'][0]} / {row['latency_s'][1]} | {row['equal']} |")
-    report = {"tokens": args.tokens, "threads": args.threads, "parallel": args.parallel, "exact": args.exact, "rows": rows,
-              "load_average_before": [round(x, 2) for x in load_before],
-              "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    engine.close()
+    for row in rows:
+        for note in row["differences"]:
+            print(f"{row['draft']} c={row['clients']} {note}")
+    report = {"tokens": args.tokens, "threads": args.threads, "parallel": args.parallel, "exact": args.exact, "rounds": args.rounds,
+              "rows": rows, "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in load_after], "cpus": os.cpu_count()}
     print(f"load average before {report['load_average_before']}, after {report['load_average_after']}, {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

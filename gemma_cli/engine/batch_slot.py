@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from gemma_cli.engine.batch_budget import Acceptance
 from gemma_cli.engine.drafters import Drafter
-from gemma_cli.engine.generation import Emitter
+from gemma_cli.engine.generation import Emitter, Handoff
 from gemma_cli.engine.llama import Model
 from gemma_cli.engine.sampling import Dist, SamplingParams, TokenSampler
 from gemma_cli.engine.speculative import Step
@@ -43,18 +43,20 @@ class SlotState:
         adaptive: bool,
         n_ctx: int,
         draft_source: str,
+        resume: Handoff | None = None,
     ) -> None:
         self.seq = -1  # llama.cpp sequence id, assigned when the slot is admitted
         self.prompt = prompt
-        self.history: list[int] = list(prompt)
-        self.pending: list[int] = list(prompt)
+        self.history: list[int] = list(resume.history if resume and resume.history else prompt)
+        self.pending: list[int] = self.history[-1:] if resume and resume.history else list(prompt)
         self.n_past = 0
+        self.kv_state = resume.kv_state if resume and resume.history else b""  # loaded into `seq` on admission
         self.n_ctx = n_ctx
         self.drafter = drafter
         self.draft_source = draft_source
         self.k_max = k_max
         self.adaptive = adaptive
-        self.sampler = TokenSampler(sampling)
+        self.sampler = resume.sampler if resume and resume.sampler else TokenSampler(sampling)
         # A drafter that samples its proposals draws more random numbers as k varies:
         # then k must be a function of this slot's own history, never of the batch's timing.
         self.k_from_own_history = drafter.samples_proposals and not sampling.greedy
@@ -62,9 +64,13 @@ class SlotState:
         self.draft_cost: float | None = None  # measured seconds per drafted token (costly drafters)
         self.since_draft = 0  # steps without drafting (probing)
         self.k = 0  # this step's chosen draft length
-        self.stats = LiveStats(draft_source=draft_source, draft_max=k_max, n_ctx=n_ctx)
+        if resume is not None:  # a generation moved here from the engine goes on with its own stats and text stream
+            self.stats = resume.stats
+            self.emitter = resume.emitter or Emitter(model, stop, max_tokens, self.stats)
+        else:
+            self.stats = LiveStats(draft_source=draft_source, draft_max=k_max, n_ctx=n_ctx)
+            self.emitter = Emitter(model, stop, max_tokens, self.stats)
         self.stats.prompt_tokens = len(prompt)
-        self.emitter = Emitter(model, stop, max_tokens, self.stats)
         self.cancel_flag = threading.Event()
         self.out: collections.deque[Piece] = collections.deque()
         self.done = False
@@ -182,6 +188,11 @@ class BatchClient:
                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = ()) -> "BatchGeneration":
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self._gen = self.scheduler.submit(tokens, max_tokens=max_tokens, sampling=sampling, stop=stop, draft=self.draft)
+        return self._gen
+
+    def adopt(self, handoff: Handoff) -> "BatchGeneration":
+        """Go on with a generation the engine started (`Generation.detach`), in this client's slot."""
+        self._gen = self.scheduler.adopt(handoff, self.draft)
         return self._gen
 
     def cancel(self) -> None:

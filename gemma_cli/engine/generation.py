@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from gemma_cli.engine.adaptive import DraftController
@@ -133,6 +134,27 @@ class Emitter:
         return "".join(self.texts)
 
 
+@dataclass
+class Handoff:
+    """A generation stopped between two steps, to go on elsewhere (a batch: see BatchScheduler.adopt).
+
+    `history` is empty when it had not started (then only the request moves);
+    else the KV state holds history[:-1] and history[-1] is still to evaluate.
+    The sampler (its per-position uniforms), emitter (text held back for stop
+    strings) and live stats move with it, so the output goes on as if it had stayed.
+    """
+
+    prompt: list[int]
+    history: list[int]
+    kv_state: bytes
+    sampling: SamplingParams
+    sampler: TokenSampler | None
+    emitter: Emitter | None
+    stats: LiveStats
+    max_tokens: int
+    stop: list[str]
+
+
 class Generation:
     """An in-progress generation: iterate for pieces; `stats` is live; `result` at the end.
 
@@ -151,6 +173,8 @@ class Generation:
         self.stats = LiveStats(draft_source=d.source, draft_max=0 if d.source == "none" else d.tokens, n_ctx=engine.n_ctx)
         self.result: GenerationResult | None = None
         self.history: list[int] = []  # the whole sequence: prompt, then every emitted token
+        self.emitter: Emitter | None = None
+        self._started = False
         self._iter = self._run()
 
     def __iter__(self) -> Iterator[Piece]:
@@ -168,6 +192,27 @@ class Generation:
             pass
         assert self.result is not None
         return self.result.text
+
+    def detach(self) -> Handoff | None:
+        """Stop here, between steps, and hand the rest over; None when it cannot move (finishing, cancelled).
+
+        The engine keeps the KV of what ran (its cache for the next call), and
+        the handoff carries a copy of this sequence's cells.
+        """
+        if self.result is not None or self.slot.cancelled:
+            return None
+        em = self.emitter
+        if not self._started:
+            self._iter.close()
+            return Handoff(list(self.prompt_tokens), [], b"", self.sampling, None, None, self.stats, self.max_tokens, self.stop)
+        if em is None or em.reason is not None or self.slot.ctx.n_past + 1 >= self.slot.ctx.n_ctx:
+            return None
+        if self.slot.ctx.n_past != len(self.history) - 1:
+            return None  # not between two steps (cannot happen at a yield; kept as a guard)
+        self._iter.close()  # runs _run's cleanup: the engine's cache keeps these tokens
+        kv = self.slot.ctx.seq_state(0)
+        return Handoff(list(self.prompt_tokens), list(self.history), kv, self.sampling, self.sampler, em, self.stats,
+                       self.max_tokens, self.stop)
 
     def _start(self) -> Iterator[Step]:
         """Take the slot (reusing its cached prefix) and set up this sequence's sampler and controller."""
@@ -198,8 +243,9 @@ class Generation:
 
     def _run(self) -> Iterator[Piece]:
         stats, ctx = self.stats, self.slot.ctx
+        self._started = True
         steps = self._start()
-        emitter = Emitter(self.engine.target, self.stop, self.max_tokens, stats)
+        emitter = self.emitter = Emitter(self.engine.target, self.stop, self.max_tokens, stats)
         reason: StopReason | None = None
         try:
             while reason is None:

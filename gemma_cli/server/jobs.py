@@ -101,4 +101,5 @@ class Job:
                     engine.cancel()  # in case the cancel raced the generation's start
         finally:
             self._engine = None
+            self.batched = self.batched or bool(getattr(engine, "batched", False))  # it may have moved into the batch
         return Outcome(generation.result, load_s, time.perf_counter() - self.created, queued_s)

@@ -13,6 +13,17 @@ The two lanes never decode at once: every step of either (one engine pass,
 or one batched step) runs under the model's `TurnLock`, a FIFO lock, so an
 engine request and the batch alternate step by step instead of fighting for
 the cores (or the GPU), and neither starves the other.
+
+Alternating is the slow way to share: the engine's one-row passes and the
+batch's decodes then add up instead of merging (on a CPU a decode of 4 rows
+costs ~3.5 one-row decodes, of 3 rows ~4.5: an engine request next to three
+batched ones wins nothing). So a batchable engine-lane request *moves into
+the batch* at its next step once another request has joined the batch lane
+(`EngineRun`): its KV cells are copied into a scheduler slot (exact), and its
+sampler, text stream and stats go with it (`Generation.detach`,
+`BatchScheduler.adopt`). MTP requests, sampled ones whose drafter samples
+its proposals (their random stream follows the draft lengths), and every
+request in exact mode (GEMMA_BATCH_EXACT=1: see `can_move`) stay.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from gemma_cli.engine.batch import BatchScheduler, batchable
 
@@ -75,19 +86,71 @@ class TurnTaking:
         return getattr(self._generation, name)
 
 
+class EngineRun:
+    """An engine-lane generation that moves into the batch, between two steps, once others share batches."""
+
+    def __init__(self, generation: Any, view: "LaneView") -> None:
+        self._generation = generation
+        self._view = view
+        self._moved: Any = None  # the BatchGeneration it goes on as
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        view = self._view
+        with view.lanes.turns:
+            if self._moved is None and view.lanes.batched and not view.cancelled:
+                self._move()
+            return next(self._moved if self._moved is not None else self._generation)
+
+    def _move(self) -> None:
+        view = self._view
+        moved = view.lanes.move_to_batch(view, self._generation.detach)
+        if moved is None:  # no room, or finishing or cancelled: it goes on (or ends) on the engine
+            return
+        client, handoff = moved
+        self._moved = client.adopt(handoff)
+        view.target = client
+
+    @property
+    def generation(self) -> Any:
+        return self._moved if self._moved is not None else self._generation
+
+    def cancel(self) -> None:
+        self.generation.cancel()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generation, name)
+
+
 class LaneView:
     """What a job sees instead of the engine: the engine's (or a BatchClient's) calls; `generate` takes turns."""
 
-    def __init__(self, target: Any, turns: TurnLock, batched: bool) -> None:
-        self._target = target
-        self._turns = turns
+    def __init__(self, lanes: "Lanes", target: Any, draft: Any, batched: bool) -> None:
+        self.lanes = lanes
+        self.target = target
+        self.draft = draft
         self.batched = batched
+        self.cancelled = False
+        self._run: EngineRun | None = None
 
-    def generate(self, *args: Any, **kwargs: Any) -> TurnTaking:
-        return TurnTaking(self._target.generate(*args, **kwargs), self._turns)
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        generation = self.target.generate(*args, **kwargs)
+        if self.batched or not self.lanes.can_move(self.draft, kwargs.get("sampling")):
+            return TurnTaking(generation, self.lanes.turns)
+        self._run = EngineRun(generation, self)
+        return self._run
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._run is not None:
+            self._run.cancel()
+        else:
+            self.target.cancel()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
+        return getattr(self.target, name)
 
 
 class Lanes:
@@ -113,6 +176,30 @@ class Lanes:
         n_batch = self.engine.ctx.n_batch
         return self.n_parallel > 1 and batchable(draft) and self.n_parallel * (draft.tokens + 1) <= n_batch
 
+    def can_move(self, draft: Any, sampling: Any) -> bool:
+        """Whether an engine-lane request may move into the batch: batchable, not a sampled one whose
+        drafter samples proposals (its random stream follows its draft lengths, which would change), and
+        only into the fast mode's unified pool (llama.cpp loads a sequence's cells only into a context with
+        as many KV streams as the one they came from; the exact mode has one per slot)."""
+        greedy = sampling is None or sampling.greedy
+        return not self.exact and self._fits_batch(draft) and (greedy or not self.engine.drafter.samples_proposals)
+
+    def move_to_batch(self, view: LaneView, detach: Callable[[], Any]) -> tuple[Any, Any] | None:
+        """Move `view`'s job from the engine lane into the batch: (its BatchClient, `detach()`'s handoff),
+        or None when there is no room or the generation cannot move (then it stays on the engine)."""
+        with self._cond:
+            if not self.on_engine or self.scheduler is None or self.batched >= self.n_parallel:
+                return None
+            handoff = detach()
+            if handoff is None:
+                return None
+            self.on_engine = False
+            self.batched += 1
+            self.batched_total += 1
+            view.batched = True
+            self._cond.notify_all()  # an MTP request waiting for the engine may take it now
+            return self.scheduler.client(view.draft), handoff
+
     @contextlib.contextmanager
     def lane(self, draft: Any) -> Iterator[LaneView]:
         """Run one job: the engine lane if the model is idle (or the request cannot batch), else the batch lane."""
@@ -133,18 +220,20 @@ class Lanes:
                 batched = True
                 break
             self.peak = max(self.peak, self.active)
+        view: LaneView | None = None
         try:
             if batched:
                 assert self.scheduler is not None
-                yield LaneView(self.scheduler.client(draft), self.turns, True)
+                view = LaneView(self, self.scheduler.client(draft), draft, True)
             else:
                 if draft != self.engine.draft:
                     with self.turns:  # the engine's drafter is ours now, but keep the switch between steps anyway
                         self.engine.set_draft(draft)
-                yield LaneView(self.engine, self.turns, False)
+                view = LaneView(self, self.engine, draft, False)
+            yield view
         finally:
             with self._cond:
-                if batched:
+                if view.batched if view is not None else batched:
                     self.batched -= 1
                 else:
                     self.on_engine = False

@@ -216,6 +216,20 @@ class Context:
         lib().llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         self._seq_rm(self.memory, dst, n, -1)
 
+    def seq_state(self, seq: int = 0) -> bytes:
+        """Sequence `seq`'s KV cells (positions and K/V rows), as `load_seq_state` takes them, on any context of this model."""
+        ll = lib()
+        size = int(ll.llama_state_seq_get_size(self.ptr, seq))
+        buf = (ctypes.c_uint8 * max(size, 1))()
+        got = int(ll.llama_state_seq_get_data(self.ptr, buf, size, seq))
+        return bytes(buf)[:got]
+
+    def load_seq_state(self, seq: int, state: bytes) -> None:
+        """Give the empty sequence `seq` the cells `seq_state` returned (an exact copy: the same K/V rows)."""
+        buf = (ctypes.c_uint8 * max(len(state), 1)).from_buffer_copy(state or b"\0")
+        if not lib().llama_state_seq_set_data(self.ptr, buf, len(state), seq):
+            raise EngineError(f"llama.cpp could not load {len(state)} bytes of KV state into sequence {seq}")
+
     def seq_pos_max(self, seq: int) -> int:
         """Highest position llama.cpp holds for `seq` (-1 when empty)."""
         return int(lib().llama_memory_seq_pos_max(self.memory, seq))
