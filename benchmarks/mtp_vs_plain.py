@@ -45,16 +45,19 @@ FACTORY_VERSION = 2  # bump when tests/gemma4_factory.py changes what it writes
 WORKLOAD = Workload("synthetic", "default", "Write a long story about a lighthouse keeper and the sea.")
 
 
-def bench_dir() -> Path:
-    return Path(os.environ.get("GEMMA_BENCH_DIR") or Path(tempfile.gettempdir()) / "gemma-bench" / "mtp-mid")
+def bench_dir(name: str = "mtp-mid") -> Path:
+    base = os.environ.get("GEMMA_BENCH_DIR")
+    if base and name == "mtp-mid":
+        return Path(base)
+    return (Path(base).parent if base else Path(tempfile.gettempdir()) / "gemma-bench") / name
 
 
-def measure_acceptance(target: Path, assistant: Path, threads: int, tokens: int = 160) -> tuple[float, float]:
+def measure_acceptance(target: Path, assistant: Path, threads: int, tokens: int = 160, n_vocab: int = 32000) -> tuple[float, float]:
     """Greedy MTP acceptance (and tokens per pass) over a few prompts."""
     eng = Engine(target, DraftConfig(source="mtp", tokens=3, model_path=assistant, adaptive=False), EngineConfig(n_ctx=1024, n_threads=threads))
     acc = prop = gen = passes = 0
     try:
-        for start in (400, 9000, 21000):
+        for start in (400, n_vocab * 9 // 32, n_vocab * 21 // 32):  # (400, 9000, 21000) at 32k
             g = eng.generate([1] + list(range(start, start + 12)), max_tokens=tokens, sampling=SamplingParams())
             g.text()
             s = g.result.stats
@@ -64,18 +67,17 @@ def measure_acceptance(target: Path, assistant: Path, threads: int, tokens: int 
     return acc / max(prop, 1), gen / max(passes, 1)
 
 
-def build_pair(threads: int, log) -> tuple[Path, Path, dict]:
+def build_pair(threads: int, log, spec=MID, name: str = "mtp-mid") -> tuple[Path, Path, dict]:
     """The cached mid-size pair, tuned to ~70% acceptance (bisection on the target's noise gain)."""
-    d = bench_dir()
+    d = bench_dir(name)
     meta_path = d / "pair.json"
-    spec = MID
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         t, a = d / "target.gguf", d / "assistant.gguf"
         if (meta.get("spec") == json.loads(json.dumps(asdict(spec))) and meta.get("factory") == FACTORY_VERSION
                 and t.is_file() and a.is_file()):
             return t, a, meta
-    log(f"building the mid-size pair in {d} (~460 MB, once)")
+    log(f"building the mid-size pair in {d} (~0.5 GB, once)")
     t0 = time.perf_counter()
     t, a = write_gemma4_pair(d, spec)
     log(f"  written in {time.perf_counter() - t0:.1f} s; tuning the target's noise to ~{TARGET_ACCEPTANCE:.0%} acceptance")
@@ -84,7 +86,7 @@ def build_pair(threads: int, log) -> tuple[Path, Path, dict]:
     for _ in range(7):
         noise = (lo + hi) / 2
         set_target_noise(t, noise)
-        acc, tpp = measure_acceptance(t, a, threads)
+        acc, tpp = measure_acceptance(t, a, threads, n_vocab=spec.n_vocab)
         log(f"  noise {noise:.3f}: acceptance {acc:.1%}, {tpp:.2f} tokens/pass")
         if abs(acc - TARGET_ACCEPTANCE) < abs(best[1] - TARGET_ACCEPTANCE):
             best = (noise, acc, tpp)

@@ -19,6 +19,7 @@ win: `noise` dials the acceptance rate.
 Usage from a shell (for the CLI end-to-end check):
     python -m tests.gemma4_factory OUTDIR            # tiny pair
     python -m tests.gemma4_factory OUTDIR --mid      # mid-size benchmark pair (~400 MB)
+    python -m tests.gemma4_factory OUTDIR --mid-moe  # mid-size 26B-A4B-shaped MoE pair (~460 MB)
 writes OUTDIR/target.gguf and OUTDIR/assistant.gguf.
 """
 
@@ -110,6 +111,16 @@ MID = Gemma4PairSpec(
     n_vocab=32000, n_embd=640, n_layer=12, n_head=4, n_head_kv=1, head_dim=256, head_dim_swa=128,
     n_ff=2048, sliding_window=512, a_n_embd=256, a_n_layer=4, a_n_head=4, a_n_ff=1024,
     sharpness=12.0, noise=1.0, a_noise=0.05,
+)
+
+# 26B-A4B proportions for the MoE benchmark (~460 MB F32): 32 experts, 4 used per token (the published
+# 128 / 8 route 1/16; 1/8 here keeps the file small), so a verify pass of 4 tokens touches ~3.3x the expert
+# weights a plain step does (published: ~3.6x); experts are ~1/3 of the weights a plain step reads
+# (published: ~2/5). The dense FFN is the shared expert; fewer KV heads and K-as-V on full layers.
+MID_MOE = replace(
+    MID, n_vocab=16384, n_embd=512, n_layer=8, n_head_kv=2, n_head_kv_full=1, full_v_from_k=True,
+    swa_pattern=(True, True, True, False, True, True, True, False), n_ff=768,
+    n_expert=32, n_expert_used=4, n_ff_exp=256, seed=26,
 )
 
 # The published family, scaled down: same features and layer patterns, tiny widths.
@@ -433,10 +444,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--mid", action="store_true", help="mid-size benchmark pair (~400 MB) instead of the tiny one")
+    ap.add_argument("--mid-moe", action="store_true", help="mid-size 26B-A4B-shaped MoE benchmark pair")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=None, help="target noise gain (lower = higher acceptance)")
     args = ap.parse_args(argv)
-    spec = replace(MID if args.mid else TINY, seed=args.seed)
+    spec = replace(MID_MOE if args.mid_moe else MID if args.mid else TINY, seed=args.seed)
     if args.noise is not None:
         spec = replace(spec, noise=args.noise)
     t, a = write_gemma4_pair(args.out_dir, spec)

@@ -53,6 +53,7 @@ class CatalogEntry:
     description: str = ""
     aliases: tuple[str, ...] = ()
     unconfirmed: tuple[str, ...] = ()  # fields not checked against the published repo
+    draft_advice: str = ""  # why this draft length, and where it was measured (`gemma show` prints it)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def parse_catalog(data: Any) -> Catalog:
             description=str(raw.get("description", "")),
             aliases=tuple(str(parse_name(a)) for a in raw.get("aliases", [])),
             unconfirmed=tuple(str(u) for u in raw.get("unconfirmed", [])),
+            draft_advice=str(raw.get("draft_advice", "")),
         )
         entries[key] = entry
         for alias in entry.aliases:

@@ -61,9 +61,15 @@ def describe(pair: ModelPair) -> dict[str, Any]:
         out["drafter"] = facts
     out["memory"] = memory_facts(pair)
     try:
-        manifest = load(load_catalog().ref(pair.name), Layout.default())
+        catalog = load_catalog()
+        ref = catalog.ref(pair.name)
+        manifest = load(ref, Layout.default())
     except GemmaError:  # a path, not a store name
         manifest = None
+    else:
+        entry = catalog.get(ref)
+        if entry is not None and entry.draft_advice:
+            out["draft_advice"] = entry.draft_advice
     if manifest is not None:
         out["tuned"] = manifest.tuned
         out["id"] = manifest.id

@@ -168,10 +168,12 @@ def _show_lines(info: dict) -> list[str]:
     else:
         lines.append(f"Drafter       none ({info['draft_source']} drafting)")
     lines.append(f"Draft length  {info['draft_tokens']} (recommended)")
+    if info.get("draft_advice"):
+        lines.append(f"Draft advice  {info['draft_advice']}")
     if t.get("experts"):
         lines.append(f"Experts       {t['experts']} per layer, {t.get('experts_used')} per token: each drafted token may route to "
                      "other experts, so a verify pass reads more weights than a plain step at batch 1; keep drafts short "
-                     "and check with `gemma bench`")
+                     f"and re-measure on this machine with `gemma bench {info['name']} --tune`")
     tuned = info.get("tuned") or {}
     if tuned:
         lines.append("Tuned         " + ", ".join(
