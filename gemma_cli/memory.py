@@ -201,3 +201,20 @@ def check_fits(estimate: MemoryEstimate, available: int | None = None) -> None:
         hint=f"try {ctx_hint}, a smaller quantization or model, or --gpu-layers N on a GPU build; "
              f"{SKIP_ENV}=1 loads it anyway",
     )
+
+
+def check_fits_gpu(estimate: MemoryEstimate, gpu_free: int | None) -> None:
+    """Raise InsufficientMemoryError when the share `--gpu-layers` offloads exceeds the GPUs' free memory.
+
+    `gpu_free`: free bytes summed over the GPU devices llama.cpp sees (None: no GPU, nothing offloaded,
+    no check). A driver out of memory fails the load late, or falls back silently; this says why up front.
+    """
+    if os.environ.get(SKIP_ENV, "") not in ("", "0") or gpu_free is None or estimate.gpu <= gpu_free:
+        return
+    raise InsufficientMemoryError(
+        f"--gpu-layers would put {estimate.gpu / GIB:.2f} GiB on the GPU but only {gpu_free / GIB:.2f} GiB of "
+        f"GPU memory is free (the model needs {estimate.summary()})",
+        hint=f"try fewer --gpu-layers (about {max(int(100 * gpu_free / max(estimate.gpu, 1)) - 5, 0)}% of them), "
+             f"a smaller --ctx or quantization; {SKIP_ENV}=1 loads it anyway",
+    )
+

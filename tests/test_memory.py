@@ -11,7 +11,7 @@ from gemma4_factory import FAMILY, TINY, write_gemma4_pair
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.errors import InsufficientMemoryError
 from gemma_cli.gguf_meta import read_gguf
-from gemma_cli.memory import MemoryEstimate, check_fits, estimate_memory, kv_cache_bytes
+from gemma_cli.memory import MemoryEstimate, check_fits, check_fits_gpu, estimate_memory, kv_cache_bytes
 from hub_server import gemma_env, run_gemma
 
 HUGE_CTX = 131072
@@ -56,6 +56,28 @@ def test_check_fits_refuses_with_estimate_and_what_to_change():
     assert "GiB" in str(err.value) and str(HUGE_CTX) in str(err.value) and "\n" not in str(err.value)
     assert "--ctx" in err.value.hint and "quantization" in err.value.hint and "--gpu-layers" in err.value.hint
     check_fits(est, available=64 << 30)  # fits: no error
+
+
+def test_offloading_more_than_the_gpus_hold_is_refused_with_what_to_change():
+    est = MemoryEstimate(n_ctx=8192, target_weights=18 << 30, drafter_weights=500 << 20, kv=4 << 30, overhead=1 << 30,
+                         gpu=20 << 30)
+    with pytest.raises(InsufficientMemoryError) as err:
+        check_fits_gpu(est, gpu_free=12 << 30)
+    assert "20.00 GiB on the GPU" in str(err.value) and "12.00 GiB" in str(err.value) and "\n" not in str(err.value)
+    assert "fewer --gpu-layers" in err.value.hint and "55%" in err.value.hint
+    check_fits_gpu(est, gpu_free=24 << 30)  # fits
+    check_fits_gpu(est, gpu_free=None)  # no GPU: nothing is offloaded, nothing to check
+
+
+def test_gpu_layers_without_a_gpu_counts_everything_in_ram(huge):
+    """A CPU-only build ignores --gpu-layers: the RAM check must not subtract a GPU share that never leaves RAM."""
+    from gemma_cli.engine.llama import backend_devices
+
+    if any(d["type"] in ("gpu", "igpu") for d in backend_devices()):
+        pytest.skip("this machine has a GPU device")
+    target, _ = huge
+    with pytest.raises(InsufficientMemoryError):
+        Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=HUGE_CTX, n_gpu_layers=-1))
 
 
 def test_engine_refuses_a_pair_that_cannot_fit_before_loading(huge):

@@ -84,12 +84,21 @@ def check_before_load(target: Path, draft: DraftConfig) -> None:
 
 
 def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None:
-    """Refuse a pair whose weights + KV cache cannot fit in RAM, before llama.cpp allocates (memory.py)."""
-    from gemma_cli.memory import check_fits, estimate_memory
+    """Refuse a pair whose weights + KV cache cannot fit in RAM (plus GPU memory when offloading),
+    before llama.cpp allocates (memory.py). Without a GPU device `--gpu-layers` offloads nothing: all in RAM."""
+    from gemma_cli.memory import check_fits, check_fits_gpu, estimate_memory
 
+    gpu_free = None
+    if config.n_gpu_layers:
+        from gemma_cli.engine.llama import backend_devices
+
+        gpus = [d for d in backend_devices() if d["type"] in ("gpu", "igpu")]
+        gpu_free = sum(int(d["free_bytes"]) for d in gpus) if gpus else None  # type: ignore[call-overload]
     drafter = draft.model_path if draft.source in ("mtp", "model") else None
-    check_fits(estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
-                               gpu_layers=config.n_gpu_layers))
+    estimate = estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
+                               gpu_layers=config.n_gpu_layers if gpu_free is not None else 0)
+    check_fits(estimate)
+    check_fits_gpu(estimate, gpu_free)
 
 
 class Engine:
