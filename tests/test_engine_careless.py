@@ -172,7 +172,7 @@ def test_speedup_estimate_is_null_in_json_and_na_in_verbose_without_drafting(env
 @pytest.mark.parametrize(
     "allowed, physical, quota, expected",
     [
-        (2, 2, None, 2),  # every core: with passive waiting, a crowded CPU no longer collapses (README)
+        (2, 2, None, 2),  # every core: the governor drops threads when another program competes (README)
         (8, 4, None, 4),  # SMT siblings count once
         (64, 64, 2, 2),  # a cgroup quota of 2 CPUs on a 64-CPU host
         (4, None, None, 4),  # topology unknown: the allowed CPUs
@@ -192,19 +192,19 @@ def test_cgroup_quota_caps_the_cpus(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "missing") is None
 
 
-def test_idle_threads_sleep_unless_the_user_chose():
-    assert threads_env({}) == {"OMP_WAIT_POLICY": "passive"}
+def test_idle_threads_spin_briefly_unless_the_user_chose():
+    assert threads_env({}) == {"GOMP_SPINCOUNT": "10000"}
     assert threads_env({"OMP_WAIT_POLICY": "active"}) == {}
     assert threads_env({"GOMP_SPINCOUNT": "1000"}) == {}
 
 
 def test_the_wait_policy_is_in_place_before_llama_cpp_loads(env, tiny_model):
     code = (f"import os; from gemma_cli.engine.llama import Model, Context; m = Model({str(tiny_model)!r}); "
-            "c = Context(m, n_ctx=256); print(os.environ.get('OMP_WAIT_POLICY'), c.n_threads >= 1)")
+            "c = Context(m, n_ctx=256); print(os.environ.get('GOMP_SPINCOUNT'), c.n_threads >= 1)")
     clean = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     proc = subprocess.run([*gemma_cmd()[:1], "-c", code], env={**clean, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.stdout.split() == ["passive", "True"], proc.stderr
+    assert proc.stdout.split() == ["10000", "True"], proc.stderr
 
 
 # -- confusing: --ctx below llama.cpp's granularity --------------------------------------------

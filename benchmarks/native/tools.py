@@ -26,6 +26,16 @@ VERSION = "0.3.36"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def native_env() -> dict[str, str]:
+    """This environment without what gemma-cli set for its own OpenMP threads: llama.cpp's tools run as their
+    users run them (an earlier version inherited gemma's `OMP_WAIT_POLICY=passive` and halved both sides)."""
+    try:
+        from gemma_cli.engine.llama._lib import injected_env
+    except ImportError:
+        injected_env = {}
+    return {k: v for k, v in os.environ.items() if k not in injected_env}
+
+
 class NativeError(RuntimeError):
     """A native tool is missing, failed, or printed no figures."""
 
@@ -138,7 +148,8 @@ def run(
         cmd = [str(bins / "llama-speculative-simple"), *common, *config.args, *extra_args]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=timeout)
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              env=native_env())
     except subprocess.TimeoutExpired:
         raise NativeError(f"{config.label}: timed out after {timeout:.0f}s") from None
     wall = time.perf_counter() - t0
@@ -157,7 +168,8 @@ def llama_bench_tg(bins: Path, model: Path, *, tokens: int, threads: int, repeti
     """`llama-bench -p 0 -n tokens`: plain decoding's ceiling with no prompt and no sampling (tok/s)."""
     cmd = [str(bins / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens), "-t", str(threads),
            "-r", str(repetitions), "-o", "csv"]
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=600)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=600,
+                          env=native_env())
     if proc.returncode != 0:
         raise NativeError(f"llama-bench exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]

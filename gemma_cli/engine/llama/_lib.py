@@ -29,6 +29,8 @@ _lib = None
 _log_tail: collections.deque[str] = collections.deque(maxlen=8)
 _log_callback = None  # keep a reference: llama.cpp calls it from C
 _log_sinks: list[Callable[[str], None]] = []  # see log_lines
+#: What `lib()` added to os.environ for OpenMP (threads.py): benchmarks start other programs without it.
+injected_env: dict[str, str] = {}
 
 
 def lib() -> "_llama_cpp_t":
@@ -40,7 +42,9 @@ def lib() -> "_llama_cpp_t":
         if _lib is None:
             from gemma_cli.engine.llama.threads import threads_env
 
-            os.environ.update(threads_env(os.environ))  # before libgomp loads with llama.cpp
+            injected = threads_env(os.environ)
+            os.environ.update(injected)  # before libgomp loads with llama.cpp
+            injected_env.update(injected)
             import llama_cpp
 
             @llama_cpp.llama_log_callback

@@ -8,12 +8,14 @@ costs one global read per decode when it is not installed.
 from __future__ import annotations
 
 import ctypes
+from time import perf_counter
 from typing import Sequence
 
 import numpy as np
 
 from gemma_cli.engine.llama import _lib
 from gemma_cli.engine.llama._lib import ext, forget_log, last_log_line, lib
+from gemma_cli.engine.llama.governor import ThreadGovernor
 from gemma_cli.engine.llama.model import Model
 from gemma_cli.engine.llama.threads import default_threads
 from gemma_cli.errors import ContextFullError, EngineError
@@ -42,6 +44,7 @@ class Context:
         flash_attn: int | None = None,
         n_seq_max: int = 1,
         kv_unified: bool = False,
+        govern: bool = False,
     ) -> None:
         if n_ctx <= 0:
             raise ValueError(f"context size must be positive, got {n_ctx}")  # callers validate (gemma_cli.limits)
@@ -84,7 +87,11 @@ class Context:
         self.ptr = ptr
         self.n_ctx: int = ll.llama_n_ctx(ptr)
         self.n_batch: int = ll.llama_n_batch(ptr)
-        self.n_threads = threads
+        self.n_threads = threads  # as created; the governor may decode with fewer (`threads_now`)
+        self.threads_now = threads
+        # `govern`: the thread count follows this context's timings (governor.py); the engine asks for it
+        # when the user left the count to us and decoding runs on this CPU.
+        self.governor = ThreadGovernor(threads, self.set_threads) if govern and threads > 1 else None
         self.memory = ll.llama_get_memory(ptr)
         self.n_past = 0
         self.n_outputs = 0
@@ -116,6 +123,15 @@ class Context:
         n = len(tokens)
         if n == 0:
             return
+        governor = self.governor
+        if governor is not None and n == 1:
+            t0 = perf_counter()
+            self._decode_chunks(tokens, n, n_outputs)
+            governor.observe(1, perf_counter() - t0)
+            return
+        self._decode_chunks(tokens, n, n_outputs)
+
+    def _decode_chunks(self, tokens: Sequence[int], n: int, n_outputs: int) -> None:
         if n_outputs > self.n_batch or n_outputs > n:
             raise EngineError(f"cannot request {n_outputs} output rows from a {n}-token decode (n_batch {self.n_batch})")
         if self.n_past + n > self.n_ctx:
@@ -139,6 +155,11 @@ class Context:
             start += m
         self.last_batch_len = m
         self.n_outputs = n_outputs
+
+    def set_threads(self, n: int) -> None:
+        """Decode with `n` threads from the next pass on (llama_set_n_threads; the governor's lever)."""
+        lib().llama_set_n_threads(self.ptr, int(n), int(n))
+        self.threads_now = int(n)
 
     def logits(self) -> np.ndarray:
         """(n_outputs, n_vocab) float32 view over llama.cpp's logits buffer. Valid until the next decode.

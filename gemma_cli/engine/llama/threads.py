@@ -1,17 +1,16 @@
 """How many CPU threads llama.cpp gets by default, and how its idle threads wait.
 
-llama.cpp splits every operation of a decode step across its threads and
-waits at a barrier after each (hundreds per token). libgomp's default makes
-a waiting thread spin first; on a CPU that other programs keep busy the
-spinning threads take the CPU time the missing one needs, and decoding
-collapses: 2 threads next to one busy process made 0.5-2.2 tok/s where
-1 thread made 67-84. Idle threads therefore sleep (`OMP_WAIT_POLICY=passive`,
-set before llama.cpp loads unless the user set a policy). With that, all
-physical cores stay the best default even on a crowded CPU: at load 12-13
-on 2 cores, 2 passive threads made 35-38 tok/s, 1 thread 10 (README,
-*Troubleshooting*, has the full A/B). Lowering the count by the load average
-was measured worse, so the count follows cores, affinity and cgroup quota only.
-`--threads N` and `OMP_WAIT_POLICY`/`GOMP_SPINCOUNT` in the environment override.
+llama.cpp (an OpenMP build) waits at a barrier after every operation of a
+decode step, hundreds per token. Waiting threads spin briefly, then sleep
+(`GOMP_SPINCOUNT=10000`, set before llama.cpp loads unless the user set a
+policy): on an idle 2-core EPYC spinning made 75-84 tok/s (Gemma 3 270M, 2
+threads) where sleeping at once (`OMP_WAIT_POLICY=passive`, the previous
+default) made 43-45. Spinning threads hurt when another program keeps a core
+busy (2 threads 28-31 tok/s, 1 thread 52-54), so the engine's context times
+its passes and drops to fewer threads when that pays (governor.py). The
+count starts at the physical cores among the CPUs we may use (affinity,
+cgroup quota). `--threads N` fixes the count (no governor);
+`OMP_WAIT_POLICY`/`GOMP_SPINCOUNT` in the environment override the waiting.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ import math
 import os
 from pathlib import Path
 
-#: How idle OpenMP threads wait: "passive" sleeps at once (libgomp's default spins ~300000 iterations first).
-WAIT_POLICY = "passive"
+#: How long idle OpenMP threads spin before sleeping (libgomp's default: 300000; measured alike when idle).
+SPIN_COUNT = "10000"
 
 
 def choose_threads(allowed: int, physical: int | None = None, quota: int | None = None) -> int:
@@ -77,12 +76,10 @@ def default_threads() -> int:
 
 
 def threads_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """Settings for OpenMP's idle threads that the user has not made: sleep rather than spin.
+    """Settings for OpenMP's idle threads that the user has not made: a short spin, then sleep.
 
-    A shorter spin (GOMP_SPINCOUNT=10000) did not help on a loaded 2-core
-    machine (1.7-2.4 tok/s, like the default); passive waiting did (19-38).
     Must be in the environment before llama.cpp's library (and libgomp) loads.
     """
     if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         return {}
-    return {"OMP_WAIT_POLICY": WAIT_POLICY}
+    return {"GOMP_SPINCOUNT": SPIN_COUNT}
