@@ -26,7 +26,7 @@ from gemma_cli.engine.suffix import CHILDREN, CONT, COUNT, Follower, SuffixTrie,
 
 DEPTH = 16  # longest context the trie tracks (longer matches are copied, not counted)
 MEMORY_TOKENS = 32768  # text kept from earlier requests; halved (oldest dropped) when full
-REALISED_DECAY = 0.95  # per resolved proposal
+REALISED_DECAY = 0.95  # per step: how this text's proposals came true against their expected runs, recently
 REALISED_PRIOR = 5.0  # tokens, on both sides: a ratio of 1 until a few proposals resolved
 MIN_RUN = 0.01  # a proposal ends where the chance that the target agrees up to there falls below this
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind each bucket's prior
@@ -197,7 +197,7 @@ class SuffixDrafter(NoDrafter):
         self._memory_docs: list[list[int]] = []
         self._follow = Follower(self.memory)
         self.calibrator = Calibrator()
-        self._pending: list[tuple[int, list[int], list[Key], float]] = []  # (start, tokens, keys, expected run)
+        self._pending: list[tuple[int, list[int], list[Key], list[float]]] = []  # (start, tokens, keys, running products)
         self._streak = 0  # streak_bucket of the tokens an earlier proposal predicted up to now
         self._realised = self._predicted = REALISED_PRIOR  # decayed sums over resolved proposals
         self.confidences: list[float] = []
@@ -253,10 +253,11 @@ class SuffixDrafter(NoDrafter):
         """Score pending proposals against the tokens the target produced since `start`."""
         end = len(history)
         streak = 0
-        still: list[tuple[int, list[int], list[Key], float]] = []
+        still: list[tuple[int, list[int], list[Key], list[float]]] = []
         log = self.log
         update = self.calibrator.update
-        for pos, toks, keys, predicted in self._pending:
+        realised = predicted = 0.0
+        for pos, toks, keys, runs in self._pending:
             j = max(start - pos, 0)  # tokens before `start` were scored already
             done = False
             while j < len(toks) and pos + j < end:
@@ -265,16 +266,19 @@ class SuffixDrafter(NoDrafter):
                 if log is not None:
                     log.append((keys[j], ok))
                 if not ok:
+                    predicted += sum(runs[j:])  # the expected run that did not come true
                     done = True
                     break
+                realised += 1.0  # came true as it goes, so a long copy lifts the ratio at once
+                predicted += runs[j]
                 j += 1
             if not done and pos + j == end:
                 streak = max(streak, end - pos)
-            if done or j == len(toks):  # resolved: j tokens came true of the `predicted` expected
-                self._realised = REALISED_DECAY * self._realised + j
-                self._predicted = REALISED_DECAY * self._predicted + predicted
-            else:
-                still.append((pos, toks, keys, predicted))
+            if not done and j < len(toks):
+                still.append((pos, toks, keys, runs))
+        if realised or predicted:
+            self._realised = REALISED_DECAY * self._realised + realised
+            self._predicted = REALISED_DECAY * self._predicted + predicted
         self._pending = still
         self._streak = streak_bucket(streak)
 
@@ -328,7 +332,11 @@ class SuffixDrafter(NoDrafter):
             if gain > best_gain:
                 best_gain, best_toks, best_keys, best_ps = gain, toks[: len(ps)], keys, ps
         if best_toks:
-            self._pending.append((len(history), best_toks, best_keys, best_gain))
+            runs, run = [], 1.0
+            for p in best_ps:
+                run *= p
+                runs.append(run)
+            self._pending.append((len(history), best_toks, best_keys, runs))
             # Scale the whole expected run by how this text's runs compared with predictions so far
             # (scaling the first token's confidence scales every running product alike).
             ratio = self._realised / self._predicted
