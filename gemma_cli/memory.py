@@ -185,9 +185,14 @@ def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[s
     return MemoryEstimate(n_ctx, t_w, d_w, kv, overhead, gpu)
 
 
+def _check_skipped() -> bool:
+    """`GEMMA_SKIP_MEMORY_CHECK` set to anything but 0: the user loads anyway (e.g. swap is intended)."""
+    return os.environ.get(SKIP_ENV, "") not in ("", "0")
+
+
 def check_fits(estimate: MemoryEstimate, available: int | None = None) -> None:
     """Raise InsufficientMemoryError when the estimate exceeds available RAM (unknown RAM: no check)."""
-    if os.environ.get(SKIP_ENV, "") not in ("", "0"):
+    if _check_skipped():
         return
     if available is None:
         available = available_memory()[0]
@@ -209,7 +214,7 @@ def check_fits_gpu(estimate: MemoryEstimate, gpu_free: int | None) -> None:
     `gpu_free`: free bytes summed over the GPU devices llama.cpp sees (None: no GPU, nothing offloaded,
     no check). A driver out of memory fails the load late, or falls back silently; this says why up front.
     """
-    if os.environ.get(SKIP_ENV, "") not in ("", "0") or gpu_free is None or estimate.gpu <= gpu_free:
+    if _check_skipped() or gpu_free is None or estimate.gpu <= gpu_free:
         return
     raise InsufficientMemoryError(
         f"--gpu-layers would put {estimate.gpu / GIB:.2f} GiB on the GPU but only {gpu_free / GIB:.2f} GiB of "
@@ -217,4 +222,3 @@ def check_fits_gpu(estimate: MemoryEstimate, gpu_free: int | None) -> None:
         hint=f"try fewer --gpu-layers (about {max(int(100 * gpu_free / max(estimate.gpu, 1)) - 5, 0)}% of them), "
              f"a smaller --ctx or quantization; {SKIP_ENV}=1 loads it anyway",
     )
-

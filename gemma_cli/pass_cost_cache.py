@@ -131,12 +131,9 @@ def attach(engine: "Engine", target: Path) -> bool:
     Returns whether a saved curve was found (`--verbose` says so).
     """
     key = cache_key(engine, target)
-    curve = load(key)
+    curve = load(key)  # validated: every batch size >= 1, every time positive and finite
     if curve:
-        try:
-            engine.costs.seed(curve)
-        except ValueError:
-            curve = None
+        engine.costs.seed(curve)
     if not curve and engine.probe_pass_costs():  # first load here: measure now (engine/pass_probe.py)
         save(key, engine.costs.curve)
     engine.on_close(lambda: save(key, engine.costs.curve))

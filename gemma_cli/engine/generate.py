@@ -303,8 +303,7 @@ class Engine:
 
         if self.draft.source not in ("ngram", "none") or self.ctx.n_past or self.slot.tokens:
             return False
-        curve = probe_pass_costs(self.ctx, max(self.draft.tokens, 16) + 1, clock=self.clock)
-        self.slot.clear()
+        curve = probe_pass_costs(self.ctx, max(self.draft.tokens, 16) + 1, clock=self.clock)  # leaves ctx empty
         if len(curve) < 2:
             return False
         self.costs.seed(curve)

@@ -27,7 +27,7 @@ from gemma_cli.engine.suffix import CHILDREN, CONT, COUNT, Follower, SuffixTrie,
 DEPTH = 16  # longest context the trie tracks (longer matches are copied, not counted)
 MEMORY_TOKENS = 32768  # text kept from earlier requests; halved (oldest dropped) when full
 REALISED_DECAY = 0.95  # per step: how this text's proposals came true against their expected runs, recently
-REALISED_PRIOR = 5.0  # tokens, on both sides: a ratio of 1 until a few proposals resolved
+REALISED_PRIOR = 5.0  # tokens, on both sides: a ratio of 1 until a few proposed tokens are scored
 MIN_RUN = 0.01  # a proposal ends where the chance that the target agrees up to there falls below this
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind each bucket's prior
 
@@ -199,7 +199,7 @@ class SuffixDrafter(NoDrafter):
         self.calibrator = Calibrator()
         self._pending: list[tuple[int, list[int], list[Key], list[float]]] = []  # (start, tokens, keys, running products)
         self._streak = 0  # streak_bucket of the tokens an earlier proposal predicted up to now
-        self._realised = self._predicted = REALISED_PRIOR  # decayed sums over resolved proposals
+        self._realised = self._predicted = REALISED_PRIOR  # decayed sums: proposed tokens that came true, expected
         self.confidences: list[float] = []
         self.log: list[tuple[tuple, bool]] | None = None  # (key, accepted) per scored token, when set
 
@@ -293,6 +293,7 @@ class SuffixDrafter(NoDrafter):
         best_toks: list[int] = []
         best_keys: list[tuple] = []
         best_ps: list[float] = []
+        best_runs: list[float] = []
         best_gain = 0.0
         p_of = self.calibrator.p
         d, node = self.local.longest_match()
@@ -307,6 +308,7 @@ class SuffixDrafter(NoDrafter):
         for source, (toks, feats) in candidates:
             keys: list[Key] = []
             ps: list[float] = []
+            runs: list[float] = []  # running products: the chance the target agrees up to each token
             gain, run = 0.0, 1.0
             a, b = (history[-2], history[-1]) if n_hist >= 2 else (-2, -2)
             for j, (fd, fn, fc) in enumerate(feats):
@@ -328,15 +330,12 @@ class SuffixDrafter(NoDrafter):
                     break
                 keys.append(key)
                 ps.append(p)
+                runs.append(run)
                 gain += run
             if gain > best_gain:
-                best_gain, best_toks, best_keys, best_ps = gain, toks[: len(ps)], keys, ps
+                best_gain, best_toks, best_keys, best_ps, best_runs = gain, toks[: len(ps)], keys, ps, runs
         if best_toks:
-            runs, run = [], 1.0
-            for p in best_ps:
-                run *= p
-                runs.append(run)
-            self._pending.append((len(history), best_toks, best_keys, runs))
+            self._pending.append((len(history), best_toks, best_keys, best_runs))
             # Scale the whole expected run by how this text's runs compared with predictions so far
             # (scaling the first token's confidence scales every running product alike).
             ratio = self._realised / self._predicted
