@@ -76,6 +76,14 @@ def register(models: Path, name: str, gguf: Path) -> None:
     create(name, str(gguf), layout=Layout(models))
 
 
+def tiny_store(base: Path) -> Path:
+    """A store under `base` holding the tiny synthetic model as "tiny" (seed 1), as most server tests use."""
+    from gguf_factory import write_llama_gguf
+
+    register(base / "models", "tiny", write_llama_gguf(base / "tiny.gguf", seed=1))
+    return base / "models"
+
+
 def ndjson(raw: bytes) -> list[dict]:
     """Parse NDJSON, asserting the framing: one JSON object per newline-terminated line."""
     text = raw.decode()

@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from gemma_cli.engine.rpc import supports_rpc
-from gguf_factory import write_llama_gguf
 from hub_server import gemma_env, run_gemma
-from serve_helpers import ServerProcess, register
+from serve_helpers import ServerProcess, tiny_store
 from test_rpc import Worker, free_port
 
 pytestmark = pytest.mark.skipif(not supports_rpc(), reason="llama.cpp built without RPC (CMAKE_ARGS=-DGGML_RPC=on)")
@@ -27,8 +26,7 @@ PROMPT = "Hello there"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-rpc")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
-    return d / "models"
+    return tiny_store(d)
 
 
 def test_split_server_answers_the_local_text_and_survives_a_lost_worker(tmp_path, store):

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gguf_factory import write_llama_gguf
 from hub_server import EXIT_RUNTIME, EXIT_USAGE, assert_one_line_error, gemma_env, run_gemma
-from serve_helpers import ServerProcess, register
+from serve_helpers import ServerProcess, tiny_store
 
 PROMPT = "Tell me a story"
 GREEDY = ("--temperature", "0", "-n", "24")
@@ -18,8 +17,7 @@ GREEDY = ("--temperature", "0", "-n", "24")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-client")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
-    return d / "models"
+    return tiny_store(d)
 
 
 @pytest.fixture(scope="module")

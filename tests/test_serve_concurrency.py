@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gguf_factory import write_llama_gguf
-from serve_helpers import ServerProcess, register
+from serve_helpers import ServerProcess, register, tiny_store
 
 # A generation that runs for many seconds: greedy "Hello" settles into a loop without an end-of-text
 # token on this tiny model, so it runs until the server's 16k context is full.
@@ -26,7 +26,7 @@ LONG = {"temperature": 0, "draft": "none"}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-conc")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    tiny_store(d)
     register(d / "models", "other", write_llama_gguf(d / "other.gguf", seed=3))
     return d / "models"
 

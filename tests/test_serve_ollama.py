@@ -10,7 +10,7 @@ import pytest
 
 from gguf_factory import write_llama_gguf
 from hub_server import gemma_env, run_gemma
-from serve_helpers import ServerProcess, ndjson, register
+from serve_helpers import ServerProcess, ndjson, register, tiny_store
 
 PROMPT = "Tell me a story"
 GREEDY = {"temperature": 0, "num_predict": 24}
@@ -19,7 +19,7 @@ GREEDY = {"temperature": 0, "num_predict": 24}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-ollama")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
+    tiny_store(d)
     register(d / "models", "base", write_llama_gguf(d / "base.gguf", seed=5, chat_template=None))
     return d / "models"
 

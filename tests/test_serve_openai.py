@@ -7,9 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gguf_factory import write_llama_gguf
 from hub_server import gemma_env, run_gemma
-from serve_helpers import ServerProcess, register, sse
+from serve_helpers import ServerProcess, sse, tiny_store
 
 PROMPT = "Write a haiku"
 DRAFT_KEYS = {"draft_source", "draft_max", "draft_proposed", "draft_accepted", "acceptance_rate", "tokens_per_pass"}
@@ -18,8 +17,7 @@ DRAFT_KEYS = {"draft_source", "draft_max", "draft_proposed", "draft_accepted", "
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-openai")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
-    return d / "models"
+    return tiny_store(d)
 
 
 @pytest.fixture(scope="module")

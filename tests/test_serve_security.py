@@ -12,16 +12,14 @@ import pytest
 
 from gemma_cli.errors import UsageError
 from gemma_cli.server.settings import DEFAULT_PORT, parse_duration, parse_host
-from gguf_factory import write_llama_gguf
 from hub_server import gemma_env, run_gemma
-from serve_helpers import ServerProcess, register
+from serve_helpers import ServerProcess, tiny_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve-sec")
-    register(d / "models", "tiny", write_llama_gguf(d / "tiny.gguf", seed=1))
-    return d / "models"
+    return tiny_store(d)
 
 
 @pytest.fixture(scope="module")
