@@ -8,8 +8,8 @@ Each step picks k in [0, k_max] maximising expected tokens per unit of time:
 `a` is a decayed estimate of the geometric acceptance rate; `t_verify(b)` the
 decayed mean of measured target passes of b tokens; `t_draft` the drafter's
 measured cost per proposed token. Verification cost is far from flat on a CPU
-(Gemma 3 270M, 2 threads: a 2-token pass costs 2.0x a 1-token pass, a 9-token
-pass 5.7x, because every row pays for the 262k-vocabulary output projection),
+(Gemma 3 270M, 2 threads, 2-core EPYC: a 2-token pass costs 1.9x a 1-token pass,
+a 9-token pass 5.0x, because every row pays for the 262k-vocabulary output projection),
 so each batch size is measured, not modelled. A size not measured yet is
 assumed cheap (optimism: trying it once costs one step, and corrects it).
 With this controller (the n-gram `DraftLengthController` keeps the engine's
