@@ -13,7 +13,7 @@ from gemma_cli.engine.batch_budget import BatchCosts, Candidate, choose_lengths
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.types import StopReason
-from gemma_cli.errors import UsageError
+from gemma_cli.errors import IncompatibleModelsError, ModelFileError, UsageError
 from lossless import check_greedy_lossless, check_sampled_coupling
 
 PROMPTS = [
@@ -225,8 +225,11 @@ def test_budget_gives_rows_to_the_slots_likely_to_use_them():
 
 def test_refusals_are_one_line_errors(plain, monkeypatch, tmp_path):
     sched = BatchScheduler(plain, 2)
-    with pytest.raises(UsageError, match="MTP"):
+    with pytest.raises(ModelFileError, match="not found"):  # at submit, not in the batch's next step
         sched.submit([1, 2, 3], draft=DraftConfig(source="mtp", model_path=tmp_path / "x.gguf"))
+    with pytest.raises(IncompatibleModelsError, match="not a Gemma 4 MTP assistant"):
+        sched.submit([1, 2, 3], draft=DraftConfig(source="mtp", model_path=plain.target.path))
+    assert not sched.waiting
     with pytest.raises(UsageError, match="empty"):
         sched.submit([])
     sched.close()

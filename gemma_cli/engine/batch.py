@@ -13,9 +13,10 @@ Losslessness per slot holds for the same reason it does alone: the target's
 token at each output position depends only on that sequence's logits and
 the slot's own seed (`TokenSampler`), never on the draft lengths; a slot
 whose drafter samples its proposals (sampled generation with a drafter
-model) gets k from its own history alone. Gemma 4 MTP drafting needs the
-target context's hidden rows per sequence and is not batched: `submit`
-refuses it and callers run such requests on the engine's own path.
+model) gets k from its own history alone. Gemma 4 MTP slots draft together:
+one assistant context linked to the scheduler's, each draft step one decode
+with a row per drafting slot (`mtp.MTPSlots`), fed each slot's hidden row
+from its last verify.
 
 The scheduler has its own context on the engine's model (one KV stream of
 n_ctx cells per slot); the engine's single-sequence path is untouched. Two
@@ -41,6 +42,7 @@ from gemma_cli.engine.drafters import Drafter, ModelDrafter
 from gemma_cli.engine.generate import DraftConfig, Engine
 from gemma_cli.engine.generation import Handoff
 from gemma_cli.engine.llama import Context, Model
+from gemma_cli.engine.mtp import MTPSlots
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.speculative import verify
 from gemma_cli.engine.types import StopReason
@@ -75,11 +77,6 @@ def default_num_parallel(gpu: bool = False) -> int:
     return n
 
 
-def batchable(draft: DraftConfig) -> bool:
-    """Whether requests with this draft source can share batches (MTP cannot yet: see the module doc)."""
-    return draft.source != "mtp"
-
-
 class BatchScheduler:
     """Up to `n_slots` concurrent generations on `engine`'s model, decoded in shared batches."""
 
@@ -106,6 +103,8 @@ class BatchScheduler:
         self._draft_models: dict[str, Model] = {}
         self._pooled: dict[tuple[int, str], Drafter] = {}  # (seq, model path) -> a drafter context to reuse
         self._suffix: list[Drafter] = []  # idle n-gram drafters: each remembers the requests it served (suffix memory)
+        self._swa = engine.target.n_swa
+        self._mtp: dict[str, MTPSlots] = {}  # assistant path -> the context drafting for every MTP slot
 
     # -- requests --------------------------------------------------------------
     def submit(
@@ -122,8 +121,6 @@ class BatchScheduler:
         sampling.validate()
         limits.check_max_tokens(max_tokens)
         draft = (draft or self.engine.draft).validate()
-        if not batchable(draft):
-            raise UsageError("MTP drafting is not batched: run this request on the engine itself")
         if self.n_slots * (draft.tokens + 1) > self.ctx.n_batch:
             raise UsageError(f"{self.n_slots} slots drafting {draft.tokens} tokens need n_batch >= {self.n_slots * (draft.tokens + 1)}")
         tokens = list(prompt)
@@ -131,6 +128,12 @@ class BatchScheduler:
             raise UsageError("the prompt is empty")
         if len(tokens) >= self.n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}")
+        if draft.source in ("model", "mtp"):  # load errors reach this caller, not the batch's next step
+            with self._lock:
+                if draft.source == "mtp":
+                    self._mtp_slots(str(draft.model_path))
+                else:
+                    self._draft_model(str(draft.model_path))
         slot = SlotState(
             self.engine.target, tokens, max_tokens=max_tokens, sampling=sampling, stop=stop,
             drafter=_Deferred(draft), k_max=0 if draft.source == "none" else draft.tokens,
@@ -199,12 +202,19 @@ class BatchScheduler:
         """Reuse a running slot's cells for the longest prefix this prompt shares with its cached tokens."""
         best, src = 0, None
         limit = len(slot.prompt) - 1  # the last prompt token stays pending: its row gives the first logits
+        window = self._swa
         for other in self.active:
             cached = other.history[: other.n_past]
             n = 0
             top = min(limit, len(cached))
             while n < top and cached[n] == slot.prompt[n]:
                 n += 1
+            # Sliding-window layers: once a sequence is past its window, llama.cpp hands the cells that fell out
+            # of it to any sequence's new tokens (find_slot), so the source may no longer hold cells the copy
+            # needs (Gemma 4 tiny pair, window 16: copies gave first-token logits 0.2-0.75 off). Safe while the
+            # source is inside its window, or has nothing past the shared prefix.
+            if window and other.n_past >= window and other.n_past > n:
+                continue
             if n > best:
                 best, src = n, other
         if src is not None and best > 0:
@@ -278,18 +288,25 @@ class BatchScheduler:
         for s, k in zip(joint, choose_lengths(cands, self.costs, extra), strict=True):
             s.k = k
             self._probe(s)
+        costly: dict[object, list[SlotState]] = {}  # slots proposing now, by who drafts them (MTP slots together)
         for s in ready:
             k, s.k = s.k, 0
             if s.proposal:
                 s.draft = s.proposal[:k]
             elif k > 0:
-                t0 = time.perf_counter()
-                s.draft, s.dists = s.drafter.propose(s.history, k, s.sampler)
-                s.draft = s.draft[:k]
-                dt = time.perf_counter() - t0
-                s.stats.draft_seconds += dt
-                if s.draft:
-                    per = dt / len(s.draft)
+                s.k = k
+                costly.setdefault(getattr(s.drafter, "group", s), []).append(s)
+        for owner, slots in costly.items():
+            t0 = time.perf_counter()
+            if isinstance(owner, MTPSlots):
+                drafts = owner.propose_many([(s.drafter, s.history, s.k, s.sampler) for s in slots])
+            else:
+                drafts = [s.drafter.propose(s.history, s.k, s.sampler) for s in slots]
+            per = (time.perf_counter() - t0) / max(sum(min(len(d), s.k) for s, (d, _) in zip(slots, drafts, strict=True)), 1)
+            for s, (draft, dists) in zip(slots, drafts, strict=True):
+                s.draft, s.dists, s.k = draft[: s.k], dists, 0
+                s.stats.draft_seconds += per * len(s.draft)
+                if s.draft:  # a batched drafter's step is shared: each slot is charged its tokens' share
                     s.draft_cost = per if s.draft_cost is None else 0.85 * s.draft_cost + 0.15 * per
 
     @staticmethod
@@ -372,19 +389,30 @@ class BatchScheduler:
         """A drafter of its own for each slot (a drafter model's context is reused per sequence id)."""
         if draft.source == "ngram" and self._suffix:
             return self._suffix.pop()  # begin() files its previous request's text as memory for this one
+        if draft.source == "mtp":
+            return self._mtp_slots(str(draft.model_path)).drafter(seq)
         if draft.source != "model":
             return self.engine._make_drafter(draft)  # none / n-gram: cheap, stateful per generation
         path = str(draft.model_path)
         key = (seq, path)
         if key not in self._pooled:
-            model = self._draft_models.get(path)
-            if model is None:
-                cfg = self.engine.config
-                model = self._draft_models[path] = Model(path, n_gpu_layers=cfg.n_gpu_layers, cpu_repack=cfg.cpu_repack)
-            drafter = ModelDrafter(model, n_ctx=self.n_ctx, n_threads=self.engine.config.n_threads)
+            drafter = ModelDrafter(self._draft_model(path), n_ctx=self.n_ctx, n_threads=self.engine.config.n_threads)
             drafter.attach(self.ctx)
             self._pooled[key] = drafter
         return self._pooled[key]
+
+    def _draft_model(self, path: str) -> Model:
+        model = self._draft_models.get(path)
+        if model is None:
+            cfg = self.engine.config
+            model = self._draft_models[path] = Model(path, n_gpu_layers=cfg.n_gpu_layers, cpu_repack=cfg.cpu_repack)
+        return model
+
+    def _mtp_slots(self, path: str) -> MTPSlots:
+        group = self._mtp.get(path)
+        if group is None:
+            group = self._mtp[path] = MTPSlots(self.engine.target, self._draft_model(path), self.ctx, self.n_slots)
+        return group
 
     def kv_positions(self) -> dict[int, int]:
         """Highest KV position per sequence id (-1: empty), for accounting checks."""
@@ -400,6 +428,9 @@ class BatchScheduler:
                 d.close()
             self._pooled.clear()
             self._suffix.clear()
+            for group in self._mtp.values():
+                group.close()
+            self._mtp.clear()
             for m in self._draft_models.values():
                 m.close()
             self._draft_models.clear()

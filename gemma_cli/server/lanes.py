@@ -6,8 +6,9 @@ reuse across chat turns, its draft-length controller, its n-gram memory, MTP),
 so one client pays nothing for batching. A request that arrives while others
 run takes the *batch lane*: a slot in the model's `BatchScheduler` (created on
 first need, closed before the engine), decoded in shared batches with the
-other batch-lane requests. MTP requests (not batchable yet) always take the
-engine lane and wait for it if it is busy.
+other batch-lane requests (MTP ones too: the assistant drafts for every
+slot in one decode per draft step, `mtp.MTPSlots`). A request drafting more
+tokens than the batch has rows for takes the engine lane and waits for it.
 
 The two lanes never decode at once: every step of either (one engine pass,
 or one batched step) runs under the model's `TurnLock`, a FIFO lock, so an
@@ -15,15 +16,15 @@ engine request and the batch alternate step by step instead of fighting for
 the cores (or the GPU), and neither starves the other.
 
 Alternating is the slow way to share: the engine's one-row passes and the
-batch's decodes then add up instead of merging (on a CPU a decode of 4 rows
-costs ~3.5 one-row decodes, of 3 rows ~4.5: an engine request next to three
-batched ones wins nothing). So a batchable engine-lane request *moves into
+batch's decodes then add up instead of merging (on this 2-core CPU a decode of 4 rows
+costs ~2.8 one-row decodes: an engine request next to three batched ones
+wins little). So a batchable engine-lane request *moves into
 the batch* at its next step once another request has joined the batch lane
 (`EngineRun`): its KV cells are copied into a scheduler slot (exact), and its
 sampler, text stream and stats go with it (`Generation.detach`,
-`BatchScheduler.adopt`). MTP requests, sampled ones whose drafter samples
-its proposals (their random stream follows the draft lengths), and every
-request in exact mode (GEMMA_BATCH_EXACT=1: see `can_move`) stay.
+`BatchScheduler.adopt`). Sampled requests whose drafter samples its
+proposals (their random stream follows the draft lengths), and every request
+in exact mode (GEMMA_BATCH_EXACT=1: see `can_move`) stay.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
-from gemma_cli.engine.batch import BatchScheduler, batchable
+from gemma_cli.engine.batch import BatchScheduler
 
 
 class TurnLock:
@@ -174,10 +175,10 @@ class Lanes:
 
     def _fits_batch(self, draft: Any) -> bool:
         n_batch = self.engine.ctx.n_batch
-        return self.n_parallel > 1 and batchable(draft) and self.n_parallel * (draft.tokens + 1) <= n_batch
+        return self.n_parallel > 1 and self.n_parallel * (draft.tokens + 1) <= n_batch
 
     def can_move(self, draft: Any, sampling: Any) -> bool:
-        """Whether an engine-lane request may move into the batch: batchable, not a sampled one whose
+        """Whether an engine-lane request may move into the batch: it fits, not a sampled one whose
         drafter samples proposals (its random stream follows its draft lengths, which would change), and
         only into the fast mode's unified pool (llama.cpp loads a sequence's cells only into a context with
         as many KV streams as the one they came from; the exact mode has one per slot)."""
@@ -197,7 +198,7 @@ class Lanes:
             self.batched += 1
             self.batched_total += 1
             view.batched = True
-            self._cond.notify_all()  # an MTP request waiting for the engine may take it now
+            self._cond.notify_all()  # a request waiting for the engine (drafting too far to batch) may take it now
             return self.scheduler.client(view.draft), handoff
 
     @contextlib.contextmanager
@@ -211,7 +212,7 @@ class Lanes:
                         self.on_engine = True
                         batched = False
                         break
-                    self._cond.wait()  # an MTP request (or one drafting too far to batch) waits for the engine
+                    self._cond.wait()  # a request drafting too far to batch waits for the engine
                     continue
                 if self.scheduler is None:
                     self.scheduler = BatchScheduler(self.engine, self.n_parallel, exact=self.exact)

@@ -67,6 +67,7 @@ class Context:
         if n_seq_max > 1:
             params.kv_unified = bool(kv_unified)
         self.kv_unified = n_seq_max > 1 and bool(kv_unified)
+        self.n_seq_max = int(n_seq_max)
         params.n_outputs_max = int(n_outputs_max)
         params.n_threads = threads
         params.n_threads_batch = threads

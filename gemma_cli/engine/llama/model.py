@@ -108,6 +108,12 @@ class Model:
         """Width of the hidden rows the model reads: a Gemma 4 MTP assistant's must equal its target's n_embd."""
         return int(lib().llama_model_n_embd_out(self.ptr))
 
+    @property
+    def n_swa(self) -> int:
+        """Sliding-window attention span (0: none). llama.cpp may reuse a sequence's KV cells that fell
+        out of its window for any sequence's new tokens, so such cells cannot be copied to another."""
+        return int(lib().llama_model_n_swa(self.ptr))
+
     # -- vocabulary -------------------------------------------------------
     @property
     def bos(self) -> int:

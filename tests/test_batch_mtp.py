@@ -1,0 +1,229 @@
+"""Gemma 4 MTP drafting for several slots at once (issue 16): one assistant decode per draft step for every slot.
+
+Real llama.cpp on the synthetic gemma4 + gemma4-assistant pair (tests/gemma4_factory.py):
+the assistant context is linked to the scheduler's multi-sequence context and reads
+each slot's KV stream; outputs must equal each request's solo run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from gemma4_factory import TINY, write_gemma4_pair
+from gemma_cli.engine.batch import BatchScheduler
+from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.engine.sampling import SamplingParams
+from lossless import check_greedy_lossless, chi_square_pvalue, exact_continuations, outcome
+
+GREEDY = SamplingParams()
+PROMPTS = ["Hello world", "abcabc", "The quick brown fox", "x=1; y=2;", "zz top", "one two one two", "hello", "qq"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return write_gemma4_pair(tmp_path_factory.mktemp("g4b"))
+
+
+@pytest.fixture(scope="module")
+def plain(pair):
+    eng = Engine(pair[0], DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=1))
+    yield eng
+    eng.close()
+
+
+def _mtp(assistant, k: int, adaptive: bool = False) -> DraftConfig:
+    return DraftConfig(source="mtp", tokens=k, model_path=assistant, adaptive=adaptive)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_mtp_slots_draft_together_and_equal_their_solo_runs(pair, plain, exact):
+    target, assistant = pair
+    sched = BatchScheduler(plain, 4, exact=exact)
+    drafts = [_mtp(assistant, k) for k in (1, 2, 3, 4)] + [_mtp(assistant, 3, adaptive=True), DraftConfig(source="none")]
+    gens = []
+    for i, text in enumerate(PROMPTS[:6]):
+        prompt = plain.tokenize(text)
+        gens.append((prompt, 20 + 5 * i, sched.submit(prompt, max_tokens=20 + 5 * i, draft=drafts[i])))
+    steps = 0
+    while sched.step():
+        steps += 1
+    proposed = accepted = 0
+    for prompt, n, g in gens:
+        ref = plain.generate(prompt, max_tokens=n, sampling=GREEDY)
+        ref.text()
+        verdict = check_greedy_lossless(plain, prompt, ref.result, g.result)
+        assert verdict == "equal" or verdict.startswith("near-tie"), verdict
+        proposed += g.result.stats.draft_proposed
+        accepted += g.result.stats.draft_accepted
+    assert proposed > 40 and accepted > proposed // 2  # MTP drafted for the slots, and well (planted structure)
+    group = next(iter(sched._mtp.values()))
+    assert group.mtp is not None and group.mtp.rows == 4
+    assert all(pos == -1 for pos in sched.kv_positions().values())  # every slot's cells freed
+    sched.close()
+
+
+def test_mtp_slots_draft_in_one_decode_per_step(pair, plain):
+    """Four slots drafting 3 tokens each: 3 assistant decodes per step, not 12."""
+    from gemma_cli.engine.llama import _lib
+
+    target, assistant = pair
+    sched = BatchScheduler(plain, 4, exact=False)
+    gens = [sched.submit(plain.tokenize(t), max_tokens=16, draft=_mtp(assistant, 3)) for t in PROMPTS[:4]]
+    for _ in range(3):  # prompts in, first verify passes give every slot its hidden row
+        sched.step()
+    group = next(iter(sched._mtp.values()))
+    calls: list[int] = []
+    step_rows = group.mtp.step_rows
+
+    def counting(tokens, positions, seqs):
+        calls.append(len(tokens))
+        return step_rows(tokens, positions, seqs)
+
+    group.mtp.step_rows = counting
+    sched.step()
+    assert calls == [4, 4, 4], calls
+    sched.run()
+    assert all(len(g.result.tokens) == 16 for g in gens)
+    assert _lib is not None
+    sched.close()
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_each_slot_drafts_from_its_own_hidden_row_and_kv(pair, plain, exact):
+    """A slot's first draft logits equal the solo MTP drafter's at the same state: the batched
+    assistant decode reads that slot's hidden row, position and KV stream, not another's."""
+    target, assistant = pair
+    prompts = [plain.tokenize(t) for t in PROMPTS[:4]]
+    solo = Engine(target, _mtp(assistant, 1), EngineConfig(n_ctx=512, n_threads=1))
+    want = []
+    for prompt in prompts:
+        rec: list = []
+        step = solo.drafter.mtp.step
+        solo.drafter.mtp.step = lambda tok, pos, rec=rec, step=step: rec.append(step(tok, pos).copy()) or rec[-1]
+        solo.generate(prompt, max_tokens=3, sampling=GREEDY).text()
+        solo.drafter.mtp.step = step
+        want.append(rec[0])
+    solo.close()
+    sched = BatchScheduler(plain, 4, exact=exact)
+    gens = [sched.submit(p, max_tokens=3, draft=_mtp(assistant, 1)) for p in prompts]
+    sched.step()  # admits all four (creating the assistant context) and evaluates their prompts
+    group = next(iter(sched._mtp.values()))
+    first: dict[int, object] = {}
+    step_rows = group.mtp.step_rows
+
+    def recording(tokens, positions, seqs):
+        logits = step_rows(tokens, positions, seqs)
+        for row, seq in enumerate(seqs):
+            first.setdefault(seq, logits[row].copy())
+        return logits
+
+    group.mtp.step_rows = recording
+    sched.run()
+    assert len(first) == 4
+    for g, ref in zip(gens, want, strict=True):
+        got = first[g._slot.seq]
+        assert float(abs(got - ref).max()) < 1e-3 * max(1.0, float(abs(ref).max()))
+    sched.close()
+
+
+def test_sampled_mtp_slots_have_the_target_distribution(tmp_path):
+    """Chi-square over 3-token continuations: 4 sampled MTP slots per batch vs the target's exact distribution
+    (the soft 12-token pair of test_mtp.py: drafts often rejected, so rejection sampling decides)."""
+    target, assistant = write_gemma4_pair(tmp_path, replace(TINY, n_vocab=12, sharpness=3.0, noise=0.8, seed=7))
+    eng = Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=64, n_threads=1))
+    prompt = [1, 5, 6, 7, 8]
+    exact = exact_continuations(eng, prompt, 3, SamplingParams(temperature=1.0))
+    sched = BatchScheduler(eng, 4, exact=False)
+    counts: Counter = Counter()
+    seed = 0
+    for _ in range(400):
+        batch = []
+        for j in range(4):
+            batch.append(sched.submit(prompt, max_tokens=3, sampling=SamplingParams(1.0, seed=seed), draft=_mtp(assistant, 1 + j % 2)))
+            seed += 1
+        sched.run()
+        for g in batch:
+            counts[outcome(g.result)] += 1
+    stat, p, dof = chi_square_pvalue(counts, exact)
+    assert dof >= 8
+    assert p > 1e-3, (stat, dof)
+    sched.close()
+    eng.close()
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_prompts_joining_a_slot_past_its_sliding_window_equal_their_solo_runs(pair, plain, moved):
+    """Regression (found through `gemma serve`): a prompt sharing the chat template's first tokens with a
+    running slot copied them (`llama_memory_seq_cp`); once that slot was past its sliding window (16 here),
+    llama.cpp had handed some of those cells to other sequences' tokens, so the copy gave wrong logits
+    (first tokens 0.2-0.75 below the top). Such slots are no longer copy sources."""
+    none = DraftConfig(source="none")
+    texts = PROMPTS[:4]
+    refs = {}
+    for text in texts:
+        g = plain.generate(plain.prompt_tokens(text), max_tokens=20, sampling=GREEDY)
+        g.text()
+        refs[text] = g.result.tokens
+    sched = BatchScheduler(plain, 4, exact=False)
+    if moved:  # started on the engine, then moved in with its cells (as `gemma serve` does)
+        gen = plain.generate(plain.prompt_tokens(texts[0]), max_tokens=20, sampling=GREEDY)
+        next(gen)
+        first = sched.adopt(gen.detach(), none)
+    else:
+        first = sched.submit(plain.prompt_tokens(texts[0]), max_tokens=20, draft=none)
+    for _ in range(4):
+        sched.step()
+    assert sched.active[0].n_past > plain.target.n_swa  # the first slot is past its window
+    others = {t: sched.submit(plain.prompt_tokens(t), max_tokens=20, draft=none) for t in texts[1:]}
+    sched.run()
+    assert first.result.tokens == refs[texts[0]]
+    assert {t: g.result.tokens for t, g in others.items()} == {t: refs[t] for t in texts[1:]}
+    sched.close()
+
+
+def test_serve_batches_concurrent_mtp_requests(pair, tmp_path):
+    """Through `gemma serve` and the official openai client: four concurrent MTP requests share
+    batches (the metric counts them), draft with the assistant, and each gets its solo text."""
+    import re
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import openai
+
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+    from serve_helpers import ServerProcess
+
+    target, assistant = pair
+    models = tmp_path / "models"
+    create("g4", str(target), str(assistant), layout=Layout(models))
+    prompts = ["Hello world", "abcabc", "The quick brown fox", "zz top"]
+
+    def batched_total(url: str) -> float:
+        m = re.search(r'^gemma_batched_requests_total\{model="g4:latest"\} ([0-9.e+]+)$', httpx.get(url + "/metrics").text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    with ServerProcess(models, "--threads", "1", GEMMA_NUM_PARALLEL="4") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        start = threading.Barrier(4)
+
+        def ask(prompt: str, together: bool) -> tuple[str, dict]:
+            if together:
+                start.wait()
+            r = client.completions.create(model="g4", prompt=prompt, max_tokens=60, temperature=0)
+            return r.choices[0].text, (r.model_extra or {})["x_gemma"]
+
+        solo = [ask(p, False) for p in prompts]
+        before = batched_total(srv.url)
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda p: ask(p, True), prompts))
+        assert batched_total(srv.url) - before >= 3
+    assert [t for t, _ in together] == [t for t, _ in solo]
+    stats = [x for _, x in together]
+    assert all(x["draft_source"] == "mtp" for x in stats)
+    # the tiny target's pass costs about what an assistant row does, so the budget drafts little; each still drafts
+    assert all(x["draft_proposed"] > 0 for x in stats) and sum(x["draft_accepted"] for x in stats) > 0, stats
