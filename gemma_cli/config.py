@@ -22,6 +22,7 @@ ENVIRONMENT = {
     "GEMMA_CPU_REPACK": "1: let llama.cpp repack CPU weights (default off: the AMX path of native builds can segfault)",
     "GEMMA_CACHE": "cache directory (probe-load results for model files, measured pass costs; default: the user cache dir)",
     "GEMMA_PROBE": "0: skip the one-time child-process probe load of a new model file (header checks still run)",
+    "GEMMA_MEMORY_AVAILABLE": "free RAM the memory checks assume instead of measuring it, e.g. 6G or 512M (containers)",
     "GEMMA_STALL_TIMEOUT": "seconds without a byte before a download counts as stalled and is retried (default 30)",
     "GEMMA_HOST": "address of `gemma serve` (host:port; default 127.0.0.1:11436), and the server `ps`/`stop` talk to",
     "GEMMA_KEEP_ALIVE": "how long `gemma serve` keeps an idle model loaded (default 5m; 0 unloads at once, negative never)",

@@ -17,6 +17,11 @@ What the estimate counts, following the vendored llama.cpp:
 - an allowance for compute buffers and logits (10% of weights + 256 MiB + the
   vocabulary's logits rows).
 `--gpu-layers N` moves N/n_layer of the target's weights and KV off RAM.
+
+`gemma serve`'s batch scheduler adds a second context on the loaded model
+(one n_ctx KV stream per parallel slot): `batch_slots_that_fit` says how many
+slots the memory left after loading holds. `GEMMA_MEMORY_AVAILABLE` replaces
+the measured free RAM (a container whose limit is not visible, tests).
 """
 
 from __future__ import annotations
@@ -27,16 +32,36 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_cli.errors import InsufficientMemoryError
+from gemma_cli.errors import InsufficientMemoryError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, read_gguf
 
 GIB = 1 << 30
 KV_BYTES = 2  # F16 cache
 SKIP_ENV = "GEMMA_SKIP_MEMORY_CHECK"  # set to 1 to load anyway (e.g. swap is intended)
+AVAILABLE_ENV = "GEMMA_MEMORY_AVAILABLE"  # bytes of free RAM to assume instead of measuring ("6G", "512M")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": GIB, "T": 1 << 40}
+
+
+def _available_override() -> int | None:
+    """`GEMMA_MEMORY_AVAILABLE` in bytes (a K/M/G/T suffix is binary), or None when unset."""
+    raw = os.environ.get(AVAILABLE_ENV, "").strip()
+    if not raw:
+        return None
+    text = raw.upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        value = float(text[: len(text) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1 << 60:
+        raise UsageError(f"{AVAILABLE_ENV} must be an amount of memory like 6G, 512M or a number of bytes, got {raw!r}")
+    return int(value * _UNITS[unit])
 
 
 def available_memory() -> tuple[int | None, int | None]:
-    """(available, total) bytes of RAM this process can use, from /proc/meminfo, sysconf and cgroup v2."""
+    """(available, total) bytes of RAM this process can use, from /proc/meminfo, sysconf and cgroup v2
+    (available: `GEMMA_MEMORY_AVAILABLE` instead, when set)."""
+    override = _available_override()
     avail = total = None
     with contextlib.suppress(OSError, ValueError):
         info = {}
@@ -59,7 +84,7 @@ def available_memory() -> tuple[int | None, int | None]:
             room = max(int(limit) - used, 0)
             avail = room if avail is None else min(avail, room)
             total = int(limit) if total is None else min(total, int(limit))
-    return avail, total
+    return (avail if override is None else override), total
 
 
 def _int(v: object, default: int = 0) -> int:
@@ -222,3 +247,52 @@ def check_fits_gpu(estimate: MemoryEstimate, gpu_free: int | None) -> None:
         hint=f"try fewer --gpu-layers (about {max(int(100 * gpu_free / max(estimate.gpu, 1)) - 5, 0)}% of them), "
              f"a smaller --ctx or quantization; {SKIP_ENV}=1 loads it anyway",
     )
+
+
+BATCH_BUFFERS = 32 << 20  # allowance for the compute buffer besides its logits (2.5 MiB measured, 270M)
+
+
+@dataclass(frozen=True)
+class SlotsFit:
+    """How many parallel slots of a batch scheduler fit (`slots`, of `wanted`), and the figures behind it."""
+
+    slots: int
+    wanted: int
+    per_slot: int = 0  # RAM bytes of one slot's KV stream
+    buffers: int = 0  # RAM bytes of the context's buffers, whatever the slot count
+    available: int | None = None  # None: not checked (skipped, or free RAM unknown)
+
+    def summary(self) -> str:
+        avail = "unknown" if self.available is None else f"{self.available / GIB:.2f} GiB"
+        return (f"{self.slots} of {self.wanted} parallel slots fit in memory (KV {self.per_slot / GIB:.2f} GiB per slot"
+                f" + buffers {self.buffers / GIB:.2f} GiB; {avail} available)")
+
+
+def batch_slots_that_fit(target: str | os.PathLike[str], n_ctx: int, wanted: int, *, n_batch: int = 512,
+                         gpu_layers: int = 0, available: int | None = None, gpu_free: int | None = None) -> SlotsFit:
+    """How many of `wanted` KV streams of `n_ctx` cells a batch context on the loaded `target` can have.
+
+    Counts per slot its F16 KV (as `kv_cache_bytes`), and once the context's buffers: the logits of a
+    full `n_batch` batch and of one row per slot (what llama.cpp reserves: 514 MiB measured for a
+    262k vocabulary at n_batch 512) plus BATCH_BUFFERS. `available` is free RAM *now*, with the
+    engine loaded (default: measured). `--gpu-layers` moves that share of the KV to the GPUs,
+    checked against `gpu_free` when given. `GEMMA_SKIP_MEMORY_CHECK` or unknown free RAM: all fit.
+    """
+    if _check_skipped():
+        return SlotsFit(wanted, wanted)
+    if available is None:
+        available = available_memory()[0]
+    if available is None:
+        return SlotsFit(wanted, wanted)
+    info = _read(target)
+    kv = kv_cache_bytes(info, n_ctx)
+    n_vocab = len(info.metadata.get("tokenizer.ggml.tokens") or ()) or 262_144
+    n_layer = max(_int(info.arch_key("block_count")), 1)
+    frac = 0.0 if gpu_layers == 0 else 1.0 if gpu_layers < 0 else min(gpu_layers, n_layer) / n_layer
+    on_gpu = int(frac * kv)
+    per_slot = kv - on_gpu
+    buffers = 4 * n_vocab * (n_batch + wanted) + BATCH_BUFFERS
+    slots = wanted
+    while slots and (buffers + slots * per_slot > available or (gpu_free is not None and slots * on_gpu > gpu_free)):
+        slots -= 1
+    return SlotsFit(slots, wanted, per_slot, buffers, available)

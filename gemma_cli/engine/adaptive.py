@@ -61,6 +61,18 @@ def _decayed_mean(prev: float | None, value: float) -> float:
     return value if prev is None else DECAY * prev + (1 - DECAY) * value
 
 
+def check_curve(curve: Mapping[int, float]) -> dict[int, float]:
+    """`curve` as {batch_size: seconds} of floats; ValueError for a size below 1 or a time not positive and finite."""
+    checked: dict[int, float] = {}
+    for batch, seconds in curve.items():
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"a pass cost's batch size must be an integer >= 1, got {batch!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+            raise ValueError(f"the pass cost of batch size {batch} must be a positive number of seconds, got {seconds!r}")
+        checked[batch] = float(seconds)
+    return checked
+
+
 class PassCosts:
     """Measured seconds per target pass by batch size, and per drafted token (decayed means).
 
@@ -85,13 +97,7 @@ class PassCosts:
         In place: a controller already sharing these costs sees the new curve.
         ValueError for a batch size below 1 or a time that is not a positive finite number.
         """
-        checked: dict[int, float] = {}
-        for batch, seconds in curve.items():
-            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-                raise ValueError(f"a pass cost's batch size must be an integer >= 1, got {batch!r}")
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-                raise ValueError(f"the pass cost of batch size {batch} must be a positive number of seconds, got {seconds!r}")
-            checked[batch] = float(seconds)
+        checked = check_curve(curve)
         self.verify.clear()
         self.verify.update(checked)
 

@@ -95,7 +95,7 @@ class BatchScheduler:
                            n_threads=cfg.n_threads, n_seq_max=self.n_slots, kv_unified=not exact)
         self.prefill_chunk = max(1, min(prefill_chunk, self.ctx.n_batch))
         self.exact_rows = EXACT_ROWS  # both modes: bigger shared decodes move logits by up to ~1 (not a near-tie)
-        self.costs = BatchCosts()
+        self.costs = BatchCosts.from_curve(engine.costs.curve)  # the engine's measured passes (empty: optimistic)
         self.active: list[SlotState] = []
         self.waiting: collections.deque[SlotState] = collections.deque()
         self._free = list(range(self.n_slots))

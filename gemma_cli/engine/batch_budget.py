@@ -14,14 +14,19 @@ Rows go one at a time to the slot whose next draft token is likeliest to be
 accepted (a_i^(k_i+1)), and the best point on that path wins, so a slot with
 poor acceptance drafts less and one copying text drafts more.
 
-Sizes not measured yet are priced optimistically (as `adaptive.py` does):
-trying one costs a step and corrects it. This module keeps its own
-acceptance records so it depends only on the `Drafter` protocol.
+A scheduler starts from the engine's measured one-sequence pass costs
+(`BatchCosts.from_curve`); sizes not measured yet are priced optimistically
+(as `adaptive.py` does): trying one costs a step and corrects it. This
+module keeps its own acceptance records so it depends only on the `Drafter`
+protocol.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+from gemma_cli.engine.adaptive import check_curve
 
 DECAY = 0.85
 OPTIMISTIC_PER_ROW = 0.15  # an unmeasured extra output row, in single-row decodes
@@ -38,6 +43,16 @@ class BatchCosts:
 
     def __init__(self) -> None:
         self.by_rows: dict[int, float] = {}
+
+    @classmethod
+    def from_curve(cls, curve: Mapping[int, float]) -> "BatchCosts":
+        """Costs that start from `curve`, {rows: seconds}, e.g. the engine's measured one-sequence passes
+        (`PassCosts.curve`: a pass of k+1 tokens has k+1 output rows), so a new scheduler's first steps
+        price drafts from this machine rather than from the optimistic guess. Observations then move it.
+        ValueError as `PassCosts.seed` (a size below 1, a time not positive and finite)."""
+        costs = cls()
+        costs.by_rows.update(check_curve(curve))
+        return costs
 
     def observe(self, rows: int, seconds: float) -> None:
         self.by_rows[rows] = _decayed(self.by_rows.get(rows), max(seconds, 1e-9))

@@ -88,17 +88,20 @@ def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None
     before llama.cpp allocates (memory.py). Without a GPU device `--gpu-layers` offloads nothing: all in RAM."""
     from gemma_cli.memory import check_fits, check_fits_gpu, estimate_memory
 
-    gpu_free = None
-    if config.n_gpu_layers:
-        from gemma_cli.engine.llama import backend_devices
-
-        gpus = [d for d in backend_devices() if d["type"] in ("gpu", "igpu")]
-        gpu_free = sum(int(d["free_bytes"]) for d in gpus) if gpus else None  # type: ignore[call-overload]
+    gpu_free = gpu_free_bytes() if config.n_gpu_layers else None
     drafter = draft.model_path if draft.source in ("mtp", "model") else None
     estimate = estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
                                gpu_layers=config.n_gpu_layers if gpu_free is not None else 0)
     check_fits(estimate)
     check_fits_gpu(estimate, gpu_free)
+
+
+def gpu_free_bytes() -> int | None:
+    """Free bytes summed over the GPU devices llama.cpp sees; None without one (`--gpu-layers` then offloads nothing)."""
+    from gemma_cli.engine.llama import backend_devices
+
+    gpus = [d for d in backend_devices() if d["type"] in ("gpu", "igpu")]
+    return sum(int(d["free_bytes"]) for d in gpus) if gpus else None  # type: ignore[call-overload]
 
 
 class Engine:

@@ -25,12 +25,19 @@ sampler, text stream and stats go with it (`Generation.detach`,
 `BatchScheduler.adopt`). Sampled requests whose drafter samples its
 proposals (their random stream follows the draft lengths), and every request
 in exact mode (GEMMA_BATCH_EXACT=1: see `can_move`) stay.
+
+The scheduler's context holds one n_ctx KV stream per slot next to the
+engine's own, so before creating it the lanes check what memory is left
+(`memory.batch_slots_that_fit`): if fewer slots fit, the scheduler gets those;
+if fewer than two, batching is off for this model (requests take the engine
+lane one at a time, as with GEMMA_NUM_PARALLEL=1). Either way one line says so.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -157,10 +164,13 @@ class LaneView:
 class Lanes:
     """One loaded engine's lanes: who runs where, and the batch scheduler behind the batch lane."""
 
-    def __init__(self, engine: Any, n_parallel: int, exact: bool) -> None:
+    def __init__(self, engine: Any, n_parallel: int, exact: bool, *, name: str = "model",
+                 log: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.n_parallel = n_parallel
         self.exact = exact
+        self.name = name
+        self.log = log or _stderr
         self.turns = TurnLock()
         self.scheduler: BatchScheduler | None = None
         self._cond = threading.Condition()
@@ -215,7 +225,9 @@ class Lanes:
                     self._cond.wait()  # a request drafting too far to batch waits for the engine
                     continue
                 if self.scheduler is None:
-                    self.scheduler = BatchScheduler(self.engine, self.n_parallel, exact=self.exact)
+                    self.scheduler = self._new_scheduler()
+                    if self.scheduler is None:
+                        continue  # too little memory to batch: this request takes the engine lane when free
                 self.batched += 1
                 self.batched_total += 1
                 batched = True
@@ -240,6 +252,27 @@ class Lanes:
                     self.on_engine = False
                 self._cond.notify_all()
 
+    def _new_scheduler(self) -> BatchScheduler | None:
+        """The batch scheduler with as many of `n_parallel` slots as memory holds; None (and batching
+        off from now on: `n_parallel` = 1) when fewer than two do. Not checked with RPC workers."""
+        from gemma_cli.engine.generate import gpu_free_bytes
+        from gemma_cli.memory import batch_slots_that_fit
+
+        eng = self.engine
+        if not eng.config.rpc:
+            gpu_free = gpu_free_bytes() if eng.config.n_gpu_layers else None
+            fit = batch_slots_that_fit(eng.target.path, eng.n_ctx, self.n_parallel, n_batch=eng.ctx.n_batch,
+                                       gpu_layers=eng.config.n_gpu_layers if gpu_free is not None else 0,
+                                       gpu_free=gpu_free)
+            if fit.slots < self.n_parallel:
+                self.n_parallel = fit.slots if fit.slots >= 2 else 1
+                then = f"batching {self.n_parallel} requests" if self.n_parallel > 1 else "requests run one at a time"
+                self.log(f"{self.name}: only {fit.summary()}: {then} (lower GEMMA_NUM_PARALLEL or the context size; "
+                         f"GEMMA_SKIP_MEMORY_CHECK=1 skips this check)")
+        if self.n_parallel < 2:
+            return None
+        return BatchScheduler(eng, self.n_parallel, exact=self.exact)
+
     def wait_idle(self) -> None:
         """Block until no job runs here (a reload for another context size waits for this)."""
         with self._cond:
@@ -252,3 +285,8 @@ class Lanes:
             scheduler, self.scheduler = self.scheduler, None
             scheduler.close()
         self.engine.close()
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(f"gemma serve: {line}\n")
+    sys.stderr.flush()

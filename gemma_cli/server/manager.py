@@ -90,7 +90,7 @@ class Slot:
             self.close()  # another context size: reload, as Ollama does for num_ctx
         if self.engine is None:
             self.engine = open_engine(self.pair, choice, option="draft")
-            self.lanes = Lanes(self.engine, settings.num_parallel, settings.batch_exact)
+            self.lanes = Lanes(self.engine, settings.num_parallel, settings.batch_exact, name=self.name)
             self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
             self.loaded_at = datetime.now(timezone.utc)
             return time.perf_counter() - t0, self.engine.draft

@@ -8,7 +8,8 @@ Environment variables, like Ollama's OLLAMA_* ones:
     GEMMA_ORIGINS            extra browser origins allowed to call the API (comma-separated)
     GEMMA_MAX_BODY           request body limit in bytes (default 8 MiB)
     GEMMA_NUM_PARALLEL       requests per model decoded at once in shared batches (default 4 on a CPU,
-                             8 with GPU offload; 1: one request at a time, on the engine alone)
+                             8 with GPU offload; 1: one request at a time, on the engine alone); fewer
+                             when the memory left after loading holds fewer slots' KV (lanes.py)
     GEMMA_BATCH_EXACT        1: batched requests get logits bit-identical to solo runs (one KV stream per
                              slot, at most 7 rows per shared decode; slower); default: one unified KV pool,
                              outputs equal to solo runs up to near-ties
