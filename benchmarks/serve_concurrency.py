@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_concurrency.py                          # 270M, 1/2/4/8 clients, plain + ngram
     .venv/bin/python benchmarks/serve_concurrency.py --clients 1 4 --tokens 96 --threads 1 --rounds 2 --json out.json
+    .venv/bin/python benchmarks/serve_concurrency.py --pair /tmp/mid --drafts none mtp   # synthetic Gemma 4 pair, MTP slots
 
 Two `gemma serve` processes run side by side (a temporary store holding the
 model): serialized (GEMMA_NUM_PARALLEL=1) and batched. For each round, draft
@@ -136,8 +137,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=4, help="GEMMA_NUM_PARALLEL of the batched server")
     ap.add_argument("--exact", action="store_true", help="GEMMA_BATCH_EXACT=1 (bit-identical logits, slower)")
+    ap.add_argument("--pair", type=Path, help="a directory with target.gguf + assistant.gguf (a synthetic Gemma 4 pair: "
+                    "python -m tests.gemma4_factory DIR --mid) instead of the 270M; then --drafts mtp measures MTP slots")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    target = args.pair / "target.gguf" if args.pair else gemma3_path()
     from gemma_cli.engine import DraftConfig, Engine, EngineConfig
     from gemma_cli.registry.create import create
     from gemma_cli.store.layout import Layout
@@ -146,7 +150,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
-        create("bench", str(gemma3_path()), layout=Layout(models))
+        create("bench", str(target), str(args.pair / "assistant.gguf") if args.pair else None, layout=Layout(models))
         modes = {"serialized": {"GEMMA_NUM_PARALLEL": "1"},
                  "batched": {"GEMMA_NUM_PARALLEL": str(args.parallel), "GEMMA_BATCH_EXACT": "1" if args.exact else "0"}}
         servers: dict[str, Server] = {}
@@ -165,7 +169,7 @@ def main() -> None:
             for server in servers.values():
                 server.close()
     load_after = os.getloadavg()
-    engine = Engine(gemma3_path(), DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=args.threads))
+    engine = Engine(target, DraftConfig(source="none"), EngineConfig(n_ctx=4096, n_threads=args.threads))
     med = statistics.median
     rows = []
     print("| draft | clients | serialized tok/s | batched tok/s | wall ratio | per CPU s ratio | TTFT s (ser/bat) "
@@ -196,7 +200,7 @@ def main() -> None:
     for row in rows:
         for note in row["differences"]:
             print(f"{row['draft']} c={row['clients']} {note}")
-    report = {"tokens": args.tokens, "threads": args.threads, "parallel": args.parallel, "exact": args.exact, "rounds": args.rounds,
+    report = {"model": str(target), "tokens": args.tokens, "threads": args.threads, "parallel": args.parallel, "exact": args.exact, "rounds": args.rounds,
               "rows": rows, "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in load_after], "cpus": os.cpu_count()}
     print(f"load average before {report['load_average_before']}, after {report['load_average_after']}, {os.cpu_count()} CPUs")

@@ -184,6 +184,29 @@ def test_prompts_joining_a_slot_past_its_sliding_window_equal_their_solo_runs(pa
     sched.close()
 
 
+def test_an_mtp_request_waits_until_its_assistant_can_be_linked(pair, plain):
+    """A scheduler started without an assistant links one only while no slot holds cells (linking spoils
+    the cells already there): an MTP request arriving mid-batch waits for the running slot to finish,
+    and both outputs equal their solo runs."""
+    target, assistant = pair
+    sched = BatchScheduler(plain, 4, exact=False)
+    texts = PROMPTS[:2]
+    refs = []
+    for text in texts:
+        g = plain.generate(plain.tokenize(text), max_tokens=24, sampling=GREEDY)
+        g.text()
+        refs.append(g.result.tokens)
+    running = sched.submit(plain.tokenize(texts[0]), max_tokens=24, draft=DraftConfig(source="none"))
+    sched.step()
+    late = sched.submit(plain.tokenize(texts[1]), max_tokens=24, draft=_mtp(assistant, 3))
+    sched.step()
+    assert not sched._mtp and len(sched.active) == 1 and sched.waiting  # deferred, not linked under a running slot
+    sched.run()
+    assert running.result.tokens == refs[0] and late.result.tokens == refs[1]
+    assert sched._mtp and late.result.stats.draft_proposed > 0
+    sched.close()
+
+
 def test_serve_batches_concurrent_mtp_requests(pair, tmp_path):
     """Through `gemma serve` and the official openai client: four concurrent MTP requests share
     batches (the metric counts them), draft with the assistant, and each gets its solo text."""

@@ -256,3 +256,18 @@ def test_chi_square_rejects_a_wrong_rule_with_mtp(small_pair, small_prompt, exac
     stat, p, dof = chi_square_pvalue(counts, exact)
     print(f"accept-all rule: chi2={stat:.1f} dof={dof} p={p:.3g}")
     assert p < 1e-4, (stat, dof)
+
+
+def test_switching_to_mtp_keeps_a_reused_prompt_prefix_exact(pair):
+    """Regression: linking the assistant's context to a target context that already holds KV cells spoils
+    them (the reused prefix then gave other first tokens); the engine starts such a switch from an empty cache."""
+    target, assistant = pair
+    with _engine(target, None) as eng:
+        prompt = eng.tokenize("The quick brown fox")
+        ref = eng.generate(prompt, max_tokens=12, sampling=GREEDY)
+        ref.text()
+        eng.set_draft(DraftConfig(source="mtp", tokens=3, model_path=assistant, adaptive=False))
+        got = eng.generate(prompt, max_tokens=12, sampling=GREEDY)
+        got.text()
+        assert got.result.tokens == ref.result.tokens
+        assert got.result.stats.draft_proposed > 0

@@ -42,7 +42,7 @@ from gemma_cli.engine.drafters import Drafter, ModelDrafter
 from gemma_cli.engine.generate import DraftConfig, Engine
 from gemma_cli.engine.generation import Handoff
 from gemma_cli.engine.llama import Context, Model
-from gemma_cli.engine.mtp import MTPSlots
+from gemma_cli.engine.mtp import MTPSlots, check_pair
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.speculative import verify
 from gemma_cli.engine.types import StopReason
@@ -105,6 +105,8 @@ class BatchScheduler:
         self._suffix: list[Drafter] = []  # idle n-gram drafters: each remembers the requests it served (suffix memory)
         self._swa = engine.target.n_swa
         self._mtp: dict[str, MTPSlots] = {}  # assistant path -> the context drafting for every MTP slot
+        if engine.draft.source == "mtp":  # the model's own assistant: linked now, while the context is empty
+            self._mtp_slots(str(engine.draft.model_path))
 
     # -- requests --------------------------------------------------------------
     def submit(
@@ -130,10 +132,9 @@ class BatchScheduler:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}")
         if draft.source in ("model", "mtp"):  # load errors reach this caller, not the batch's next step
             with self._lock:
+                model = self._draft_model(str(draft.model_path))
                 if draft.source == "mtp":
-                    self._mtp_slots(str(draft.model_path))
-                else:
-                    self._draft_model(str(draft.model_path))
+                    check_pair(self.engine.target, model)
         slot = SlotState(
             self.engine.target, tokens, max_tokens=max_tokens, sampling=sampling, stop=stop,
             drafter=_Deferred(draft), k_max=0 if draft.source == "none" else draft.tokens,
@@ -181,10 +182,15 @@ class BatchScheduler:
             return True
 
     def _admit(self) -> None:
+        deferred: list[SlotState] = []
         while self.waiting and self._free:
             slot = self.waiting.popleft()
             if slot.cancel_flag.is_set():
                 slot.finish(StopReason.CANCELLED)
+                continue
+            config = slot.drafter.config  # type: ignore[attr-defined]
+            if config.source == "mtp" and str(config.model_path) not in self._mtp and self.active:
+                deferred.append(slot)  # its assistant context can only be linked while no slot holds cells
                 continue
             slot.seq = self._free.pop(0)
             slot.drafter = self._drafter(slot.drafter.config, slot.seq)  # type: ignore[attr-defined]
@@ -197,6 +203,7 @@ class BatchScheduler:
                 self._share_prefix(slot)
                 slot.stats.prompt_evaluated = len(slot.pending)
             self.active.append(slot)
+        self.waiting.extendleft(reversed(deferred))
 
     def _share_prefix(self, slot: SlotState) -> None:
         """Reuse a running slot's cells for the longest prefix this prompt shares with its cached tokens."""
@@ -409,8 +416,13 @@ class BatchScheduler:
         return model
 
     def _mtp_slots(self, path: str) -> MTPSlots:
+        """The assistant context for `path`, created on first need. Linking an MTP context to a target
+        context spoils the target's KV cells already there (measured: a reused prompt prefix then gave
+        other first tokens), so it is created only while no slot holds cells (`_admit` defers an MTP request
+        until then) or when the scheduler starts, for the engine's own assistant."""
         group = self._mtp.get(path)
         if group is None:
+            assert not self.active, "an MTP context is linked only to an empty scheduler context"
             group = self._mtp[path] = MTPSlots(self.engine.target, self._draft_model(path), self.ctx, self.n_slots)
         return group
 

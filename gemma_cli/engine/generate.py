@@ -192,6 +192,10 @@ class Engine:
             raise
         self._drafter_model = model
         drafter.attach(self.ctx)
+        if draft.source == "mtp":
+            # Linking the assistant's context to ours spoils the KV cells already here (measured on the
+            # synthetic pairs: a reused prompt prefix then gave other first tokens): start from an empty cache.
+            self.slot.clear()
         return drafter
 
     @property
