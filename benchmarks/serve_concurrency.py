@@ -101,31 +101,35 @@ def run_cell(server: Server, clients: int, tokens: int, draft: str) -> dict:
             "total": statistics.mean(o["total"] for o in outs), "texts": [o["text"] for o in outs]}
 
 
-def divergence(engine, prompt: str, solo: str, got: str) -> str:
-    """Where `got` leaves the solo output, and the top-2 logit gap there (a near-tie, or a real divergence)."""
+def _leaves(engine, tokens: list[int], ref_tokens: list[int], text: str) -> str:
+    """Where `text` leaves the reference tokens' text, and the top-2 logit gap there."""
     from lossless import NEAR_TIE, next_logits
 
-    tokens = engine.prompt_tokens(prompt)
-    ref = engine.generate(tokens, max_tokens=max(len(solo), 1) * 2)
-    text = ref.text()
-    off, i, toks = 0, 0, ref.result.tokens
-    while i < len(toks):
-        piece = engine.target.piece(toks[i]).decode("utf-8", "replace")
-        if got[off:off + len(piece)] != piece or off >= len(solo):
+    off, i = 0, 0
+    while i < len(ref_tokens):
+        piece = engine.target.piece(ref_tokens[i]).decode("utf-8", "replace")
+        if text[off:off + len(piece)] != piece or off >= len(text):
             break
         off += len(piece)
         i += 1
     else:
-        return "differs after the solo output ended"
-    if not text.startswith(solo[:off]):
-        return "solo reference mismatch"
-    logits = next_logits(engine, list(tokens) + ref.result.tokens[:i])
-    rest = got[off:].encode()
+        return "equal to the reference"
+    logits = next_logits(engine, list(tokens) + ref_tokens[:i])
+    rest = text[off:].encode()
     cands = [t for t in range(engine.target.n_vocab) if (p := engine.target.piece(t)) and rest.startswith(p)]
     if not cands:
         return f"token {i}: no candidate token"
     gap = float(logits.max()) - max(float(logits[t]) for t in cands)
     return f"token {i}: gap {gap:.3f} ({'near-tie' if gap < NEAR_TIE else 'REAL DIVERGENCE' if gap > 0.5 else 'small gap'})"
+
+
+def divergence(engine, prompt: str, solo: str, got: str) -> str:
+    """Where the serialized (`solo`) and batched (`got`) texts leave an in-process greedy reference, with the
+    top-2 logit gap at each divergence: near-ties (either side) or a real divergence."""
+    tokens = engine.prompt_tokens(prompt)
+    ref = engine.generate(tokens, max_tokens=max(len(solo), len(got), 1) * 2)
+    ref.text()
+    return f"serialized {_leaves(engine, tokens, ref.result.tokens, solo)}; batched {_leaves(engine, tokens, ref.result.tokens, got)}"
 
 
 def main() -> None:

@@ -43,6 +43,10 @@ def serve_cmd(
         rpc=rpc or None, tensor_split=tensor_split, verbose=verbose,
     )
     check_rpc(settings)
+    if not settings.rpc:  # one OpenMP team for every job thread (compute_thread.py); not over RPC, see there
+        from gemma_cli.engine.llama import compute_thread
+
+        compute_thread.install()
     serve(settings)
 
 

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gemma_cli import config
+from gemma_cli.engine.llama import compute_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     import llama_cpp as _llama_cpp_t
@@ -230,3 +231,12 @@ class DecodeTimer:
 
 #: The installed DecodeTimer (None: decodes are not timed). Read by every decode call site.
 decode_timer: DecodeTimer | None = None
+
+
+def run_decode(decode: Callable[[Any, Any], int], ctx: Any, batch: Any) -> int:
+    """Every decode call site's `llama_decode(ctx, batch)`: timed while a DecodeTimer is installed, and on
+    the process's compute thread while one is installed (compute_thread.py: one OpenMP team)."""
+    timer, thread = decode_timer, compute_thread.current
+    if thread is None:
+        return decode(ctx, batch) if timer is None else timer.call(decode, ctx, batch)
+    return thread.call(decode, ctx, batch) if timer is None else thread.call(timer.call, decode, ctx, batch)

@@ -148,8 +148,7 @@ class Context:
             if start + m == n:
                 self._out[m - n_outputs : m] = 1
             batch.n_tokens = m
-            timer = _lib.decode_timer
-            rc = decode(self.ptr, batch) if timer is None else timer.call(decode, self.ptr, batch)
+            rc = _lib.run_decode(decode, self.ptr, batch)
             if rc != 0:
                 raise EngineError(f"llama_decode failed (code {rc}): {last_log_line() or 'no detail'}")
             self.n_past += m
@@ -215,8 +214,7 @@ class Context:
                 seq_id[i][0] = int(seqs[i])
             now[changed] = np.asarray(seqs)[changed]
         batch.n_tokens = n
-        timer = _lib.decode_timer
-        rc = self._decode(self.ptr, batch) if timer is None else timer.call(self._decode, self.ptr, batch)
+        rc = _lib.run_decode(self._decode, self.ptr, batch)
         if rc != 0:
             raise EngineError(f"llama_decode failed (code {rc}): {last_log_line() or 'no detail'}")
         self.last_batch_len = n

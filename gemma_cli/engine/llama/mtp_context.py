@@ -88,8 +88,7 @@ class MTPContext:
         self._batch.n_tokens = 1
         if self._seq_now[0] != 0:
             self._batch.seq_id[0][0] = self._seq_now[0] = 0
-        timer = _lib.decode_timer
-        rc = self._decode(self.ptr, self._batch) if timer is None else timer.call(self._decode, self.ptr, self._batch)
+        rc = _lib.run_decode(self._decode, self.ptr, self._batch)
         if rc != 0:
             raise EngineError(f"MTP draft decode failed (code {rc}): {last_log_line() or 'no detail'}")
         return self._logits.view(self._get_logits(self.ptr))[0]
@@ -111,8 +110,7 @@ class MTPContext:
             if now[i] != seq:
                 b.seq_id[i][0] = now[i] = seq
         b.n_tokens = n
-        timer = _lib.decode_timer
-        rc = self._decode(self.ptr, b) if timer is None else timer.call(self._decode, self.ptr, b)
+        rc = _lib.run_decode(self._decode, self.ptr, b)
         if rc != 0:
             raise EngineError(f"MTP draft decode failed (code {rc}): {last_log_line() or 'no detail'}")
         return self._logits.view(self._get_logits(self.ptr))[:n]
