@@ -376,3 +376,21 @@ def test_fast_mode_shares_one_pool_and_stays_within_near_ties(plain, tiny_drafte
         _check_solo(plain, s, g)
     assert all(p == -1 for p in sched.kv_positions().values())
     sched.close()
+
+
+def test_rows_past_the_shared_decode_cap_are_priced_as_the_decodes_they_cost():
+    """The measured 2-core curve (x one-row decode): with EXACT_ROWS = 7, four copying slots fill one
+    7-row decode; priced as one big decode they would take 16 rows, i.e. four separate 4-row decodes."""
+    from gemma_cli.engine.batch_budget import grouped_time
+
+    costs = BatchCosts.from_curve({1: 1.0, 2: 1.9, 4: 2.8, 7: 3.7, 8: 4.1, 16: 7.0})
+    copying = [Candidate(0.8, 3)] * 4
+    uncapped = choose_lengths(copying, costs)
+    capped = choose_lengths(copying, costs, cap=EXACT_ROWS)
+    assert sum(k + 1 for k in uncapped) > EXACT_ROWS
+    assert sum(k + 1 for k in capped) <= EXACT_ROWS and max(capped) > 0
+
+    def rate(ks):  # expected tokens per unit of time, decoded as the scheduler really groups them
+        return sum((1 - 0.8 ** (k + 1)) / 0.2 for k in ks) / grouped_time([k + 1 for k in ks], costs, EXACT_ROWS)
+
+    assert rate(capped) > rate(uncapped) and rate(capped) > rate([0] * 4)

@@ -292,7 +292,7 @@ class BatchScheduler:
                 continue
             self._probe(s)
         extra = self.costs.time(1) * chunk_rows / max(self.ctx.n_batch, 1) if chunk_rows else 0.0
-        for s, k in zip(joint, choose_lengths(cands, self.costs, extra), strict=True):
+        for s, k in zip(joint, choose_lengths(cands, self.costs, extra, self.exact_rows), strict=True):
             s.k = k
             self._probe(s)
         costly: dict[object, list[SlotState]] = {}  # slots proposing now, by who drafts them (MTP slots together)

@@ -110,20 +110,24 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: float = 0.0) -> list[int]:
+def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: float = 0.0, cap: int | None = None) -> list[int]:
     """Draft lengths for every slot, maximising the batch's expected tokens per second.
 
     `extra_seconds` is what the step costs besides the decode's output rows
     (e.g. a prompt chunk riding along), which makes drafting relatively cheaper.
+    `cap`: the most rows one decode may hold (batch.EXACT_ROWS); the decode
+    time of a choice is that of the groups `split_groups` will really decode,
+    so rows past the cap are priced as the extra decode they cost (pricing
+    them as one bigger decode had 4 copying slots draft into 4 separate
+    decodes, slower than not drafting at all).
     """
     ks = [0] * len(slots)
     best, best_rate = list(ks), 0.0
     tokens = float(len(slots))
-    rows = len(slots)
-    separate = rows * costs.time(1)  # the slots decoded one by one, should that be cheaper (see split_groups)
     drafting = 0.0
     while True:
-        decode = min(costs.time(rows), separate)
+        rows = [k + 1 for k in ks]
+        decode = grouped_time(rows, costs, cap) if rows else 0.0
         rate = tokens / (decode + extra_seconds + drafting) if rows else 0.0
         if rate > best_rate:
             best, best_rate = list(ks), rate
@@ -135,11 +139,14 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
                     pick, gain = i, g
         if pick < 0:
             return best
-        separate += costs.time(ks[pick] + 2) - costs.time(ks[pick] + 1)
         ks[pick] += 1
         tokens += gain
-        rows += 1
         drafting += slots[pick].draft_cost
+
+
+def grouped_time(rows: list[int], costs: BatchCosts, cap: int | None = None) -> float:
+    """Seconds to decode slots with these row counts in the groups `split_groups` forms."""
+    return sum(costs.time(sum(rows[i] for i in group)) for group in split_groups(rows, costs, cap))
 
 
 def solo_length(acceptance: float, k_max: int, draft_cost: float) -> int:
