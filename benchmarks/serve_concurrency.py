@@ -106,13 +106,13 @@ def _leaves(engine, tokens: list[int], ref_tokens: list[int], text: str) -> str:
     from lossless import NEAR_TIE, next_logits
 
     off, i = 0, 0
-    while i < len(ref_tokens):
+    while i < len(ref_tokens) and off < len(text):
         piece = engine.target.piece(ref_tokens[i]).decode("utf-8", "replace")
-        if text[off:off + len(piece)] != piece or off >= len(text):
+        if text[off:off + len(piece)] != piece:
             break
         off += len(piece)
         i += 1
-    else:
+    if off >= len(text) or i == len(ref_tokens):
         return "equal to the reference"
     logits = next_logits(engine, list(tokens) + ref_tokens[:i])
     rest = text[off:].encode()
