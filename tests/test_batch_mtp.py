@@ -59,7 +59,7 @@ def test_mtp_slots_draft_together_and_equal_their_solo_runs(pair, plain, exact):
         proposed += g.result.stats.draft_proposed
         accepted += g.result.stats.draft_accepted
     assert proposed > 40 and accepted > proposed // 2  # MTP drafted for the slots, and well (planted structure)
-    group = next(iter(sched._mtp.values()))
+    group = next(iter(sched.drafters.mtp.values()))
     assert group.mtp is not None and group.mtp.rows == 4
     assert all(pos == -1 for pos in sched.kv_positions().values())  # every slot's cells freed
     sched.close()
@@ -74,7 +74,7 @@ def test_mtp_slots_draft_in_one_decode_per_step(pair, plain):
     gens = [sched.submit(plain.tokenize(t), max_tokens=16, draft=_mtp(assistant, 3)) for t in PROMPTS[:4]]
     for _ in range(3):  # prompts in, first verify passes give every slot its hidden row
         sched.step()
-    group = next(iter(sched._mtp.values()))
+    group = next(iter(sched.drafters.mtp.values()))
     calls: list[int] = []
     step_rows = group.mtp.step_rows
 
@@ -110,7 +110,7 @@ def test_each_slot_drafts_from_its_own_hidden_row_and_kv(pair, plain, exact):
     sched = BatchScheduler(plain, 4, exact=exact)
     gens = [sched.submit(p, max_tokens=3, draft=_mtp(assistant, 1)) for p in prompts]
     sched.step()  # admits all four (creating the assistant context) and evaluates their prompts
-    group = next(iter(sched._mtp.values()))
+    group = next(iter(sched.drafters.mtp.values()))
     first: dict[int, object] = {}
     step_rows = group.mtp.step_rows
 
@@ -200,10 +200,10 @@ def test_an_mtp_request_waits_until_its_assistant_can_be_linked(pair, plain):
     sched.step()
     late = sched.submit(plain.tokenize(texts[1]), max_tokens=24, draft=_mtp(assistant, 3))
     sched.step()
-    assert not sched._mtp and len(sched.active) == 1 and sched.waiting  # deferred, not linked under a running slot
+    assert not sched.drafters.mtp and len(sched.active) == 1 and sched.waiting  # deferred, not linked under a running slot
     sched.run()
     assert running.result.tokens == refs[0] and late.result.tokens == refs[1]
-    assert sched._mtp and late.result.stats.draft_proposed > 0
+    assert sched.drafters.mtp and late.result.stats.draft_proposed > 0
     sched.close()
 
 

@@ -16,7 +16,8 @@ whose drafter samples its proposals (sampled generation with a drafter
 model) gets k from its own history alone. Gemma 4 MTP slots draft together:
 one assistant context linked to the scheduler's, each draft step one decode
 with a row per drafting slot (`mtp.MTPSlots`), fed each slot's hidden row
-from its last verify.
+from its last verify. Which drafter a slot gets, and what outlives a
+request, is batch_drafters.py's.
 
 The scheduler has its own context on the engine's model (one KV stream of
 n_ctx cells per slot); the engine's single-sequence path is untouched. Two
@@ -37,12 +38,12 @@ import numpy as np
 
 from gemma_cli import limits
 from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_length, split_groups
+from gemma_cli.engine.batch_drafters import SlotDrafters
 from gemma_cli.engine.batch_slot import BatchClient, BatchGeneration, SlotState
-from gemma_cli.engine.drafters import Drafter, ModelDrafter
 from gemma_cli.engine.generate import DraftConfig, Engine
 from gemma_cli.engine.generation import Handoff
-from gemma_cli.engine.llama import Context, Model
-from gemma_cli.engine.mtp import MTPSlots, check_pair
+from gemma_cli.engine.llama import Context
+from gemma_cli.engine.mtp import MTPSlots
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.speculative import verify
 from gemma_cli.engine.types import StopReason
@@ -100,13 +101,8 @@ class BatchScheduler:
         self.waiting: collections.deque[SlotState] = collections.deque()
         self._free = list(range(self.n_slots))
         self._lock = threading.RLock()
-        self._draft_models: dict[str, Model] = {}
-        self._pooled: dict[tuple[int, str], Drafter] = {}  # (seq, model path) -> a drafter context to reuse
-        self._suffix: list[Drafter] = []  # idle n-gram drafters: each remembers the requests it served (suffix memory)
         self._swa = engine.target.n_swa
-        self._mtp: dict[str, MTPSlots] = {}  # assistant path -> the context drafting for every MTP slot
-        if engine.draft.source == "mtp":  # the model's own assistant: linked now, while the context is empty
-            self._mtp_slots(str(engine.draft.model_path))
+        self.drafters = SlotDrafters(engine, self.ctx, self.n_slots, self.n_ctx)
 
     # -- requests --------------------------------------------------------------
     def submit(
@@ -130,11 +126,8 @@ class BatchScheduler:
             raise UsageError("the prompt is empty")
         if len(tokens) >= self.n_ctx:
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}")
-        if draft.source in ("model", "mtp"):  # load errors reach this caller, not the batch's next step
-            with self._lock:
-                model = self._draft_model(str(draft.model_path))
-                if draft.source == "mtp":
-                    check_pair(self.engine.target, model)
+        with self._lock:
+            self.drafters.check(draft)
         slot = SlotState(
             self.engine.target, tokens, max_tokens=max_tokens, sampling=sampling, stop=stop,
             drafter=_Deferred(draft), k_max=0 if draft.source == "none" else draft.tokens,
@@ -189,11 +182,11 @@ class BatchScheduler:
                 slot.finish(StopReason.CANCELLED)
                 continue
             config = slot.drafter.config  # type: ignore[attr-defined]
-            if config.source == "mtp" and str(config.model_path) not in self._mtp and self.active:
+            if not self.drafters.can_link(config, cells_in_use=bool(self.active)):
                 deferred.append(slot)  # its assistant context can only be linked while no slot holds cells
                 continue
             slot.seq = self._free.pop(0)
-            slot.drafter = self._drafter(slot.drafter.config, slot.seq)  # type: ignore[attr-defined]
+            slot.drafter = self.drafters.get(config, slot.seq)
             slot.k_from_own_history = slot.drafter.samples_proposals and not slot.sampler.greedy
             slot.drafter.begin(slot.history)
             if slot.kv_state:  # moved from the engine: its cells as they were there
@@ -232,10 +225,7 @@ class BatchScheduler:
     def _leave(self, slot: SlotState, reason: StopReason) -> None:
         self.ctx.seq_trim(slot.seq, 0)  # free every cell this sequence held
         self.active.remove(slot)
-        if slot.draft_source == "ngram":
-            self._suffix.append(slot.drafter)  # kept for a later request: drafting from earlier requests' text
-        elif slot.drafter not in self._pooled.values():
-            slot.drafter.close()  # its own instance (pooled drafter contexts are closed with the scheduler)
+        self.drafters.release(slot.drafter, slot.draft_source)
         self._free.append(slot.seq)
         slot.finish(reason)
 
@@ -391,41 +381,6 @@ class BatchScheduler:
             if reason is not None:
                 self._leave(s, reason)
 
-    # -- drafters --------------------------------------------------------------
-    def _drafter(self, draft: DraftConfig, seq: int) -> Drafter:
-        """A drafter of its own for each slot (a drafter model's context is reused per sequence id)."""
-        if draft.source == "ngram" and self._suffix:
-            return self._suffix.pop()  # begin() files its previous request's text as memory for this one
-        if draft.source == "mtp":
-            return self._mtp_slots(str(draft.model_path)).drafter(seq)
-        if draft.source != "model":
-            return self.engine._make_drafter(draft)  # none / n-gram: cheap, stateful per generation
-        path = str(draft.model_path)
-        key = (seq, path)
-        if key not in self._pooled:
-            drafter = ModelDrafter(self._draft_model(path), n_ctx=self.n_ctx, n_threads=self.engine.config.n_threads)
-            drafter.attach(self.ctx)
-            self._pooled[key] = drafter
-        return self._pooled[key]
-
-    def _draft_model(self, path: str) -> Model:
-        model = self._draft_models.get(path)
-        if model is None:
-            cfg = self.engine.config
-            model = self._draft_models[path] = Model(path, n_gpu_layers=cfg.n_gpu_layers, cpu_repack=cfg.cpu_repack)
-        return model
-
-    def _mtp_slots(self, path: str) -> MTPSlots:
-        """The assistant context for `path`, created on first need. Linking an MTP context to a target
-        context spoils the target's KV cells already there (measured: a reused prompt prefix then gave
-        other first tokens), so it is created only while no slot holds cells (`_admit` defers an MTP request
-        until then) or when the scheduler starts, for the engine's own assistant."""
-        group = self._mtp.get(path)
-        if group is None:
-            assert not self.active, "an MTP context is linked only to an empty scheduler context"
-            group = self._mtp[path] = MTPSlots(self.engine.target, self._draft_model(path), self.ctx, self.n_slots)
-        return group
-
     def kv_positions(self) -> dict[int, int]:
         """Highest KV position per sequence id (-1: empty), for accounting checks."""
         return {seq: self.ctx.seq_pos_max(seq) for seq in range(self.n_slots)}
@@ -436,16 +391,7 @@ class BatchScheduler:
                 self._leave(s, StopReason.CANCELLED)
             while self.waiting:
                 self.waiting.popleft().finish(StopReason.CANCELLED)
-            for d in [*self._pooled.values(), *self._suffix]:
-                d.close()
-            self._pooled.clear()
-            self._suffix.clear()
-            for group in self._mtp.values():
-                group.close()
-            self._mtp.clear()
-            for m in self._draft_models.values():
-                m.close()
-            self._draft_models.clear()
+            self.drafters.close()
             self.ctx.close()
 
 
