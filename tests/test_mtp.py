@@ -271,3 +271,26 @@ def test_switching_to_mtp_keeps_a_reused_prompt_prefix_exact(pair):
         got.text()
         assert got.result.tokens == ref.result.tokens
         assert got.result.stats.draft_proposed > 0
+
+
+@pytest.mark.parametrize("source,k", [("ngram", 8), ("mtp", 4)])
+def test_rollbacks_far_past_the_sliding_window_stay_exact(pair, source, k):
+    """llama.cpp hands a sequence's cells that fell out of its sliding window (16 here) to new tokens;
+    rejected drafts then move the window back. 300 tokens with fixed long drafts (most rejected) must
+    still equal plain decoding token for token."""
+    target, assistant = pair
+    plain = _engine(target, None, n_ctx=1024)
+    spec = Engine(target, DraftConfig(source=source, tokens=k, adaptive=False, model_path=assistant if source == "mtp" else None),
+                  EngineConfig(n_ctx=1024, n_threads=1))
+    rejected = 0
+    for text in PROMPTS[:3]:
+        prompt = plain.tokenize(text)
+        ref = plain.generate(prompt, max_tokens=300, sampling=GREEDY)
+        ref.text()
+        got = spec.generate(prompt, max_tokens=300, sampling=GREEDY)
+        got.text()
+        assert check_greedy_lossless(plain, prompt, ref.result, got.result) == "equal"
+        rejected += got.result.stats.draft_proposed - got.result.stats.draft_accepted
+    assert rejected > 200
+    spec.close()
+    plain.close()
