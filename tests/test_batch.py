@@ -394,3 +394,25 @@ def test_rows_past_the_shared_decode_cap_are_priced_as_the_decodes_they_cost():
         return sum((1 - 0.8 ** (k + 1)) / 0.2 for k in ks) / grouped_time([k + 1 for k in ks], costs, EXACT_ROWS)
 
     assert rate(capped) > rate(uncapped) and rate(capped) > rate([0] * 4)
+
+
+def test_the_budget_reads_an_ngram_drafters_per_token_confidences():
+    """Slots whose drafter gives per-token confidences (the n-gram drafter) are judged by them: the same
+    prior acceptance, but the sure proposal gets the rows and the doubtful one none."""
+    costs = BatchCosts.from_curve({1: 1.0, 2: 1.3, 4: 1.9, 7: 2.8})
+    sure = Candidate(2 / 3, 4, 0.0, (0.97, 0.97, 0.96, 0.95))
+    doubtful = Candidate(2 / 3, 4, 0.0, (0.15, 0.5, 0.5, 0.5))
+    assert choose_lengths([sure, doubtful], costs, cap=EXACT_ROWS) == [4, 0]
+    assert choose_lengths([Candidate(2 / 3, 4), Candidate(2 / 3, 4)], costs, cap=EXACT_ROWS)[1] > 0  # without: alike
+
+
+def test_batched_ngram_slots_keep_no_per_proposal_records(plain):
+    """The n-gram drafter's key is its tuple of confidences, new at every step: the slot must not file
+    acceptance records under it (they grew by one entry per step and were never read again)."""
+    sched = BatchScheduler(plain, 2, exact=False)
+    gens = [sched.submit(plain.tokenize(t), max_tokens=60, draft=DraftConfig(source="ngram", tokens=6)) for t in PROMPTS[:2]]
+    slots = [g._slot for g in gens]
+    sched.run()
+    assert sum(g.result.stats.draft_proposed for g in gens) > 0
+    assert all(not s.acceptance._by_key for s in slots)
+    sched.close()

@@ -265,7 +265,8 @@ class BatchScheduler:
                 continue
             if s.drafter.proposes_first:
                 s.proposal, s.dists = s.drafter.propose(s.history, limit, s.sampler)
-                s.key = s.drafter.last_key if s.proposal else None
+                # a drafter giving per-token confidences (n-gram) is judged by them, not by a key's record
+                s.key = s.drafter.last_key if s.proposal and not getattr(s.drafter, "gives_confidences", False) else None
                 limit = len(s.proposal)
                 if not limit:
                     continue
@@ -278,7 +279,8 @@ class BatchScheduler:
                 cost = 0.0 if s.drafter.proposes_first else s.draft_cost
                 if cost is None:  # not measured yet: the drafter's prior, in plain decodes
                     cost = s.drafter.relative_cost * self.costs.time(1)
-                cands.append(Candidate(s.acceptance.rate(s.key), limit, cost))
+                confidences = tuple(getattr(s.drafter, "confidences", ())[:limit]) if s.proposal else ()
+                cands.append(Candidate(s.acceptance.rate(s.key), limit, cost, confidences))
                 continue
             self._probe(s)
         extra = self.costs.time(1) * chunk_rows / max(self.ctx.n_batch, 1) if chunk_rows else 0.0

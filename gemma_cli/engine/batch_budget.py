@@ -104,6 +104,13 @@ class Candidate:
     acceptance: float
     limit: int  # most draft tokens it may get (k_max, room, proposal length)
     draft_cost: float = 0.0  # seconds per drafted token (0 for free proposals)
+    confidences: tuple[float, ...] = ()  # per-token chances the drafter gives (n-gram): they replace `acceptance`
+
+    def chance(self, k: int, run: float) -> float:
+        """P(draft tokens 1..k+1 all accepted), given `run` = P(tokens 1..k accepted)."""
+        if self.confidences:
+            return run * self.confidences[k] if k < len(self.confidences) else 0.0
+        return self.acceptance ** (k + 1)
 
 
 def expected_tokens(a: float, k: int) -> float:
@@ -122,6 +129,7 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
     decodes, slower than not drafting at all).
     """
     ks = [0] * len(slots)
+    runs = [1.0] * len(slots)  # P(each slot's draft so far is all accepted)
     best, best_rate = list(ks), 0.0
     tokens = float(len(slots))
     drafting = 0.0
@@ -134,12 +142,13 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
         pick, gain = -1, 0.0
         for i, s in enumerate(slots):
             if ks[i] < s.limit:
-                g = s.acceptance ** (ks[i] + 1)
+                g = s.chance(ks[i], runs[i])
                 if g > gain:
                     pick, gain = i, g
         if pick < 0:
             return best
         ks[pick] += 1
+        runs[pick] = gain
         tokens += gain
         drafting += slots[pick].draft_cost
 
