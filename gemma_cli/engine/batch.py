@@ -265,8 +265,8 @@ class BatchScheduler:
                 continue
             if s.drafter.proposes_first:
                 s.proposal, s.dists = s.drafter.propose(s.history, limit, s.sampler)
-                # a drafter giving per-token confidences (n-gram) is judged by them, not by a key's record
-                s.key = s.drafter.last_key if s.proposal and not getattr(s.drafter, "gives_confidences", False) else None
+                # a drafter giving per-token confidences (n-gram: last_key) is judged by them, not by a key's record
+                s.key = s.drafter.last_key if s.proposal and not s.drafter.gives_confidences else None
                 limit = len(s.proposal)
                 if not limit:
                     continue
@@ -279,7 +279,7 @@ class BatchScheduler:
                 cost = 0.0 if s.drafter.proposes_first else s.draft_cost
                 if cost is None:  # not measured yet: the drafter's prior, in plain decodes
                     cost = s.drafter.relative_cost * self.costs.time(1)
-                confidences = tuple(getattr(s.drafter, "confidences", ())[:limit]) if s.proposal else ()
+                confidences = tuple(s.drafter.last_key[:limit]) if s.proposal and s.drafter.gives_confidences else ()
                 cands.append(Candidate(s.acceptance.rate(s.key), limit, cost, confidences))
                 continue
             self._probe(s)
@@ -301,9 +301,10 @@ class BatchScheduler:
                 drafts = owner.propose_many([(s.drafter, s.history, s.k, s.sampler) for s in slots])
             else:
                 drafts = [s.drafter.propose(s.history, s.k, s.sampler) for s in slots]
-            per = (time.perf_counter() - t0) / max(sum(min(len(d), s.k) for s, (d, _) in zip(slots, drafts, strict=True)), 1)
             for s, (draft, dists) in zip(slots, drafts, strict=True):
                 s.draft, s.dists, s.k = draft[: s.k], dists, 0
+            per = (time.perf_counter() - t0) / max(sum(len(s.draft) for s in slots), 1)
+            for s in slots:
                 s.stats.draft_seconds += per * len(s.draft)
                 if s.draft:  # a batched drafter's step is shared: each slot is charged its tokens' share
                     s.draft_cost = per if s.draft_cost is None else 0.85 * s.draft_cost + 0.15 * per

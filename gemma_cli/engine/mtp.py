@@ -133,7 +133,6 @@ class MTPSlots:
     def __init__(self, target_model: Model, assistant_model: Model, target_ctx: Context, n_slots: int) -> None:
         check_pair(target_model, assistant_model)
         self.relative_cost = assistant_model.size_bytes / max(target_model.size_bytes, 1)
-        self.target_ctx = target_ctx
         target_ctx.set_hidden_rows(True)  # unmasked: one hidden row per batch row
         self.mtp = MTPContext(assistant_model, target_ctx, rows=n_slots)
 
@@ -151,7 +150,7 @@ class MTPSlots:
         out: list[tuple[list[int], list[Dist]]] = [([], []) for _ in jobs]
         live = [j for j, (d, hist, k, _) in enumerate(jobs) if d.ready and k > 0 and hist]
         mtp = self.mtp
-        if self.mtp is None or not live:
+        if mtp is None or not live:
             return [(t, None) for t, _ in out]
         for row, j in enumerate(live):
             mtp.h_rows[row] = jobs[j][0].h

@@ -82,16 +82,8 @@ class MTPContext:
         self._get_h = e.llama_get_embeddings_nextn
 
     def step(self, token: int, pos: int) -> np.ndarray:
-        """Decode (token, self.h_in) at `pos`; return the logits row (a view)."""
-        self._tok[0] = token
-        self._pos[0] = pos
-        self._batch.n_tokens = 1
-        if self._seq_now[0] != 0:
-            self._batch.seq_id[0][0] = self._seq_now[0] = 0
-        rc = _lib.run_decode(self._decode, self.ptr, self._batch)
-        if rc != 0:
-            raise EngineError(f"MTP draft decode failed (code {rc}): {last_log_line() or 'no detail'}")
-        return self._logits.view(self._get_logits(self.ptr))[0]
+        """Decode (token, self.h_in) at `pos` of sequence 0; return the logits row (a view)."""
+        return self.step_rows([token], [pos], [0])[0]
 
     def feed_back(self) -> None:
         """The assistant's projected hidden state becomes the next decode's input row."""
