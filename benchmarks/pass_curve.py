@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16, 17, 24, 32)
 
 
-def measure(model: Path, threads: int, repack: bool, rounds: int, history: int) -> tuple[float, dict[int, float]]:
+def measure(model: Path, threads: int, repack: bool, rounds: int, history: int,
+            sizes: tuple[int, ...] = SIZES) -> tuple[float, dict[int, float]]:
     from gemma_cli.engine.llama import Context, Model
 
     m = Model(model, cpu_repack=repack)
@@ -33,9 +34,9 @@ def measure(model: Path, threads: int, repack: bool, rounds: int, history: int) 
     try:
         c.decode([1000 + i % 5000 for i in range(history)], n_outputs=1)
         base = c.n_past
-        times: dict[int, list[float]] = {b: [] for b in SIZES}
+        times: dict[int, list[float]] = {b: [] for b in sizes}
         for _ in range(rounds):
-            for b in SIZES:
+            for b in sizes:
                 toks = [2000 + i for i in range(b)]
                 t0 = time.perf_counter()
                 c.decode(toks, n_outputs=b)
@@ -57,6 +58,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--history", type=int, default=300, help="tokens already in the KV cache")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sizes", default=None, help="comma-separated batch sizes (default: 1-32, 1 always included)")
     args = ap.parse_args()
     model = args.model
     if model is None:
@@ -65,7 +67,8 @@ def main() -> int:
         model = Path(default_output_path())
         model = model if model.exists() else Path(assemble(model))
     load = os.getloadavg()
-    one, curve = measure(model, args.threads, args.repack, args.rounds, args.history)
+    sizes = tuple(sorted({1, *(int(x) for x in args.sizes.split(","))})) if args.sizes else SIZES
+    one, curve = measure(model, args.threads, args.repack, args.rounds, args.history, sizes)
     print(f"# {model.name}, {args.threads} threads, repack {'on' if args.repack else 'off'}, {args.rounds} rounds, "
           f"load average {load[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"# one-token pass: {one * 1000:.2f} ms; cost of a b-token pass in one-token passes:")

@@ -82,7 +82,8 @@ def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True):
     py = 0.0
     while n < len(out):
         t0 = time.perf_counter()
-        draft, _ = drafter.propose(history, min(k_max, controller.k_max), sampler)  # as speculative.decode_steps
+        lim = min(k_max, controller.k_max, len(out) - n - 1)  # as speculative.decode_steps: no draft past the end
+        draft, _ = drafter.propose(history, lim, sampler) if lim > 0 else ([], None)
         key = drafter.last_key if draft else None
         k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
         draft = draft[:k]

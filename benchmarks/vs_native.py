@@ -116,21 +116,49 @@ def measure(engine, name: str, text: str, sides: list[tuple[str, object]], args,
                     engine.set_draft(cfg)
                     res = run_once(engine, tokens, args.tokens)
                     run = {"tok_s": res.tokens_per_s, "generated": res.generated_tokens, "proposed": res.draft_proposed,
-                           "accepted": res.draft_accepted, "overhead_ms_per_step": res.overhead_ms_per_step}
+                           "accepted": res.draft_accepted, "overhead_ms_per_step": res.overhead_ms_per_step,
+                           "text": b"".join(engine.target.piece(t) for t in res.tokens).decode("utf-8", "replace"),
+                           "tokens": list(res.tokens)}
                 else:
                     res = native.run(bins, cfg, model, prompt_file, tokens=args.tokens, threads=args.threads,
                                      n_ctx=args.ctx, extra_args=tuple(args.native_arg))
                     if res.prompt_tokens is not None and res.prompt_tokens != len(tokens):
                         mismatch.add(f"{label}: {res.prompt_tokens} prompt tokens vs gemma's {len(tokens)}")
                     run = {"tok_s": res.tokens_per_s, "generated": res.generated_tokens, "proposed": res.draft_proposed,
-                           "accepted": res.draft_accepted, "process_wall_s": res.wall_s}
+                           "accepted": res.draft_accepted, "process_wall_s": res.wall_s, "text": res.text}
                 runs[label].append(run)
                 log(f"{name} round {r + 1}/{args.rounds}: {label} {run['tok_s']:.1f} tok/s"
                     + (f", {run['accepted']}/{run['proposed']} accepted" if run["proposed"] else ""))
     finally:
         prompt_file.unlink(missing_ok=True)
     engine.set_draft(plain_draft)
+    mark_shared_text(engine, runs)
     return {"workload": name, "prompt_tokens": len(tokens), "runs": runs, "token_count_mismatch": sorted(mismatch)}
+
+
+def mark_shared_text(engine, runs: dict[str, list[dict]]) -> None:
+    """Give every run `same`: how many of gemma plain's tokens (same round) it generated too, before the texts part.
+
+    Greedy loops that batch differently round differently, so at a near-tie they may go on to another
+    text (even llama.cpp's speculative loop and its plain loop do); a rate then describes another
+    text, which may repeat itself more or less. The table prints this for the runs it compares.
+    """
+    reference = runs.get("gemma plain") or []
+    for rs in runs.values():
+        for r, run in enumerate(rs):
+            if r >= len(reference) or "tokens" not in reference[r]:
+                continue
+            ref_tokens = reference[r]["tokens"]
+            theirs = run.get("text", "").encode("utf-8")
+            same, at = 0, 0
+            for tok in ref_tokens:
+                piece = engine.target.piece(tok)
+                if theirs[at : at + len(piece)] != piece:
+                    break
+                at += len(piece)
+                same += 1
+            run["same"] = same
+            run["of"] = len(ref_tokens)
 
 
 def corpus_sides(draft_default, configs) -> list[tuple[str, object]]:
@@ -148,7 +176,9 @@ def summarize(w: dict) -> dict:
         proposed, accepted = sum(r["proposed"] for r in rs), sum(r["accepted"] for r in rs)
         stats[label] = {"tok_s": _median(rates), "min": min(rates), "max": max(rates),
                         "acceptance": accepted / proposed if proposed else None,
-                        "proposed": _median([r["proposed"] for r in rs]), "generated": _median([r["generated"] for r in rs])}
+                        "proposed": _median([r["proposed"] for r in rs]), "generated": _median([r["generated"] for r in rs]),
+                        "same": min((r["same"] for r in rs if "same" in r), default=None),
+                        "of": max((r["of"] for r in rs if "of" in r), default=None)}
     spec = [label for label in runs if label.startswith("llama ") and label != "llama plain"]
     best = max(spec, key=lambda label: stats[label]["tok_s"]) if spec else None
 
@@ -214,6 +244,10 @@ def _r(d: dict | None) -> str:
     return "n/a" if d is None else f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
 
 
+def _same(s: dict) -> str:
+    return "?" if s.get("same") is None else f"{s['same']}/{s['of']}"
+
+
 def _acc(s: dict) -> str:
     return "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}/{s['proposed']:.0f}"
 
@@ -223,7 +257,8 @@ def print_table(results: list[dict], labels: list[str]) -> None:
     width = {label: max(8, len(short[label]) + 2) for label in labels}
     cols = "".join(f"{short[label]:>{width[label]}}" for label in labels)
     head = (f"{'workload':<26}{'ptok':>5}{cols}  {'best native':<14}{'default/best native':>21}"
-            f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}")
+            f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}"
+            f"{'same text: default, best':>26}")
     print(head)
     print("-" * len(head))
     for w in results:
@@ -233,10 +268,13 @@ def print_table(results: list[dict], labels: list[str]) -> None:
         best = s["best_native"] or "-"
         print(f"{w['workload']:<26}{w['prompt_tokens']:>5}{rates}  {short.get(best, best):<14}"
               f"{_r(s['default_vs_best_native']):>21}{_r(s['default_vs_plain']):>19}{_r(s['plain_vs_native_plain']):>19}"
-              f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}")
+              f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}"
+              f"{_same(st['gemma default']) + ', ' + (_same(st[best]) if best in st else '-'):>26}")
     print()
     print("tok/s: medians over rounds (each config's min-max in --json); ratios: median of per-round ratios (min-max).")
     print("acc/drafted: share of drafted tokens accepted / draft tokens proposed per run (median); '-': nothing drafted.")
+    print("same text: of gemma plain's tokens, how many that run generated too before the texts part (worst round);")
+    print("  greedy loops that batch differently may part at a near-tie, and then their rates describe different texts.")
 
 
 def print_medians(results: list[dict]) -> None:

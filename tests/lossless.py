@@ -23,6 +23,11 @@ EOS = "EOS"
 # and, on the real Gemma 3 270M Q4_K_M, the largest gap at an excused divergence in
 # test_engine_lossless's real-model tests was 0.045 (self-draft, k=4), 0.006 (n-gram, k=8).
 # NEAR_TIE is ~2x the worst seen (and README's "~0.1"); a divergence above it is a bug.
+# The real 270M's batch shapes move its logits far more than the synthetic models' (measured
+# 2026-11-30, session 6: up to 1.6 in absolute value between a one-token pass and the same
+# row in a batch of 8; the top-2 gap at a divergence from 0.00 one-token to 0.35 in a batch of
+# 17), so the gap is taken from the one-token passes the plain run itself made
+# (`plain_step_logits`), not from a one-shot prefill (which put one such tie at 0.48).
 NEAR_TIE = 0.1
 MAX_NEAR_TIE_FRACTION = 0.05  # of compared runs; with the errors above, near-ties are rare events
 
@@ -36,6 +41,16 @@ def next_logits(engine: Engine, tokens: Sequence[int]) -> np.ndarray:
     """The target's logits after `tokens`, from one-token-at-a-time style plain evaluation."""
     engine.reset()
     engine.ctx.decode(list(tokens), n_outputs=1)
+    return engine.ctx.logits()[0].copy()
+
+
+def plain_step_logits(engine: Engine, prompt: Sequence[int], generated: Sequence[int]) -> np.ndarray:
+    """The target's logits after `prompt` + `generated`, computed as plain decoding computes them:
+    the prompt in one pass, then one token per pass (the numbers the plain run chose its token from)."""
+    engine.reset()
+    engine.ctx.decode(list(prompt), n_outputs=1)
+    for tok in generated:
+        engine.ctx.decode([tok], n_outputs=1)
     return engine.ctx.logits()[0].copy()
 
 
@@ -120,17 +135,22 @@ def first_divergence(a: Sequence, b: Sequence) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def check_greedy_lossless(plain_engine: Engine, prompt: Sequence[int], plain: GenerationResult, spec: GenerationResult) -> str:
-    """'equal', or 'near-tie at i (gap g)' when the only divergence sits on a tiny top-2 logit gap.
+def check_greedy_lossless(plain_engine: Engine, prompt: Sequence[int], plain: GenerationResult, spec: GenerationResult,
+                          max_rows: int = 17) -> str:
+    """'equal', or 'near-tie at i (...)' when the only divergence is one llama.cpp's own rounding explains.
 
-    Fails when the divergence is a real difference (gap >= NEAR_TIE) or the
-    speculative token is not even among the target's top two.
+    Explained: the speculative token is within NEAR_TIE of the top in the one-token passes plain
+    decoding made, or some verify batch of up to `max_rows` rows ranks it first at that position.
+    Anything else fails: a real difference.
     """
     a, b = outcome(plain), outcome(spec)
     j = first_divergence(a, b)
     if j is None:
         return "equal"
-    logits = next_logits(plain_engine, list(prompt) + list(plain.tokens[:j]))
+    # The gap as the plain run saw it. A one-shot prefill of the whole sequence is no reference here:
+    # on the real Gemma 3 270M a logit moves by up to ~1.6 between batch shapes, and a top-2 gap by ~0.4.
+    logits = plain_step_logits(plain_engine, prompt, plain.tokens[:j])
+    plain_engine.reset()
     model = plain_engine.target
     assert j < len(a) and j < len(b), f"one output stopped early at {j} without a competing token"
 
@@ -140,19 +160,63 @@ def check_greedy_lossless(plain_engine: Engine, prompt: Sequence[int], plain: Ge
         return float(logits[tok])
 
     gap = float(logits.max()) - min(logit(a[j]), logit(b[j]))
-    assert gap < NEAR_TIE, (
-        f"divergence at token {j} ({a[j]} vs {b[j]}): their logits are {gap:.3f} below the top: not a near-tie, a bug"
+    if gap < NEAR_TIE:
+        return f"near-tie at token {j} (gap {gap:.3f})"
+    shape = batch_shape_ranking_first(plain_engine, list(prompt) + list(plain.tokens[: j + 1]), b[j], max_rows)
+    assert shape is not None, (
+        f"divergence at token {j} ({a[j]} vs {b[j]}): their logits are {gap:.3f} below the top, and no verify "
+        f"batch of up to {max_rows} rows ranks {b[j]} first: not a near-tie, a bug"
     )
-    return f"near-tie at token {j} (gap {gap:.3f})"
+    return f"near-tie at token {j} (gap {gap:.3f} one token at a time; {b[j]} ranks first as row {shape[0]} of {shape[1]})"
+
+
+def batch_shape_ranking_first(engine: Engine, seq: Sequence[int], token: object, max_rows: int) -> tuple[int, int] | None:
+    """(row, rows) of a verify batch in which llama.cpp ranks `token` first for the last position of `seq`, else None.
+
+    The last position's logits come from row `row` of a batch of `rows` tokens, as when the
+    speculative loop verified it (the rows after it only change which kernels run). On the real
+    Gemma 3 270M a top-2 gap moves by up to ~0.6 between batch shapes (tests/measure_logit_error.py),
+    so a token a one-token pass ranks second by that much can still be a batch's first.
+    """
+    if token == EOS or len(seq) < 2:
+        return None
+    n = len(seq) - 1  # the row predicting seq[-1] holds the logits after seq[:n]
+    ctx = engine.ctx
+    base = max(n - max_rows, 1)
+    engine.reset()
+    ctx.decode(list(seq[:base]), n_outputs=1)
+    try:
+        for row in range(min(max_rows, n - base + 1) - 1, -1, -1):
+            start = n - 1 - row
+            ctx.trim(base)
+            if start > base:
+                ctx.decode(list(seq[base:start]), n_outputs=1)
+            for rows in range(row + 1, max_rows + 1):
+                ctx.trim(start)
+                tail = [int(seq[-1])] * (rows - row - 1)  # any tokens: causal rows after it do not change it
+                ctx.decode(list(seq[start:n]) + tail, n_outputs=rows)
+                if int(np.argmax(ctx.logits()[row])) == token:
+                    return row, rows
+    finally:
+        engine.reset()
+    return None
 
 
 def sample_outcomes(engine: Engine, prompt: Sequence[int], length: int, params: SamplingParams, n: int) -> Counter:
+    """Outcomes of the first `length` tokens over `n` seeds.
+
+    Each run asks for one token more than it counts: no draft reaches past max_tokens, so with
+    max_tokens = length the first step could draft only length - 1 tokens, and the longest
+    drafts (where a wrong acceptance rule shows most) would never be verified.
+    """
     counts: Counter = Counter()
     for seed in range(n):
-        g = engine.generate(list(prompt), max_tokens=length, sampling=SamplingParams(
+        g = engine.generate(list(prompt), max_tokens=length + 1, sampling=SamplingParams(
             params.temperature, params.top_k, params.top_p, params.min_p, seed))
         g.text()
-        counts[outcome(g.result)] += 1
+        toks = tuple(g.result.tokens[:length])
+        ended = len(g.result.tokens) < length and g.result.stop_reason is StopReason.EOS
+        counts[toks + ((EOS,) if ended else ())] += 1
     return counts
 
 

@@ -111,6 +111,23 @@ def test_requests_read_from_threads_and_joining_midway(plain, tiny_drafter):
     sched.close()
 
 
+def test_no_slot_drafts_past_its_max_tokens(plain):
+    """As in the engine (test_suffix): a slot's last step verifies no rows past its last wanted token."""
+    sched = BatchScheduler(plain, 3)
+    try:
+        prompt = plain.tokenize("x=1; y=2; x=1; y=")
+        draft = DraftConfig(source="ngram", tokens=16)
+        sched.submit(prompt, max_tokens=48, sampling=GREEDY, draft=draft).text()  # the drafter's memory of it
+        gens = [sched.submit(prompt, max_tokens=n, sampling=GREEDY, draft=draft) for n in (7, 23, 40)]
+        for n, g in zip((7, 23, 40), gens, strict=True):
+            g.text()
+            s = g.result.stats
+            assert len(g.result.tokens) == n and s.draft_accepted > 0
+            assert s.target_passes + s.draft_accepted == n
+    finally:
+        sched.close()
+
+
 def test_cancelling_one_slot_leaves_the_others_untouched(plain, tiny_drafter):
     sched = BatchScheduler(plain, 4)
     specs = [_spec(i, tiny_drafter, plain) for i in range(4)]

@@ -80,6 +80,8 @@ def test_greedy_lossless_gemma3_ngram(gemma3_path, k):
     for text in [
         "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
         "The quick brown fox jumps over the lazy dog. The quick brown fox",
+        "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. Monday, Tuesday,",
+        "<ul>\n  <li>one</li>\n  <li>two</li>\n  <li>three</li>\n  <li>",
     ]:
         prompt = plain.tokenize(text)
         ref = plain.generate(prompt, max_tokens=48, sampling=GREEDY)
@@ -89,7 +91,9 @@ def test_greedy_lossless_gemma3_ngram(gemma3_path, k):
         verdicts.append(check_greedy_lossless(plain, prompt, ref.result, got.result))
         assert got.result.stats.draft_proposed > 0
     print(f"gemma3 270M ngram k={k}: {verdicts}")
-    assert verdicts.count("equal") >= 1  # a near-tie (gap checked above) is a rare event, not a pattern
+    # Each divergence was checked above to be one llama.cpp's rounding explains. They are not rare on this
+    # model (exact one-token ties; batch shapes move a top-2 gap by up to ~0.6), but not every run has one.
+    assert verdicts.count("equal") >= 1
 
 
 @pytest.mark.slow

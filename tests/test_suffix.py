@@ -235,9 +235,29 @@ def test_a_repeated_request_drafts_from_the_engines_memory(tiny_model):
     first, second = runs
     assert second.tokens == first.tokens
     assert second.stats.target_passes < first.stats.target_passes / 2
-    # mostly right (the last draft may run past max_tokens, and the controller's lengths still follow the
-    # timings it measures during the run: 42/54 seen once in CI, 0.78)
+    # mostly right (the controller's lengths still follow the timings it measures during the run: 42/54 seen
+    # once in CI, 0.78, when the last draft could still run past max_tokens)
     assert second.stats.draft_accepted >= 0.7 * second.stats.draft_proposed > 0
+
+
+@pytest.mark.parametrize("max_tokens", [7, 48])
+def test_no_draft_runs_past_max_tokens(tiny_model, max_tokens):
+    """Rows past the last wanted token would be paid for and thrown away: every verified token is used.
+
+    The second run of a request drafts long, mostly right proposals from the first one's text, so
+    without the cap its last step would verify drafts past the end.
+    """
+    spec = _engine(tiny_model, "ngram", tokens=16)
+    prompt = spec.tokenize("x=1; y=2; x=1; y=")
+    for _ in range(2):
+        spec.reset()
+        _flat_costs(spec, 16)
+        g = spec.generate(prompt, max_tokens=max_tokens, sampling=GREEDY)
+        g.text()
+    s = g.result.stats
+    assert g.result.stop_reason.value == "length" and len(g.result.tokens) == max_tokens
+    assert s.draft_accepted > 0
+    assert s.target_passes + s.draft_accepted == max_tokens  # one token per pass, plus its accepted drafts
 
 
 def test_sampled_same_seed_same_text_adaptive(tiny_model):

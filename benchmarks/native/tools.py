@@ -11,6 +11,9 @@ What each figure means, so the comparison with gemma is like for like:
   time = T ms / R runs", the time inside single-token decodes only, so its rate
   leaves out sampling and printing (slightly flattering native plain).
 Both stop at end-of-generation, as gemma does; rates use the tokens generated.
+Each also returns the text it generated: batched and one-token passes round
+differently, so at a near-tie two greedy loops may go on to different texts,
+and a rate is only comparable with the rate of the same text.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class NativeResult:
     prompt_tokens: int | None
     wall_s: float  # the whole process, model load included
     extra: dict[str, float] = field(default_factory=dict)
+    text: str = ""  # what it generated (stdout, the echoed prompt cut off): greedy texts differ at near-ties
 
     @property
     def acceptance_rate(self) -> float:
@@ -157,11 +161,22 @@ def run(
     if proc.returncode != 0:
         tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:])
         raise NativeError(f"{config.label}: {Path(cmd[0]).name} exited with {proc.returncode}: {tail}")
+    text = generated_text(proc.stdout, prompt_file.read_text(encoding="utf-8", errors="replace"))
     if config.is_plain:
         rate, n, prompt_n = parse_completion(log)
-        return NativeResult(rate, n, 0, 0, prompt_n, wall)
+        return NativeResult(rate, n, 0, 0, prompt_n, wall, text=text)
     rate, n, drafted, accepted, enc = parse_speculative(log)
-    return NativeResult(rate, n, drafted, accepted, None if enc is None else enc, wall)
+    return NativeResult(rate, n, drafted, accepted, None if enc is None else enc, wall, text=text)
+
+
+def generated_text(stdout: str, prompt: str) -> str:
+    """stdout without the prompt `llama-speculative-simple` echoes first (`llama-completion` runs with
+    --no-display-prompt, so there is none to cut)."""
+    if stdout.startswith(prompt):
+        return stdout[len(prompt) :]
+    tail = prompt[-64:]
+    at = stdout.find(tail) if tail else -1
+    return stdout[at + len(tail) :] if at >= 0 else stdout
 
 
 def llama_bench_tg(bins: Path, model: Path, *, tokens: int, threads: int, repetitions: int = 3) -> float:

@@ -260,7 +260,8 @@ class BatchScheduler:
         for s in ready:
             s.draft, s.dists, s.key, s.proposal = [], None, None, []
             room = self.n_ctx - s.n_past - len(s.pending)
-            limit = min(s.k_max, room)
+            left = s.emitter.max_tokens - len(s.emitter.tokens) - 1  # rows past the last wanted token are thrown away
+            limit = min(s.k_max, room, left)
             if limit <= 0:
                 continue
             if s.drafter.proposes_first:

@@ -239,7 +239,8 @@ class Generation:
                 optimistic=greedy,
             )
         self.sampler = TokenSampler(self.sampling)
-        return decode_steps(self.slot.ctx, self.history, pending, eng.drafter, self.controller, self.sampler, stats, eng.clock)
+        return decode_steps(self.slot.ctx, self.history, pending, eng.drafter, self.controller, self.sampler, stats, eng.clock,
+                            max_new=self.max_tokens)
 
     def _run(self) -> Iterator[Piece]:
         stats, ctx = self.stats, self.slot.ctx

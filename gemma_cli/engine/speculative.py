@@ -73,13 +73,17 @@ def decode_steps(
     sampler: TokenSampler,
     stats: LiveStats,
     clock: Callable[[], float] = step_clock,
+    max_new: int | None = None,
 ) -> Iterator[Step]:
-    """Generate forever (the caller stops iterating); `history` grows in place.
+    """Generate until the context is full (the caller stops iterating); `history` grows in place.
 
     `history` = every token of the sequence; the target's KV holds
     history[:target.n_past]; `pending` are the tokens still to evaluate
     (the prompt suffix at first, then the last emitted token). `clock`
-    times the steps the controller learns from (clock.py).
+    times the steps the controller learns from (clock.py). `max_new`: the
+    most tokens the caller will take; no draft reaches past them (a step
+    emits its accepted drafts and one more), as rows past the end are paid
+    for and thrown away.
     """
     drafter.begin(history)
     n_prompt = len(history)
@@ -88,6 +92,8 @@ def decode_steps(
         room = target.n_ctx - target.n_past - len(pending)
         if room < 0:
             return
+        if max_new is not None:
+            room = min(room, max_new - (len(history) - n_prompt) - 1)
         t0 = clock()
         key = None
         if look_first and room > 0:  # free proposals: look first, then decide
@@ -96,7 +102,7 @@ def decode_steps(
             k = min(controller.next_k(key), len(draft)) if draft else controller.next_k()
             draft = draft[:k]
         else:
-            k = min(controller.next_k(), room)
+            k = max(min(controller.next_k(), room), 0)
             draft, dists = drafter.propose(history, k, sampler) if k > 0 else ([], None)
             draft = draft[:k]
         t1 = clock()
