@@ -22,6 +22,15 @@ gemma's MTP (fixed k) against llama.cpp's `draft-mtp` on the synthetic
 mid-size Gemma 4 pair that benchmarks/mtp_vs_plain.py builds and caches.
 Native runs use llama.cpp's defaults otherwise (CPU weight repacking on;
 gemma's default is off): pass `--native-arg=--no-repack` to match.
+
+Different texts: batched and one-token passes round differently, so at a
+near-tie two greedy loops go on to different texts (llama.cpp's own
+speculative and plain loops too). Every run's text is kept; the table's
+"same text" column says how many of gemma plain's tokens each compared run
+shares, and a second table replays every drafter on gemma plain's text
+(gemma's drafter and controller, and benchmarks/native/policies.py's ports of
+llama.cpp's rules, checked against its own drafted/accepted counts), priced
+with pass costs measured at the start: the drafting rules compared on one text.
 """
 
 from __future__ import annotations
@@ -52,6 +61,17 @@ def _load_native_tools():
 
 
 native = _load_native_tools()
+
+
+def _load_native_policies():
+    spec = importlib.util.spec_from_file_location("native_policies", ROOT / "benchmarks" / "native" / "policies.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["native_policies"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_native_policies()
 DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
 
 
@@ -188,7 +208,14 @@ def summarize(w: dict) -> dict:
         rs = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0]
         return {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
 
-    return {"stats": stats, "best_native": best,
+    replayed = w.get("same_text") or {}
+    natives = [label for label in replayed if label.startswith("llama ")]
+    best_replayed = max(natives, key=lambda label: replayed[label]["speedup"]) if natives else None
+    same = ({"median": replayed["gemma default"]["speedup"] / replayed[best_replayed]["speedup"], "min": 0.0, "max": 0.0}
+            if best_replayed and "gemma default" in replayed else None)
+    if same:
+        same["min"] = same["max"] = same["median"]
+    return {"stats": stats, "best_native": best, "best_native_same_text": best_replayed, "default_vs_best_native_same_text": same,
             "default_vs_best_native": ratio("gemma default", best),
             "default_vs_plain": ratio("gemma default", "gemma plain"),
             "plain_vs_native_plain": ratio("gemma plain", "llama plain")}
@@ -277,13 +304,33 @@ def print_table(results: list[dict], labels: list[str]) -> None:
     print("  greedy loops that batch differently may part at a near-tie, and then their rates describe different texts.")
 
 
+def print_same_text(results: list[dict]) -> None:
+    """The replayed table: every drafter on gemma plain's text, one cost curve (see `same_text`)."""
+    labels = [label for label in (results[0].get("same_text") or {})] if results else []
+    if not labels:
+        return
+    short = {label: label.replace("gemma ", "g-").replace("llama ", "n-") for label in labels}
+    print("\nreplayed on gemma plain's text (speedup over plain decoding, from this machine's pass costs; drafted/accepted"
+          " in the json):")
+    head = f"{'workload':<26}" + "".join(f"{short[label]:>{max(9, len(short[label]) + 2)}}" for label in labels)
+    print(head + f"  {'best native':<14}{'default/best':>13}")
+    for w in results:
+        rep = w.get("same_text") or {}
+        best = w["summary"].get("best_native_same_text") or "-"
+        ratio = w["summary"].get("default_vs_best_native_same_text")
+        cells = "".join(f"{rep[label]['speedup'] if label in rep else 0:>{max(9, len(short[label]) + 2)}.2f}" for label in labels)
+        shown = f"{ratio['median']:.2f}" if ratio else "-"
+        print(f"{w['workload']:<26}{cells}  {short.get(best, best):<14}{shown:>13}")
+
+
 def print_medians(results: list[dict]) -> None:
     for set_name in ("validation", "tuning"):
         ws = [w for w in results if w["set"] == set_name]
         if not ws:
             continue
         keys = (("default_vs_best_native", "gemma default / best native"), ("default_vs_plain", "gemma default / gemma plain"),
-                ("plain_vs_native_plain", "gemma plain / llama plain"))
+                ("plain_vs_native_plain", "gemma plain / llama plain"),
+                ("default_vs_best_native_same_text", "same text, replayed: default / best native"))
         print(f"\nmedians over the {set_name} set ({len(ws)} workloads):")
         for key, name in keys:
             vals = [w["summary"][key]["median"] for w in ws if w["summary"][key]]
@@ -329,14 +376,58 @@ def _as_the_product_loads(engine, model: Path, log) -> None:
         f"({len(engine.costs.curve)} sizes)")
 
 
+# -- the same text for every drafter (benchmarks/native/policies.py) --------------------------------------
+REPLAY_SIZES = (*range(2, 34), 40, 48, 49, 56, 64, 65)
+
+
+def replay_curve(args, log) -> dict[int, float]:
+    """This machine's pass costs in one-token passes, sizes 1-65 measured (benchmarks/pass_curve.py), then extended."""
+    import pass_curve
+    from suffix_counts import full_curve
+
+    _, points = pass_curve.measure(args.model, args.threads, False, 3, 300, (1, *REPLAY_SIZES))
+    log(f"replay curve: 2 tokens {points[2]:.2f}, 17 tokens {points[17]:.2f}, 65 tokens {points[65]:.2f} one-token passes")
+    return full_curve(points, up_to=4 * 65)
+
+
+def same_text(prompt: list[int], out: list[int], draft_default, configs, curve: dict[int, float]) -> dict[str, dict]:
+    """Every drafter replayed on one text (gemma plain's): speedup over plain decoding, drafted, accepted.
+
+    gemma's default is its own drafter and controller with the curve known (as `gemma run` has it once
+    this machine's curve is cached); llama.cpp's configurations are benchmarks/native/policies.py's ports.
+    """
+    import native_policies
+    from suffix_counts import FrozenCosts
+    from suffix_replay import simulate
+
+    from gemma_cli.engine.draft_length import DraftLengthController
+    from gemma_cli.engine.suffix_drafter import SuffixDrafter
+
+    if len(out) < 2:
+        return {}
+    k = draft_default.tokens
+    passes, drafted, accepted, cost, _ = simulate(prompt, out, SuffixDrafter(), DraftLengthController(k, costs=FrozenCosts(curve)),
+                                                  curve, k, True)
+    res = {"gemma default": {"speedup": (len(out) - 1) / cost, "drafted": drafted, "accepted": accepted}}
+    for c in configs:
+        policy = native_policies.make(c.label)
+        if policy is not None:
+            cost, drafted, accepted = native_policies.replay(prompt, out, policy, curve)
+            res[f"llama {c.label}"] = {"speedup": (len(out) - 1) / cost, "drafted": drafted, "accepted": accepted}
+    return res
+
+
 def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[dict]:
     Engine, EngineConfig, _, _ = gemma_api()
     results = []
+    curve = replay_curve(args, log)
     with Engine(args.model, draft_default, EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
         _as_the_product_loads(engine, args.model, log)
         for prompt in prompts:
             w = measure(engine, prompt.name, prompt.prompt, corpus_sides(draft_default, configs), args, bins, args.model, log)
             w.update({"class": prompt.kind, "set": prompt.set})
+            w["same_text"] = same_text(raw_tokens(engine, prompt.prompt), w["runs"]["gemma plain"][0]["tokens"],
+                                       draft_default, configs, curve)
             w["summary"] = summarize(w)
             results.append(w)
             for line in w["token_count_mismatch"]:
@@ -385,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if out["workloads"]:
         print()
         print_table(out["workloads"], ["gemma plain", "gemma default"] + [f"llama {c.label}" for c in configs])
+        print_same_text(out["workloads"])
         print_medians(out["workloads"])
     if "mtp" in out:
         print_mtp(out["mtp"])

@@ -60,3 +60,44 @@ def test_configs_and_missing_tools(tmp_path: Path) -> None:
     assert nt.bin_dir(tmp_path) == tmp_path
     with pytest.raises(nt.NativeError, match="build.sh"):
         nt.check_tools(tmp_path)
+
+
+_pspec = importlib.util.spec_from_file_location("native_policies", ROOT / "benchmarks" / "native" / "policies.py")
+assert _pspec and _pspec.loader
+policies = importlib.util.module_from_spec(_pspec)
+_pspec.loader.exec_module(policies)
+
+
+def test_generated_text_cuts_the_echoed_prompt() -> None:
+    assert nt.generated_text("PROMPT and more", "PROMPT") == " and more"
+    prompt = "x" * 10 + "the end of a long prompt that the tool echoed back with a changed first line" * 2
+    assert nt.generated_text("y" + prompt[1:] + " generated", prompt) == " generated"
+    assert nt.generated_text("only generated", "a prompt that is not echoed") == "only generated"
+
+
+def test_ngram_simple_port_copies_after_the_latest_match() -> None:
+    text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 40, 41, 42, 43, 44, 45, 1, 2, 3]
+    draft = policies.SimpleNgram(3, 4).propose(text)
+    assert draft == [40, 41, 42, 43]  # after the latest earlier "1 2 3", not the first
+    assert policies.SimpleNgram(3, 4).propose(text[:-1] + [99]) == []  # "2 99" never came before
+
+
+def test_map_k_port_drafts_at_most_what_the_key_last_had_accepted() -> None:
+    text = [7] + list(range(100, 140)) + list(range(100, 103))  # (position 0 never counts as a match, as in llama.cpp)
+    mk = policies.MapK(3, 8)
+    assert mk.propose(text) == list(range(103, 111))
+    mk.accept(2)
+    assert mk.propose(text) == [103, 104]
+
+
+def test_ngram_mod_port_drafts_only_long_chains_and_replay_counts_passes() -> None:
+    loop = list(range(1000, 1030))
+    prompt = loop * 3
+    mod = policies.NgramMod()
+    assert len(mod.propose(prompt)) == 64  # a 30-token loop seen three times chains on and on
+    assert policies.NgramMod().propose(list(range(500))) == []  # no 24-token context seen twice
+    out = loop[:20]  # the text goes on with the loop: every draft is right
+    curve = {b: 1.0 + 0.5 * (b - 1) for b in range(1, 80)}
+    cost, drafted, accepted = policies.replay(prompt, out, policies.NgramMod(), curve)
+    assert drafted == accepted == 18 and cost == curve[19]  # one pass, drafts cut at the end of the text
+    assert policies.make("simple-4/16").m == 16 and policies.make("map-k-3/16").n == 3 and policies.make("plain") is None

@@ -175,7 +175,7 @@ def generated_text(stdout: str, prompt: str) -> str:
     if stdout.startswith(prompt):
         return stdout[len(prompt) :]
     tail = prompt[-64:]
-    at = stdout.find(tail) if tail else -1
+    at = stdout.find(tail, max(0, len(prompt) - len(tail) - 64)) if tail else -1  # the echo's end, not an earlier repeat
     return stdout[at + len(tail) :] if at >= 0 else stdout
 
 
