@@ -52,26 +52,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from workload_corpus import CorpusError, load  # noqa: E402
 
 
-def _load_native_tools():
-    spec = importlib.util.spec_from_file_location("native_tools", ROOT / "benchmarks" / "native" / "tools.py")
+def _load_native(name: str):
+    """benchmarks/native/<name>.py as module native_<name> (benchmarks/native is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"native_{name}", ROOT / "benchmarks" / "native" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["native_tools"] = module
+    sys.modules[f"native_{name}"] = module
     spec.loader.exec_module(module)
     return module
 
 
-native = _load_native_tools()
-
-
-def _load_native_policies():
-    spec = importlib.util.spec_from_file_location("native_policies", ROOT / "benchmarks" / "native" / "policies.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["native_policies"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load_native_policies()
+native = _load_native("tools")
+native_policies = _load_native("policies")
 DEFAULT_MODEL = Path("/tmp/m/gemma3-270m.gguf")
 
 
@@ -396,7 +387,6 @@ def same_text(prompt: list[int], out: list[int], draft_default, configs, curve: 
     gemma's default is its own drafter and controller with the curve known (as `gemma run` has it once
     this machine's curve is cached); llama.cpp's configurations are benchmarks/native/policies.py's ports.
     """
-    import native_policies
     from suffix_counts import FrozenCosts
     from suffix_replay import simulate
 
