@@ -16,6 +16,7 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.errors import UsageError
 from gemma_cli.memory import AVAILABLE_ENV, BATCH_BUFFERS, SKIP_ENV, available_memory, batch_slots_that_fit
 from gemma_cli.server.lanes import Lanes
+from gemma_cli.server.manager import Slot
 from gguf_factory import char_vocab
 from lossless import check_greedy_lossless
 
@@ -115,6 +116,13 @@ def test_scheduler_gets_the_slots_that_fit(engine, monkeypatch):
     assert lanes.batched_total >= 3 and lanes.peak == 4  # three shared 2 slots, next to the engine's request
     assert len(lines) == 1 and lines[0].startswith("tiny: only 2 of 4 parallel slots fit") and "batching 2" in lines[0]
     _check_solo(engine, results)
+    slot = Slot("tiny", None, parallel=4)  # what /api/ps shows for this model: the 2 that batch, not the 4 asked for
+    try:
+        assert slot.parallel_now == 4
+        slot.lanes = lanes
+        assert slot.parallel_now == 2
+    finally:
+        slot.worker.shutdown()
     lanes.close()
 
 

@@ -63,6 +63,12 @@ class Slot:
         self._setup = threading.Lock()  # one job at a time loads, reloads or picks its lane
         self.worker = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"gemma-model-{name}")
 
+    @property
+    def parallel_now(self) -> int:
+        """Requests that decode together now: the lanes' count once memory cut it (`Lanes._new_scheduler`), else
+        GEMMA_NUM_PARALLEL's. What `/api/ps` reports."""
+        return min(self.parallel, self.lanes.n_parallel) if self.lanes is not None else self.parallel
+
     def run_job(self, settings: Settings, job: Job) -> Outcome:
         """Load if needed, take a lane (the engine, or a batch slot when others run), run the job there."""
         with contextlib.ExitStack() as stack:
@@ -331,7 +337,7 @@ class ModelManager:
         for s in slots:
             engine, lanes = s.engine, s.lanes
             out.append(LoadedModel(s.name, s.pair, s.size, s.n_ctx, engine.draft.source if engine else "",
-                                   s.expires_at(), s.pending > 0, engine is not None, s.parallel,
+                                   s.expires_at(), s.pending > 0, engine is not None, s.parallel_now,
                                    lanes.active if lanes else 0, lanes.batched if lanes else 0))
         return out
 
