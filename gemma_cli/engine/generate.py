@@ -88,12 +88,19 @@ def check_memory(target: Path, draft: DraftConfig, config: EngineConfig) -> None
     before llama.cpp allocates (memory.py). Without a GPU device `--gpu-layers` offloads nothing: all in RAM."""
     from gemma_cli.memory import check_fits, check_fits_gpu, estimate_memory
 
-    gpu_free = gpu_free_bytes() if config.n_gpu_layers else None
+    gpu_layers, gpu_free = gpu_offload(config.n_gpu_layers)
     drafter = draft.model_path if draft.source in ("mtp", "model") else None
     estimate = estimate_memory(target, drafter, drafter_is_mtp=draft.source == "mtp", n_ctx=config.n_ctx,
-                               gpu_layers=config.n_gpu_layers if gpu_free is not None else 0)
+                               gpu_layers=gpu_layers)
     check_fits(estimate)
     check_fits_gpu(estimate, gpu_free)
+
+
+def gpu_offload(n_gpu_layers: int) -> tuple[int, int | None]:
+    """(layers `--gpu-layers` really offloads, free GPU bytes): without a GPU device, (0, None), as llama.cpp
+    then keeps every layer in RAM. One rule for the load check and the batch slots' check."""
+    gpu_free = gpu_free_bytes() if n_gpu_layers else None
+    return (n_gpu_layers if gpu_free is not None else 0), gpu_free
 
 
 def gpu_free_bytes() -> int | None:

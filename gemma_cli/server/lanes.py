@@ -255,15 +255,14 @@ class Lanes:
     def _new_scheduler(self) -> BatchScheduler | None:
         """The batch scheduler with as many of `n_parallel` slots as memory holds; None (and batching
         off from now on: `n_parallel` = 1) when fewer than two do. Not checked with RPC workers."""
-        from gemma_cli.engine.generate import gpu_free_bytes
+        from gemma_cli.engine.generate import gpu_offload
         from gemma_cli.memory import batch_slots_that_fit
 
         eng = self.engine
         if not eng.config.rpc:
-            gpu_free = gpu_free_bytes() if eng.config.n_gpu_layers else None
+            gpu_layers, gpu_free = gpu_offload(eng.config.n_gpu_layers)
             fit = batch_slots_that_fit(eng.target.path, eng.n_ctx, self.n_parallel, n_batch=eng.ctx.n_batch,
-                                       gpu_layers=eng.config.n_gpu_layers if gpu_free is not None else 0,
-                                       gpu_free=gpu_free)
+                                       gpu_layers=gpu_layers, gpu_free=gpu_free)
             if fit.slots < self.n_parallel:
                 self.n_parallel = fit.slots if fit.slots >= 2 else 1
                 then = f"batching {self.n_parallel} requests" if self.n_parallel > 1 else "requests run one at a time"
