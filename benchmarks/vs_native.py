@@ -206,7 +206,13 @@ def summarize(w: dict) -> dict:
             if best_replayed and "gemma default" in replayed else None)
     if same:
         same["min"] = same["max"] = same["median"]
+    at_n = {label: _median([r.get("tok_s_at_n", r["tok_s"]) for r in rs]) for label, rs in runs.items()}
+    best_at_n = max(spec, key=lambda label: at_n[label]) if spec else None
+    rs_at_n = ([x["tok_s"] / y.get("tok_s_at_n", y["tok_s"]) for x, y in zip(runs["gemma default"], runs[best_at_n], strict=False)]
+               if best_at_n else [])
     return {"stats": stats, "best_native": best, "best_native_same_text": best_replayed, "default_vs_best_native_same_text": same,
+            "best_native_at_n": best_at_n, "best_native_at_n_tok_s": at_n.get(best_at_n) if best_at_n else None,
+            "default_vs_best_native_at_n": {"median": _median(rs_at_n), "min": min(rs_at_n), "max": max(rs_at_n)} if rs_at_n else None,
             "default_vs_best_native": ratio("gemma default", best),
             "default_vs_plain": ratio("gemma default", "gemma plain"),
             "plain_vs_native_plain": ratio("gemma plain", "llama plain")}
@@ -276,7 +282,7 @@ def print_table(results: list[dict], labels: list[str]) -> None:
     cols = "".join(f"{short[label]:>{width[label]}}" for label in labels)
     head = (f"{'workload':<26}{'ptok':>5}{cols}  {'best native':<14}{'default/best native':>21}"
             f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}"
-            f"{'same text: default, best':>26}")
+            f"{'same text: default, best':>26}{'def/best, to n':>17}")
     print(head)
     print("-" * len(head))
     for w in results:
@@ -287,10 +293,12 @@ def print_table(results: list[dict], labels: list[str]) -> None:
         print(f"{w['workload']:<26}{w['prompt_tokens']:>5}{rates}  {short.get(best, best):<14}"
               f"{_r(s['default_vs_best_native']):>21}{_r(s['default_vs_plain']):>19}{_r(s['plain_vs_native_plain']):>19}"
               f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}"
-              f"{_same(st['gemma default']) + ', ' + (_same(st[best]) if best in st else '-'):>26}")
+              f"{_same(st['gemma default']) + ', ' + (_same(st[best]) if best in st else '-'):>26}"
+              f"{_r(s.get('default_vs_best_native_at_n')).split(' ')[0]:>17}")
     print()
     print("tok/s: medians over rounds (each config's min-max in --json); ratios: median of per-round ratios (min-max).")
     print("acc/drafted: share of drafted tokens accepted / draft tokens proposed per run (median); '-': nothing drafted.")
+    print("def/best, to n: the same ratio with llama.cpp's rates taken over its first --tokens tokens (see counted_to).")
     print("same text: of gemma plain's tokens, how many that run generated too before the texts part (worst round);")
     print("  greedy loops that batch differently may part at a near-tie, and then their rates describe different texts.")
 
@@ -321,6 +329,7 @@ def print_medians(results: list[dict]) -> None:
             continue
         keys = (("default_vs_best_native", "gemma default / best native"), ("default_vs_plain", "gemma default / gemma plain"),
                 ("plain_vs_native_plain", "gemma plain / llama plain"),
+                ("default_vs_best_native_at_n", "default / best native, llama.cpp counted to --tokens"),
                 ("default_vs_best_native_same_text", "same text, replayed: default / best native"))
         print(f"\nmedians over the {set_name} set ({len(ws)} workloads):")
         for key, name in keys:
@@ -347,7 +356,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mtp-pair", default=None, help="TARGET.gguf,ASSISTANT.gguf to use instead of the cached mid-size pair")
     p.add_argument("--llama-bench", action="store_true", help="also report llama-bench tg<tokens> once")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--from-json", type=Path, default=None, help="print a saved run's tables again (no new measurements)")
     args = p.parse_args(argv)
+    if args.from_json and not args.from_json.is_file():
+        p.error(f"--from-json: no such file: {args.from_json}")
     if args.mtp_pair and (args.mtp_pair.count(",") != 1 or not all(Path(x).expanduser().is_file() for x in args.mtp_pair.split(","))):
         p.error("--mtp-pair takes two existing files: TARGET.gguf,ASSISTANT.gguf")
     for name in ("rounds", "tokens", "threads", "ctx"):
@@ -407,10 +419,32 @@ def same_text(prompt: list[int], out: list[int], draft_default, configs, curve: 
     return res
 
 
+def counted_to(engine, prompt: list[int], w: dict, curve: dict[int, float], wanted: int) -> None:
+    """Give every run `tok_s_at_n`: its rate over the first `wanted` tokens.
+
+    gemma and llama-completion stop there. llama-speculative-simple's last draft runs past -n and its
+    accepted tokens count in its rate (`ngram-mod`: 193 tokens for 128). Its passes, replayed on its
+    own text with benchmarks/native/policies.py, say what share of its time the first `wanted`
+    tokens took (`share_for`): the rate is taken over that share.
+    """
+    for label, rs in w["runs"].items():
+        policy_label = label.split(" ", 1)[1] if label.startswith("llama ") else ""
+        for run in rs:
+            run["tok_s_at_n"] = run["tok_s"]
+            if not policy_label or run["generated"] <= wanted or native_policies.make(policy_label) is None:
+                continue
+            out = engine.tokenize(run["text"], add_special=False)[: run["generated"]]  # its text, as it generated it
+            if len(out) < 2:
+                continue
+            done = native_policies.steps(prompt, out, native_policies.make(policy_label), cut=False)
+            share = native_policies.share_for(done, curve, wanted)
+            run["tok_s_at_n"] = run["tok_s"] * (wanted / run["generated"]) / share
+
+
 def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[dict]:
     Engine, EngineConfig, _, _ = gemma_api()
     results = []
-    curve = replay_curve(args, log)
+    curve = args.replay_curve = replay_curve(args, log)
     with Engine(args.model, draft_default, EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
         _as_the_product_loads(engine, args.model, log)
         for prompt in prompts:
@@ -418,6 +452,7 @@ def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[d
             w.update({"class": prompt.kind, "set": prompt.set})
             w["same_text"] = same_text(raw_tokens(engine, prompt.prompt), w["runs"]["gemma plain"][0]["tokens"],
                                        draft_default, configs, curve)
+            counted_to(engine, raw_tokens(engine, prompt.prompt), w, curve, args.tokens)
             w["summary"] = summarize(w)
             results.append(w)
             for line in w["token_count_mismatch"]:
@@ -425,9 +460,35 @@ def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[d
     return results
 
 
+def reprint(args) -> int:
+    """--from-json: print a saved corpus run's tables again, recomputing what later versions of this script add."""
+    saved = json.loads(args.from_json.read_text())
+    model = Path(saved["args"]["model"])
+    curve = {int(b): c for b, c in (saved.get("replay_curve") or {}).items()}
+    if not curve:
+        print("error: that run saved no replay curve", file=sys.stderr)
+        return 1
+    Engine, EngineConfig, DraftConfig, _ = gemma_api()
+    with Engine(model, DraftConfig(source="none", tokens=1), EngineConfig(n_ctx=int(saved["args"]["ctx"]), n_threads=1)) as engine:
+        for w in saved["workloads"]:
+            text = next(p.prompt for p in load(w["set"], [w["workload"].split("/", 1)[1]]) if p.name == w["workload"])
+            counted_to(engine, raw_tokens(engine, text), w, curve, int(saved["args"]["tokens"]))
+            w["summary"] = summarize(w)
+    labels = list(saved["workloads"][0]["runs"])
+    print_table(saved["workloads"], labels)
+    print_same_text(saved["workloads"])
+    print_medians(saved["workloads"])
+    if args.json:
+        args.json.write_text(json.dumps(saved, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda line: print("  " + line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.from_json:
+        return reprint(args)
     try:
         prompts = [] if args.mtp_only else load(args.set, [s.strip() for s in args.workloads.split(",") if s.strip()] or None)
         bins = native.bin_dir(args.native_bin)
@@ -458,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llama-bench tg{args.tokens}: {out['llama_bench_tg']:.1f} tok/s")
         if prompts:
             out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log)
+            out["replay_curve"] = args.replay_curve
         if args.mtp or args.mtp_only:
             out["mtp"] = mtp_section(args, bins, log)
     except native.NativeError as exc:

@@ -101,3 +101,13 @@ def test_ngram_mod_port_drafts_only_long_chains_and_replay_counts_passes() -> No
     cost, drafted, accepted = policies.replay(prompt, out, policies.NgramMod(), curve)
     assert drafted == accepted == 18 and cost == curve[19]  # one pass, drafts cut at the end of the text
     assert policies.make("simple-4/16").m == 16 and policies.make("map-k-3/16").n == 3 and policies.make("plain") is None
+
+
+def test_share_for_prices_the_wanted_tokens_with_the_last_draft_cut() -> None:
+    curve = {b: float(b) for b in range(1, 80)}  # a pass costs its row count
+    done = [(0, 0), (0, 0), (8, 8), (64, 64)]  # 1 + 1 + 1 + 9 + 65 = 77 tokens (the first from the prompt's pass)
+    assert policies.share_for(done, curve, 200) == 1.0  # it never ran past what was wanted
+    # 20 wanted: the passes up to 12 tokens (1 + 1 + 9 rows), then the 64-token draft cut to 7 (8 rows)
+    assert policies.share_for(done, curve, 20) == (1 + 1 + 9 + 8) / (1 + 1 + 9 + 65)
+    steps = policies.steps([5, 6, 7, 5, 6], [7, 5, 6, 7], policies.SimpleNgram(1, 4), cut=False)
+    assert sum(a + 1 for _, a in steps) == 3  # three tokens after the first, however the drafts ran

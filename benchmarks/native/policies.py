@@ -123,24 +123,49 @@ def make(label: str):
     return None
 
 
-def replay(prompt: Sequence[int], out: Sequence[int], policy, curve: dict[int, float]) -> tuple[float, int, int]:
-    """(cost in one-token passes, drafted, accepted) of `policy` generating `out` after `prompt`.
+def steps(prompt: Sequence[int], out: Sequence[int], policy, *, cut: bool = True) -> list[tuple[int, int]]:
+    """(drafted, accepted) per target pass of `policy` generating `out` after `prompt`.
 
     As llama-speculative-simple: each step drafts from the whole history, verifies draft + 1
-    rows in one pass and keeps the agreeing prefix and one more token. Drafts are cut at the end
-    of `out` (what came after is unknown), as gemma's loop cuts them at max_tokens.
+    rows in one pass and keeps the agreeing prefix and one more token. `cut`: drafts stop at the
+    end of `out` (what came after is unknown), as gemma's loop stops them at max_tokens.
     """
     history = list(prompt) + [out[0]]  # the prompt's pass gave the first token
-    n, cost, drafted, accepted = 1, 0.0, 0, 0
+    n, done = 1, []
     while n < len(out):
-        draft = policy.propose(history)[: len(out) - n - 1]
+        draft = policy.propose(history)
+        if cut:
+            draft = draft[: len(out) - n - 1]
         acc = 0
-        while acc < len(draft) and draft[acc] == out[n + acc]:
+        # the text's last token is always a pass's own (a correction, or the one after its accepted drafts)
+        while acc < len(draft) and n + acc + 1 < len(out) and draft[acc] == out[n + acc]:
             acc += 1
         policy.accept(acc)
-        cost += curve[len(draft) + 1]
-        drafted += len(draft)
-        accepted += acc
+        done.append((len(draft), acc))
         history.extend(out[n : n + acc + 1])
         n += acc + 1
-    return cost, drafted, accepted
+    return done
+
+
+def replay(prompt: Sequence[int], out: Sequence[int], policy, curve: dict[int, float]) -> tuple[float, int, int]:
+    """(cost in one-token passes, drafted, accepted) of `policy` generating `out` after `prompt` (see `steps`)."""
+    done = steps(prompt, out, policy)
+    return sum(curve[d + 1] for d, _ in done), sum(d for d, _ in done), sum(a for _, a in done)
+
+
+def share_for(done: list[tuple[int, int]], curve: dict[int, float], wanted: int) -> float:
+    """The share of a run's pass costs that its first `wanted` tokens took, had its drafts stopped there.
+
+    llama-speculative-simple does not stop drafting at -n: its last draft runs on, and every token
+    it accepts counts in the rate it prints. Its passes, replayed on its own text, say how much of
+    the time the wanted tokens took: the passes before, and a last one cut to what was still wanted.
+    """
+    total = sum(curve[d + 1] for d, _ in done)
+    made, cost = 1, 0.0
+    for d, a in done:
+        if made >= wanted:
+            break
+        cut = min(d, wanted - made - 1)
+        cost += curve[cut + 1]
+        made += min(a, cut) + 1
+    return cost / total if total else 1.0
