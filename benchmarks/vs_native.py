@@ -268,6 +268,12 @@ def _r(d: dict | None) -> str:
     return "n/a" if d is None else f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
 
 
+def _overhead(rs: list[dict]) -> str:
+    """gemma's Python time per target pass (CPU time outside llama_decode; harness.run_once), median over rounds."""
+    ms = [r["overhead_ms_per_step"] for r in rs if r.get("overhead_ms_per_step") is not None]
+    return f"{_median(ms):.2f}" if ms else "-"
+
+
 def _same(s: dict) -> str:
     return "?" if s.get("same") is None else f"{s['same']}/{s['of']}"
 
@@ -282,7 +288,7 @@ def print_table(results: list[dict], labels: list[str]) -> None:
     cols = "".join(f"{short[label]:>{width[label]}}" for label in labels)
     head = (f"{'workload':<26}{'ptok':>5}{cols}  {'best native':<14}{'default/best native':>21}"
             f"{'default/plain':>19}{'g-plain/n-plain':>19}{'g-default acc/drafted':>23}{'best acc/drafted':>18}"
-            f"{'same text: default, best':>26}{'def/best, to n':>17}")
+            f"{'same text: default, best':>26}{'def/best, to n':>17}{'py ms/step':>12}")
     print(head)
     print("-" * len(head))
     for w in results:
@@ -294,10 +300,12 @@ def print_table(results: list[dict], labels: list[str]) -> None:
               f"{_r(s['default_vs_best_native']):>21}{_r(s['default_vs_plain']):>19}{_r(s['plain_vs_native_plain']):>19}"
               f"{_acc(st['gemma default']):>23}{_acc(st[best]) if best in st else '-':>18}"
               f"{_same(st['gemma default']) + ', ' + (_same(st[best]) if best in st else '-'):>26}"
-              f"{_r(s.get('default_vs_best_native_at_n')).split(' ')[0]:>17}")
+              f"{_r(s.get('default_vs_best_native_at_n')).split(' ')[0]:>17}"
+              f"{_overhead(w['runs']['gemma default']):>12}")
     print()
     print("tok/s: medians over rounds (each config's min-max in --json); ratios: median of per-round ratios (min-max).")
     print("acc/drafted: share of drafted tokens accepted / draft tokens proposed per run (median); '-': nothing drafted.")
+    print("py ms/step: gemma default's Python overhead per target pass (CPU time outside llama_decode).")
     print("def/best, to n: the same ratio with llama.cpp's rates taken over its first --tokens tokens (see counted_to).")
     print("same text: of gemma plain's tokens, how many that run generated too before the texts part (worst round);")
     print("  greedy loops that batch differently may part at a near-tie, and then their rates describe different texts.")
