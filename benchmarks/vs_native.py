@@ -449,10 +449,10 @@ def counted_to(engine, prompt: list[int], w: dict, curve: dict[int, float], want
             run["tok_s_at_n"] = run["tok_s"]
             if not policy_label or run["generated"] <= wanted or native_policies.make(policy_label) is None:
                 continue
-            out = engine.tokenize(run["text"], add_special=False)[: run["generated"]]  # its text, as it generated it
+            out = engine.tokenize(run["text"], add_special=False)  # its text: it stopped where the text ends
             if len(out) < 2:
                 continue
-            done = native_policies.steps(prompt, out, native_policies.make(policy_label), cut=False)
+            done = native_policies.steps(prompt, out, native_policies.make(policy_label))
             share = native_policies.share_for(done, curve, wanted)
             run["tok_s_at_n"] = run["tok_s"] * (wanted / run["generated"]) / share
 

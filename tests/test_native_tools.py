@@ -99,15 +99,23 @@ def test_ngram_mod_port_drafts_only_long_chains_and_replay_counts_passes() -> No
     out = loop[:20]  # the text goes on with the loop: every draft is right
     curve = {b: 1.0 + 0.5 * (b - 1) for b in range(1, 80)}
     cost, drafted, accepted = policies.replay(prompt, out, policies.NgramMod(), curve)
-    assert drafted == accepted == 18 and cost == curve[19]  # one pass, drafts cut at the end of the text
+    assert drafted == accepted == 19 and cost == curve[20]  # one pass from the prompt, its draft cut at the text's end
     assert policies.make("simple-4/16").m == 16 and policies.make("map-k-3/16").n == 3 and policies.make("plain") is None
 
 
 def test_share_for_prices_the_wanted_tokens_with_the_last_draft_cut() -> None:
     curve = {b: float(b) for b in range(1, 80)}  # a pass costs its row count
-    done = [(0, 0), (0, 0), (8, 8), (64, 64)]  # 1 + 1 + 1 + 9 + 65 = 77 tokens (the first from the prompt's pass)
+    done = [(0, 0), (0, 0), (8, 8), (64, 64)]  # 1 + 1 + 9 + 65 = 76 tokens
     assert policies.share_for(done, curve, 200) == 1.0  # it never ran past what was wanted
-    # 20 wanted: the passes up to 12 tokens (1 + 1 + 9 rows), then the 64-token draft cut to 7 (8 rows)
-    assert policies.share_for(done, curve, 20) == (1 + 1 + 9 + 8) / (1 + 1 + 9 + 65)
-    steps = policies.steps([5, 6, 7, 5, 6], [7, 5, 6, 7], policies.SimpleNgram(1, 4), cut=False)
-    assert sum(a + 1 for _, a in steps) == 3  # three tokens after the first, however the drafts ran
+    # 20 wanted: the passes up to 11 tokens (1 + 1 + 9 rows), then the 64-token draft cut to 8 (9 rows)
+    assert policies.share_for(done, curve, 20) == (1 + 1 + 9 + 9) / (1 + 1 + 9 + 65)
+
+
+def test_steps_follow_llama_cpps_loop() -> None:
+    """The first pass is the prompt's last token with a draft made from the prompt; each pass keeps the
+    agreeing prefix and one more token, and the text's last token is always a pass's own."""
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
+    out = [3, 4, 5, 6, 7, 8, 40, 41]
+    done = policies.steps(prompt, out, policies.SimpleNgram(2, 6))
+    assert done[0] == (6, 6)  # "1 2" came before, followed by 3..8: drafted from the prompt, all right
+    assert sum(a + 1 for _, a in done) == len(out)

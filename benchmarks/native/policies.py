@@ -33,10 +33,11 @@ class SimpleNgram:
         self.n, self.m = n, m
 
     def propose(self, history: Sequence[int]) -> list[int]:
-        n, m, cur = self.n, self.m, len(history)
+        n, m = self.n, self.m
+        cur = len(history) - 1  # llama.cpp's cur_len: the tokens before the last one sampled
         if cur <= n + m + 1:
             return []
-        pattern = list(history[cur - n :])
+        pattern = list(history[cur + 1 - n :])
         for j in range(cur - n - 1, 0, -1):
             if list(history[j : j + n]) == pattern:
                 copy = min(m, cur - (j + n))
@@ -54,12 +55,13 @@ class MapK:
         self._last: tuple[int, ...] | None = None
 
     def propose(self, history: Sequence[int]) -> list[int]:
-        n, m, cur = self.n, self.m, len(history)
+        n, m = self.n, self.m
+        cur = len(history) - 1  # llama.cpp's cur_len: the tokens before the last one sampled
         self._last = None
         if cur < 2 * n + m:
             return []
-        key = tuple(history[cur - n :])
-        for j in range(cur - n - m - 2, 0, -1):
+        key = tuple(history[cur + 1 - n :])
+        for j in range(cur - n - m - 1, 0, -1):
             if tuple(history[j : j + n]) == key:
                 self._last = key
                 length = min(m, self.accepted.setdefault(key, m))
@@ -80,15 +82,15 @@ class NgramMod:
         self._drafted = 0
 
     def propose(self, history: Sequence[int]) -> list[int]:
-        n, cur = self.n, len(history)
+        n, cur = self.n, len(history) - 1  # llama.cpp's cur_len: the tokens before the last one sampled
         self._drafted = 0
         if cur < n:
             return []
-        if self.indexed + 32 < cur or self.indexed == 0:  # llama.cpp adds new n-grams in chunks of 32
+        if self.indexed + 32 < cur or self.indexed == 0:  # the prompt at first, then new n-grams in chunks of 32
             for i in range(self.indexed, cur - n):
                 self.table[tuple(history[i : i + n])] = history[i + n]
             self.indexed = cur - n
-        chain = list(history[cur - n :])
+        chain = list(history[cur + 1 - n :])
         for i in range(self.n_max):
             tok = self.table.get(tuple(chain[i : i + n]))
             if tok is None:
@@ -126,12 +128,13 @@ def make(label: str):
 def steps(prompt: Sequence[int], out: Sequence[int], policy, *, cut: bool = True) -> list[tuple[int, int]]:
     """(drafted, accepted) per target pass of `policy` generating `out` after `prompt`.
 
-    As llama-speculative-simple: each step drafts from the whole history, verifies draft + 1
-    rows in one pass and keeps the agreeing prefix and one more token. `cut`: drafts stop at the
+    As llama-speculative-simple: each step drafts from the whole history (the prompt's last token
+    is the first pass's own), verifies draft + 1 rows in one pass and keeps the agreeing prefix
+    and one more token. `cut`: drafts stop at the
     end of `out` (what came after is unknown), as gemma's loop stops them at max_tokens.
     """
-    history = list(prompt) + [out[0]]  # the prompt's pass gave the first token
-    n, done = 1, []
+    history = list(prompt)  # as llama.cpp's loop: the first pass is the prompt's last token and a draft
+    n, done = 0, []
     while n < len(out):
         draft = policy.propose(history)
         if cut:
@@ -161,7 +164,7 @@ def share_for(done: list[tuple[int, int]], curve: dict[int, float], wanted: int)
     the time the wanted tokens took: the passes before, and a last one cut to what was still wanted.
     """
     total = sum(curve[d + 1] for d, _ in done)
-    made, cost = 1, 0.0
+    made, cost = 0, 0.0
     for d, a in done:
         if made >= wanted:
             break
