@@ -485,12 +485,16 @@ def reprint(args) -> int:
         print("error: that run saved no replay curve", file=sys.stderr)
         return 1
     Engine, EngineConfig, DraftConfig, _ = gemma_api()
+    draft_default = gemma_default_draft(model, int(saved["args"]["threads"]))
+    labels = list(saved["workloads"][0]["runs"])
+    configs = [c for c in native.NGRAM_CONFIGS if f"llama {c.label}" in labels]
     with Engine(model, DraftConfig(source="none", tokens=1), EngineConfig(n_ctx=int(saved["args"]["ctx"]), n_threads=1)) as engine:
         for w in saved["workloads"]:
             text = next(p.prompt for p in load(w["set"], [w["workload"].split("/", 1)[1]]) if p.name == w["workload"])
-            counted_to(engine, raw_tokens(engine, text), w, curve, int(saved["args"]["tokens"]))
+            prompt = raw_tokens(engine, text)
+            w["same_text"] = same_text(prompt, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
+            counted_to(engine, prompt, w, curve, int(saved["args"]["tokens"]))
             w["summary"] = summarize(w)
-    labels = list(saved["workloads"][0]["runs"])
     print_table(saved["workloads"], labels)
     print_same_text(saved["workloads"])
     print_medians(saved["workloads"])
