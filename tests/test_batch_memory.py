@@ -71,12 +71,18 @@ def test_memory_available_override(monkeypatch):
             available_memory()
 
 
-def _serve_four(engine: Engine, lanes: Lanes, first_in_batch) -> dict[int, object]:
-    """Request 0 holds the engine lane; 1-3 arrive meanwhile (the batch lane, if memory allows); all run to the end."""
+def _serve_four(engine: Engine, lanes: Lanes, first_in_batch, together: bool = False) -> dict[int, object]:
+    """Request 0 holds the engine lane; 1-3 arrive meanwhile (the batch lane, if memory allows); all run to the end.
+
+    `together`: 1-3 start generating only once all three hold their lanes (a barrier inside the lane), so a fast
+    one cannot finish before the last has arrived (that made `lanes.batched == 3` a race on a loaded machine)."""
     results: dict[int, object] = {}
+    barrier = threading.Barrier(3) if together else None
 
     def job(i: int) -> None:
         with lanes.lane(DRAFT) as view:
+            if barrier is not None:
+                barrier.wait(timeout=30)
             gen = view.generate(engine.tokenize(PROMPTS[i]), max_tokens=N_TOKENS)
             for _ in gen:
                 pass
@@ -111,7 +117,7 @@ def test_scheduler_gets_the_slots_that_fit(engine, monkeypatch):
     monkeypatch.setenv(AVAILABLE_ENV, str(fit.buffers + 2 * fit.per_slot + fit.per_slot // 2))  # room for 2.5 slots
     lines: list[str] = []
     lanes = Lanes(engine, 4, exact=False, name="tiny", log=lines.append)
-    results = _serve_four(engine, lanes, lambda: lanes.batched == 3)
+    results = _serve_four(engine, lanes, lambda: lanes.batched == 3, together=True)
     assert lanes.scheduler is not None and lanes.scheduler.n_slots == 2 and lanes.n_parallel == 2
     assert lanes.batched_total >= 3 and lanes.peak == 4  # three shared 2 slots, next to the engine's request
     assert len(lines) == 1 and lines[0].startswith("tiny: only 2 of 4 parallel slots fit") and "batching 2" in lines[0]
@@ -143,7 +149,7 @@ def test_enough_memory_keeps_every_slot_and_says_nothing(engine, monkeypatch):
     monkeypatch.setenv(AVAILABLE_ENV, str(fit.buffers + 4 * fit.per_slot))
     lines: list[str] = []
     lanes = Lanes(engine, 4, exact=False, name="tiny", log=lines.append)
-    results = _serve_four(engine, lanes, lambda: lanes.batched == 3)
+    results = _serve_four(engine, lanes, lambda: lanes.batched == 3, together=True)
     assert lanes.scheduler is not None and lanes.scheduler.n_slots == 4 and not lines
     _check_solo(engine, results)
     lanes.close()
