@@ -75,7 +75,8 @@ def _serve_four(engine: Engine, lanes: Lanes, first_in_batch, together: bool = F
     """Request 0 holds the engine lane; 1-3 arrive meanwhile (the batch lane, if memory allows); all run to the end.
 
     `together`: 1-3 start generating only once all three hold their lanes (a barrier inside the lane), so a fast
-    one cannot finish before the last has arrived (that made `lanes.batched == 3` a race on a loaded machine)."""
+    one cannot finish before the last has arrived; then they may all finish before this thread looks again, so
+    callers wait for `batched_total`, which only grows (`batched == 3` was a race on a loaded machine)."""
     results: dict[int, object] = {}
     barrier = threading.Barrier(3) if together else None
 
@@ -117,7 +118,7 @@ def test_scheduler_gets_the_slots_that_fit(engine, monkeypatch):
     monkeypatch.setenv(AVAILABLE_ENV, str(fit.buffers + 2 * fit.per_slot + fit.per_slot // 2))  # room for 2.5 slots
     lines: list[str] = []
     lanes = Lanes(engine, 4, exact=False, name="tiny", log=lines.append)
-    results = _serve_four(engine, lanes, lambda: lanes.batched == 3, together=True)
+    results = _serve_four(engine, lanes, lambda: lanes.batched_total == 3, together=True)
     assert lanes.scheduler is not None and lanes.scheduler.n_slots == 2 and lanes.n_parallel == 2
     assert lanes.batched_total >= 3 and lanes.peak == 4  # three shared 2 slots, next to the engine's request
     assert len(lines) == 1 and lines[0].startswith("tiny: only 2 of 4 parallel slots fit") and "batching 2" in lines[0]
@@ -149,7 +150,7 @@ def test_enough_memory_keeps_every_slot_and_says_nothing(engine, monkeypatch):
     monkeypatch.setenv(AVAILABLE_ENV, str(fit.buffers + 4 * fit.per_slot))
     lines: list[str] = []
     lanes = Lanes(engine, 4, exact=False, name="tiny", log=lines.append)
-    results = _serve_four(engine, lanes, lambda: lanes.batched == 3, together=True)
+    results = _serve_four(engine, lanes, lambda: lanes.batched_total == 3, together=True)
     assert lanes.scheduler is not None and lanes.scheduler.n_slots == 4 and not lines
     _check_solo(engine, results)
     lanes.close()
