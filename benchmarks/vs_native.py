@@ -104,6 +104,11 @@ def _median(xs):
     return float(statistics.median(xs)) if xs else 0.0
 
 
+def _spread(xs) -> dict | None:
+    """{median, min, max} of `xs`; None for none."""
+    return {"median": _median(xs), "min": min(xs), "max": max(xs)} if xs else None
+
+
 def measure(engine, name: str, text: str, sides: list[tuple[str, object]], args, bins: Path, model: Path, log) -> dict:
     """All rounds of one prompt: {label: [run, ...]} for each (label, config) side.
 
@@ -193,36 +198,31 @@ def summarize(w: dict) -> dict:
     spec = [label for label in runs if label.startswith("llama ") and label != "llama plain"]
     best = max(spec, key=lambda label: stats[label]["tok_s"]) if spec else None
 
-    def ratio(a: str, b: str | None) -> dict | None:
+    def ratio(a: str, b: str | None, rate_b: str = "tok_s") -> dict | None:
         if b is None:
             return None
-        rs = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0]
-        return {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
+        return _spread([x["tok_s"] / y.get(rate_b, y["tok_s"]) for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0])
 
     replayed = w.get("same_text") or {}
     natives = [label for label in replayed if label.startswith("llama ")]
     best_replayed = max(natives, key=lambda label: replayed[label]["speedup"]) if natives else None
-    same = ({"median": replayed["gemma default"]["speedup"] / replayed[best_replayed]["speedup"], "min": 0.0, "max": 0.0}
+    same = (_spread([replayed["gemma default"]["speedup"] / replayed[best_replayed]["speedup"]])
             if best_replayed and "gemma default" in replayed else None)
-    if same:
-        same["min"] = same["max"] = same["median"]
     at_n = {label: _median([r.get("tok_s_at_n", r["tok_s"]) for r in rs]) for label, rs in runs.items()}
     best_at_n = max(spec, key=lambda label: at_n[label]) if spec else None
-    rs_at_n = ([x["tok_s"] / y.get("tok_s_at_n", y["tok_s"]) for x, y in zip(runs["gemma default"], runs[best_at_n], strict=False)]
-               if best_at_n else [])
     # llama-completion's figure is its decode time only; gemma's is wall time. Without gemma's Python time per pass
     # (main-thread CPU outside llama_decode, which never blocks) the two count the same thing.
     decode_only = [x["tok_s"] / y["tok_s"] / (1.0 - x["tok_s"] * x["overhead_ms_per_step"] / 1000.0)
                    for x, y in zip(runs.get("gemma plain", []), runs.get("llama plain", []), strict=False)
                    if y["tok_s"] > 0 and x.get("overhead_ms_per_step") is not None]
-    return {"stats": stats, "best_native": best, "best_native_same_text": best_replayed,
-            "plain_vs_native_plain_decode_only": ({"median": _median(decode_only), "min": min(decode_only),
-                                                   "max": max(decode_only)} if decode_only else None), "default_vs_best_native_same_text": same,
-            "best_native_at_n": best_at_n, "best_native_at_n_tok_s": at_n.get(best_at_n) if best_at_n else None,
-            "default_vs_best_native_at_n": {"median": _median(rs_at_n), "min": min(rs_at_n), "max": max(rs_at_n)} if rs_at_n else None,
+    return {"stats": stats, "best_native": best,
             "default_vs_best_native": ratio("gemma default", best),
             "default_vs_plain": ratio("gemma default", "gemma plain"),
-            "plain_vs_native_plain": ratio("gemma plain", "llama plain")}
+            "plain_vs_native_plain": ratio("gemma plain", "llama plain"),
+            "plain_vs_native_plain_decode_only": _spread(decode_only),
+            "best_native_at_n": best_at_n, "best_native_at_n_tok_s": at_n.get(best_at_n) if best_at_n else None,
+            "default_vs_best_native_at_n": ratio("gemma default", best_at_n, "tok_s_at_n"),
+            "best_native_same_text": best_replayed, "default_vs_best_native_same_text": same}
 
 
 def mtp_section(args, bins: Path, log) -> dict:
@@ -251,7 +251,7 @@ def mtp_section(args, bins: Path, log) -> dict:
     for k in args.mtp_k:
         g, n = w["runs"][f"gemma mtp k={k}"], w["runs"][f"llama draft-mtp k={k}"]
         rs = [a["tok_s"] / b["tok_s"] for a, b in zip(g, n, strict=False) if b["tok_s"] > 0]
-        w["ratios"][k] = {"median": _median(rs), "min": min(rs), "max": max(rs)} if rs else None
+        w["ratios"][k] = _spread(rs)
     return w
 
 
@@ -444,31 +444,30 @@ def counted_to(engine, prompt: list[int], w: dict, curve: dict[int, float], want
     tokens took (`share_for`): the rate is taken over that share.
     """
     for label, rs in w["runs"].items():
-        policy_label = label.split(" ", 1)[1] if label.startswith("llama ") else ""
+        ported = label.startswith("llama ") and native_policies.make(label.split(" ", 1)[1]) is not None
         for run in rs:
             run["tok_s_at_n"] = run["tok_s"]
-            if not policy_label or run["generated"] <= wanted or native_policies.make(policy_label) is None:
+            if not ported or run["generated"] <= wanted:
                 continue
             out = engine.tokenize(run["text"], add_special=False)  # its text: it stopped where the text ends
             if len(out) < 2:
                 continue
-            done = native_policies.steps(prompt, out, native_policies.make(policy_label))
+            done = native_policies.steps(prompt, out, native_policies.make(label.split(" ", 1)[1]))  # a fresh policy per run
             share = native_policies.share_for(done, curve, wanted)
             run["tok_s_at_n"] = run["tok_s"] * (wanted / run["generated"]) / share
 
 
-def run_corpus(prompts, configs, draft_default, args, bins: Path, log) -> list[dict]:
+def run_corpus(prompts, configs, draft_default, args, bins: Path, log, curve: dict[int, float]) -> list[dict]:
     Engine, EngineConfig, _, _ = gemma_api()
     results = []
-    curve = args.replay_curve = replay_curve(args, log)
     with Engine(args.model, draft_default, EngineConfig(n_ctx=args.ctx, n_threads=args.threads)) as engine:
         _as_the_product_loads(engine, args.model, log)
         for prompt in prompts:
             w = measure(engine, prompt.name, prompt.prompt, corpus_sides(draft_default, configs), args, bins, args.model, log)
             w.update({"class": prompt.kind, "set": prompt.set})
-            w["same_text"] = same_text(raw_tokens(engine, prompt.prompt), w["runs"]["gemma plain"][0]["tokens"],
-                                       draft_default, configs, curve)
-            counted_to(engine, raw_tokens(engine, prompt.prompt), w, curve, args.tokens)
+            tokens = raw_tokens(engine, prompt.prompt)
+            w["same_text"] = same_text(tokens, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
+            counted_to(engine, tokens, w, curve, args.tokens)
             w["summary"] = summarize(w)
             results.append(w)
             for line in w["token_count_mismatch"]:
@@ -538,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             out["llama_bench_tg"] = native.llama_bench_tg(bins, args.model, tokens=args.tokens, threads=args.threads)
             print(f"llama-bench tg{args.tokens}: {out['llama_bench_tg']:.1f} tok/s")
         if prompts:
-            out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log)
-            out["replay_curve"] = args.replay_curve
+            out["replay_curve"] = replay_curve(args, log)
+            out["workloads"] = run_corpus(prompts, configs, draft_default, args, bins, log, out["replay_curve"])
         if args.mtp or args.mtp_only:
             out["mtp"] = mtp_section(args, bins, log)
     except native.NativeError as exc:

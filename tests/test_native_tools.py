@@ -1,4 +1,5 @@
-"""benchmarks/native/tools.py reads llama.cpp's own summaries (lines captured from the built tools)."""
+"""benchmarks/native/tools.py reads llama.cpp's own summaries (lines captured from the built tools);
+benchmarks/native/policies.py replays llama.cpp's n-gram rules."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("native_tools", ROOT / "benchmarks" / "native" / "tools.py")
-assert _spec and _spec.loader
-nt = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("native_tools", nt)
-_spec.loader.exec_module(nt)
+
+
+def _load_native(name: str):
+    """benchmarks/native/<name>.py as module native_<name> (benchmarks/native is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"native_{name}", ROOT / "benchmarks" / "native" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(f"native_{name}", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+nt = _load_native("tools")
+policies = _load_native("policies")
 
 SPECULATIVE_LOG = """\
 0.43.568.247 I encoded  283 tokens in    8.136 seconds, speed:   34.784 t/s
@@ -60,12 +70,6 @@ def test_configs_and_missing_tools(tmp_path: Path) -> None:
     assert nt.bin_dir(tmp_path) == tmp_path
     with pytest.raises(nt.NativeError, match="build.sh"):
         nt.check_tools(tmp_path)
-
-
-_pspec = importlib.util.spec_from_file_location("native_policies", ROOT / "benchmarks" / "native" / "policies.py")
-assert _pspec and _pspec.loader
-policies = importlib.util.module_from_spec(_pspec)
-_pspec.loader.exec_module(policies)
 
 
 def test_generated_text_cuts_the_echoed_prompt() -> None:

@@ -125,23 +125,20 @@ def make(label: str):
     return None
 
 
-def steps(prompt: Sequence[int], out: Sequence[int], policy, *, cut: bool = True) -> list[tuple[int, int]]:
+def steps(prompt: Sequence[int], out: Sequence[int], policy) -> list[tuple[int, int]]:
     """(drafted, accepted) per target pass of `policy` generating `out` after `prompt`.
 
     As llama-speculative-simple: each step drafts from the whole history (the prompt's last token
     is the first pass's own), verifies draft + 1 rows in one pass and keeps the agreeing prefix
-    and one more token. `cut`: drafts stop at the
-    end of `out` (what came after is unknown), as gemma's loop stops them at max_tokens.
+    and one more token. Drafts stop at the end of `out`: what came after is unknown (and
+    llama.cpp's own run stopped where its text ends).
     """
     history = list(prompt)  # as llama.cpp's loop: the first pass is the prompt's last token and a draft
     n, done = 0, []
     while n < len(out):
-        draft = policy.propose(history)
-        if cut:
-            draft = draft[: len(out) - n - 1]
+        draft = policy.propose(history)[: len(out) - n - 1]
         acc = 0
-        # the text's last token is always a pass's own (a correction, or the one after its accepted drafts)
-        while acc < len(draft) and n + acc + 1 < len(out) and draft[acc] == out[n + acc]:
+        while acc < len(draft) and draft[acc] == out[n + acc]:  # the text's last token stays the pass's own
             acc += 1
         policy.accept(acc)
         done.append((len(draft), acc))
