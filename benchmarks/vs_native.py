@@ -364,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ctx", type=int, default=4096)
     p.add_argument("--model", type=Path, default=None, help="target GGUF (default: Gemma 3 270M Q4_K_M)")
     p.add_argument("--native-bin", default=None, help="folder with the native tools (default: where build.sh puts them)")
+    p.add_argument("--any-build", action="store_true",
+                   help="run even when the native tools were compiled for other CPU features than the wheel")
     p.add_argument("--native-arg", action="append", default=[], help="extra argument for every native run (repeatable)")
     p.add_argument("--configs", default="", help="comma-separated native n-gram labels to keep (default: all)")
     p.add_argument("--mtp", action="store_true", help="also run MTP on the synthetic mid-size Gemma 4 pair")
@@ -382,6 +384,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     return args
+
+
+def same_build(bins: Path, args) -> dict[str, list[str]]:
+    """Both sides compiled for the same CPU features, or an error (a portable wheel against tools built for
+    this CPU's AVX-512 would measure the compiler flags, not the loops). Prints and returns both."""
+    model = args.model or Path(args.mtp_pair.split(",")[0] if args.mtp_pair else gemma3_270m())
+    wheel, tools = native.wheel_features(), native.tools_features(bins, model, args.threads)
+    print(f"llama.cpp CPU features: wheel {' '.join(sorted(wheel))}; native tools "
+          + ("the same" if wheel == tools else " ".join(sorted(tools))))
+    if wheel != tools and not args.any_build:
+        raise native.NativeError(f"the native tools in {bins} were built for other CPU features than the wheel "
+                                 f"({native.wheel_flavor()} flavor); run FLAVOR={native.wheel_flavor()} "
+                                 "benchmarks/native/build.sh, or pass --any-build")
+    return {"wheel": sorted(wheel), "tools": sorted(tools)}
 
 
 def _as_the_product_loads(engine, model: Path, log) -> None:
@@ -531,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         out["args"]["model"] = str(args.model)
         print(f"model {args.model.name}, {args.threads} threads, ctx {args.ctx}, greedy, {args.tokens} tokens, "
               f"{args.rounds} rounds, set {args.set}; gemma default = {draft_default}; native tools in {bins}")
+    try:
+        out["build"] = same_build(bins, args)
+    except native.NativeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     t0 = time.perf_counter()
     try:
         if args.llama_bench and args.model:

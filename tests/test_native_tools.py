@@ -72,6 +72,26 @@ def test_configs_and_missing_tools(tmp_path: Path) -> None:
         nt.check_tools(tmp_path)
 
 
+NATIVE_INFO = ("0.00.966.254 I system_info: n_threads = 2 (n_threads_batch = 2) / 2 | CPU : SSE3 = 1 | SSSE3 = 1 | "
+               "AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | LLAMAFILE = 1 | "
+               "OPENMP = 1 | REPACK = 1 | ")
+PORTABLE_INFO = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+
+
+def test_build_flavor_follows_the_cpu_features_a_build_reports(tmp_path: Path, monkeypatch) -> None:
+    assert nt.cpu_features(PORTABLE_INFO) == nt.PORTABLE_FEATURES
+    native = nt.cpu_features(NATIVE_INFO)
+    assert {"AVX512", "AVX512_VNNI", "AVX2"} <= native and not native <= nt.PORTABLE_FEATURES
+    assert nt.cpu_features("CPU : AVX = 0 | AVX2 = 1 |") == {"AVX2"}  # a feature compiled out is not counted
+    # The loaded wheel's own report decides the folder: build-<v> for a portable wheel, build-<v>-native otherwise.
+    flavor = nt.wheel_flavor()
+    assert flavor in ("portable", "native")
+    monkeypatch.setenv("GEMMA_NATIVE_DIR", str(tmp_path))
+    assert nt.bin_dir(flavor="portable") == tmp_path / f"build-{nt.VERSION}" / "bin"
+    assert nt.bin_dir(flavor="native") == tmp_path / f"build-{nt.VERSION}-native" / "bin"
+    assert nt.bin_dir() == nt.bin_dir(flavor=flavor)
+
+
 def test_generated_text_cuts_the_echoed_prompt() -> None:
     assert nt.generated_text("PROMPT and more", "PROMPT") == " and more"
     prompt = "x" * 10 + "the end of a long prompt that the tool echoed back with a changed first line" * 2

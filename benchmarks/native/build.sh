@@ -3,10 +3,14 @@
 # llama-cpp-python sdist, so gemma-cli can be measured against the C++ loop it runs on.
 #
 # Why this exact source and these flags: the comparison is only fair against the same
-# llama.cpp revision compiled the same way as the wheel gemma-cli loads (.ci/run builds it
-# with a portable AVX2 build, GGML_NATIVE=OFF). GGML_RPC is left out: the tools do not need it.
+# llama.cpp revision compiled the same way as the wheel gemma-cli loads. Two flavors:
+#   portable  -DGGML_NATIVE=OFF + AVX2 (how .ci/run builds the wheel)    -> build-<version>
+#   native    -DGGML_NATIVE=ON (a plain `pip install`: this CPU's ISA)  -> build-<version>-native
+# The flavor follows the installed wheel (its llama_print_system_info: any CPU feature beyond the
+# portable set means it was built for this CPU); FLAVOR=portable|native overrides.
+# GGML_RPC is left out: the tools do not need it.
 #
-# Usage: benchmarks/native/build.sh [BUILD_ROOT]
+# Usage: [FLAVOR=...] benchmarks/native/build.sh [BUILD_ROOT]
 #   BUILD_ROOT defaults to $GEMMA_NATIVE_DIR, else <repo>/.bench/native (gitignored).
 #   JOBS (default 2) sets the parallel compile jobs. Re-running is cheap: it skips every
 #   step whose output already exists, and prints the binary directory on the last line.
@@ -19,10 +23,19 @@ JOBS="${JOBS:-2}"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 TOOLS=(llama-speculative-simple llama-bench llama-completion)
-GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+
+if [ -z "${FLAVOR:-}" ]; then
+  FLAVOR=$(PYTHONPATH="$REPO/benchmarks/native:$REPO" "$PY" -c "import tools; print(tools.wheel_flavor())" 2>/dev/null || echo portable)
+fi
+case "$FLAVOR" in
+  portable) GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON); SUFFIX="" ;;
+  native)   GGML_FLAGS=(-DGGML_NATIVE=ON); SUFFIX="-native" ;;
+  *) echo "build.sh: FLAVOR must be portable or native, not '$FLAVOR'" >&2; exit 1 ;;
+esac
+echo "build.sh: $FLAVOR flavor (${GGML_FLAGS[*]})" >&2
 
 SRC="$ROOT/src/llama_cpp_python-$VERSION"
-BUILD="$ROOT/build-$VERSION"
+BUILD="$ROOT/build-$VERSION$SUFFIX"
 BIN="$BUILD/bin"
 
 have_all() {

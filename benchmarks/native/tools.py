@@ -88,18 +88,55 @@ class NativeResult:
         return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
 
 
-def bin_dir(explicit: str | Path | None = None) -> Path:
-    """Where build.sh put the tools: --native-bin, else $GEMMA_NATIVE_DIR, else <repo>/.bench/native."""
+# What .ci/run's portable build (-DGGML_NATIVE=OFF, AVX2) reports; anything more was compiled for this CPU.
+PORTABLE_FEATURES = frozenset({"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2", "LLAMAFILE", "OPENMP", "REPACK"})
+_FEATURE = re.compile(r"\b([A-Z][A-Z0-9_]*) = 1\b")
+
+
+def cpu_features(system_info: str) -> frozenset[str]:
+    """The CPU features a llama.cpp build was compiled with, from its system_info line ("AVX2 = 1 | ...")."""
+    cpu = system_info.split("CPU :", 1)[-1].split("\n", 1)[0]
+    return frozenset(_FEATURE.findall(cpu))
+
+
+def wheel_features() -> frozenset[str]:
+    """The CPU features of the llama.cpp that gemma-cli loads (the installed llama-cpp-python)."""
+    from gemma_cli.engine.llama import system_info
+
+    return cpu_features(system_info())
+
+
+def wheel_flavor() -> str:
+    """"portable" when the wheel was built as .ci/run builds it, "native" when it was built for this CPU."""
+    return "portable" if wheel_features() <= PORTABLE_FEATURES else "native"
+
+
+def bin_dir(explicit: str | Path | None = None, flavor: str | None = None) -> Path:
+    """Where build.sh put the tools: --native-bin, else $GEMMA_NATIVE_DIR, else <repo>/.bench/native,
+    in the build folder of the wheel's flavor (build-<version> or build-<version>-native)."""
     if explicit:
         return Path(explicit).expanduser()
     root = Path(os.environ.get("GEMMA_NATIVE_DIR") or REPO / ".bench" / "native")
-    return root / f"build-{VERSION}" / "bin"
+    suffix = "-native" if (flavor or wheel_flavor()) == "native" else ""
+    return root / f"build-{VERSION}{suffix}" / "bin"
+
+
+def tools_features(bins: Path, model: Path, threads: int = 2) -> frozenset[str]:
+    """The CPU features the native tools were compiled with: the system_info line llama-completion logs."""
+    cmd = [str(bins / "llama-completion"), "-m", str(model), "-p", "a", "-n", "1", "-t", str(threads), "-no-cnv"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=300,
+                          env=native_env())
+    line = next((ln for ln in (proc.stdout + proc.stderr).splitlines() if "system_info:" in ln), "")
+    if not line:
+        raise NativeError(f"{bins / 'llama-completion'} printed no system_info (exit {proc.returncode})")
+    return cpu_features(line)
 
 
 def check_tools(bins: Path) -> None:
     for tool in ("llama-speculative-simple", "llama-completion"):
         if not (bins / tool).is_file():
-            raise NativeError(f"{bins / tool} not found; build it with benchmarks/native/build.sh (or pass --native-bin)")
+            raise NativeError(f"{bins / tool} not found; build it with benchmarks/native/build.sh "
+                              f"(it builds the {wheel_flavor()} flavor, as the installed wheel), or pass --native-bin")
 
 
 _DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
