@@ -178,7 +178,6 @@ class ModelDrafter(NoDrafter):
             i += 1
         if i < len(cached):
             self.ctx.trim(i)
-            i = min(i, self.ctx.n_past)  # less when sliding-window cells could not serve (Context.trim)
             del cached[i:]
         missing = list(history[i:])
         clock = self._clock

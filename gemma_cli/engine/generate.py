@@ -135,7 +135,7 @@ class Engine:
             self.target = Model(target_path, cpu_repack=config.cpu_repack, **placed)
             govern = config.n_threads is None and not config.n_gpu_layers and not config.rpc
             self.ctx = Context(self.target, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.n_threads,
-                               govern=govern, swa_full=False)
+                               govern=govern)
         self.slot = CacheSlot(self.ctx)  # the KV cache kept between generations, and the cancel flag
         self.clock: Callable[[], float] = config.clock if config.clock is not None else step_clock
         # measured pass costs that sampled generations keep (see adaptive.py); `seed` restarts them from a curve

@@ -61,7 +61,6 @@ class CacheSlot:
         while i < limit and cached[i] == prompt[i]:
             i += 1
         self.ctx.trim(i)  # also drops anything an interrupted step left behind
-        i = min(i, self.ctx.n_past)  # less when the sliding-window cells could not serve the prefix (Context.trim)
         del cached[i:]
         return list(prompt), list(prompt[i:])
 

@@ -45,7 +45,6 @@ class Context:
         n_seq_max: int = 1,
         kv_unified: bool = False,
         govern: bool = False,
-        swa_full: bool = True,
     ) -> None:
         if n_ctx <= 0:
             raise ValueError(f"context size must be positive, got {n_ctx}")  # callers validate (gemma_cli.limits)
@@ -73,14 +72,7 @@ class Context:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
-        # Sliding-window layers: `swa_full` keeps every cell (any rollback is exact); without it llama.cpp keeps
-        # about a window plus a batch and reuses older cells, which is what llama.cpp's own tools do. Attention
-        # then spans that instead of the whole history: Gemma 3 270M, 1,900 tokens of history, one-token
-        # passes 3-5% faster. Rolling back rejected drafts stays exact (only cells a window behind the last
-        # batch's first token are reused); a deeper `trim` that the cells left cannot serve empties the cache
-        # (see `trim`). Several sequences keep it full: cells one copies from another may be gone.
-        params.swa_full = bool(swa_full) or n_seq_max > 1
-        self.swa_window = 0 if params.swa_full else model.n_swa  # 0: any trim is exact
+        params.swa_full = True  # keep SWA layers' KV so rollback inside the window is exact
         if flash_attn is not None:
             params.flash_attn_type = flash_attn
         if ctx_type is not None:
@@ -186,21 +178,10 @@ class Context:
         return self._logits_view[: self.n_outputs]
 
     def trim(self, n_keep: int) -> None:
-        """Drop KV positions >= n_keep (rollback of rejected drafts); read `n_past` after it.
-
-        Without `swa_full` a sliding-window layer holds only the cells its last
-        window needs; when the token at n_keep would attend to cells already
-        reused (a trim far back, e.g. to a shared prefix), the cache is emptied
-        instead (n_past 0), as llama-server re-evaluates such a prompt.
-        """
+        """Drop KV positions >= n_keep (rollback of rejected drafts)."""
         if n_keep < self.n_past:
             self._seq_rm(self.memory, 0, n_keep, -1)
             self.n_past = n_keep
-            window = self.swa_window
-            if window and n_keep > 0:
-                held_from = lib().llama_memory_seq_pos_min(self.memory, 0)  # -1: no cell left
-                if not 0 <= held_from <= max(0, n_keep - window):
-                    self.clear()
 
     def clear(self) -> None:
         lib().llama_memory_clear(self.memory, True)
