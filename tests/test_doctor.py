@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gemma_cli import doctor
-from gemma_cli.doctor import FAIL, OK, WARN
+from gemma_cli.doctor import FAIL, INFO, OK, WARN
 
 GEMMA = [sys.executable, "-m", "gemma_cli"]
 CHECKS = ["llama.cpp", "gpu", "rpc", "cpu", "cpu-repack", "store", "disk", "hub"]
@@ -277,6 +277,16 @@ def test_a_build_needing_instructions_the_cpu_lacks_is_a_failure() -> None:
     assert check.details["build_needs_missing"] == ["AVX512"]
     assert "GGML_NATIVE=OFF" in check.hint
     assert doctor.check_cpu({"avx2", "avx512f"}, probe).status == OK
+
+
+def test_an_unused_avx512_gets_the_rebuild_command_that_keeps_rpc() -> None:
+    portable = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    for rpc in (True, False):
+        cpu = {"sse3", "ssse3", "avx", "avx2", "f16c", "fma", "avx512f"}
+        check = doctor.check_cpu(cpu, {"system_info": portable, "rpc": rpc})
+        assert check.status == INFO and "does not use avx512f" in check.summary
+        assert "--no-cache-dir" in check.hint and "-DGGML_NATIVE=ON" in check.hint
+        assert ("-DGGML_RPC=on" in check.hint) is rpc
 
 
 def test_llama_probe_failure_is_reported_not_raised() -> None:

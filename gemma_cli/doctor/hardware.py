@@ -200,8 +200,13 @@ def check_cpu(features: set[str] | None, probe: dict[str, Any]) -> Check:
                      details)
     unused = [f for f in ("avx512f", "amx_int8") if f in features and not any(BUILD_NEEDS.get(k) == f for k, v in build.items() if v == "1")]
     if build and unused:
+        # Measured on a 2-core AVX-512 EPYC (Gemma 3 270M): prompt evaluation 1.33x, 16-token verification passes
+        # ~1.2x, one-token decoding unchanged. pip's wheel cache ignores CMAKE_ARGS, hence --no-cache-dir.
+        flags = "-DGGML_NATIVE=ON" + (" -DGGML_RPC=on" if probe.get("rpc") else "")
         return Check("cpu", INFO, f"{summary}; the build does not use {', '.join(unused)}",
-                     "optional: a native build (CMAKE_ARGS=\"-DGGML_NATIVE=ON\") may be faster here"
+                     "optional: a native build evaluates prompts and long drafts faster here (one-token decoding"
+                     f" about the same): CMAKE_ARGS=\"{flags}\" pip install --force-reinstall --no-cache-dir --no-deps"
+                     " llama-cpp-python==0.3.36"
                      + ("; keep GEMMA_CPU_REPACK unset with AMX kernels" if "amx_int8" in unused else ""),
                      details)
     return Check("cpu", OK, summary, None, details)
