@@ -394,9 +394,9 @@ def same_build(bins: Path, args) -> dict[str, list[str]]:
     print(f"llama.cpp CPU features: wheel {' '.join(sorted(wheel))}; native tools "
           + ("the same" if wheel == tools else " ".join(sorted(tools))))
     if wheel != tools and not args.any_build:
+        want = native.flavor(wheel)
         raise native.NativeError(f"the native tools in {bins} were built for other CPU features than the wheel "
-                                 f"({native.wheel_flavor()} flavor); run FLAVOR={native.wheel_flavor()} "
-                                 "benchmarks/native/build.sh, or pass --any-build")
+                                 f"({want} flavor); run FLAVOR={want} benchmarks/native/build.sh, or pass --any-build")
     return {"wheel": sorted(wheel), "tools": sorted(tools)}
 
 

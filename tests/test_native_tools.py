@@ -83,6 +83,7 @@ def test_build_flavor_follows_the_cpu_features_a_build_reports(tmp_path: Path, m
     native = nt.cpu_features(NATIVE_INFO)
     assert {"AVX512", "AVX512_VNNI", "AVX2"} <= native and not native <= nt.PORTABLE_FEATURES
     assert nt.cpu_features("CPU : AVX = 0 | AVX2 = 1 |") == {"AVX2"}  # a feature compiled out is not counted
+    assert nt.flavor(nt.cpu_features(PORTABLE_INFO)) == "portable" and nt.flavor(native) == "native"
     # The loaded wheel's own report decides the folder: build-<v> for a portable wheel, build-<v>-native otherwise.
     flavor = nt.wheel_flavor()
     assert flavor in ("portable", "native")

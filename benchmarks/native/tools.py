@@ -106,9 +106,14 @@ def wheel_features() -> frozenset[str]:
     return cpu_features(system_info())
 
 
+def flavor(features: frozenset[str]) -> str:
+    """build.sh's flavor for a build with these CPU features: "portable" as .ci/run builds, else "native"."""
+    return "portable" if features <= PORTABLE_FEATURES else "native"
+
+
 def wheel_flavor() -> str:
-    """"portable" when the wheel was built as .ci/run builds it, "native" when it was built for this CPU."""
-    return "portable" if wheel_features() <= PORTABLE_FEATURES else "native"
+    """The installed wheel's flavor: build.sh builds the native tools to match it."""
+    return flavor(wheel_features())
 
 
 def bin_dir(explicit: str | Path | None = None, flavor: str | None = None) -> Path:
