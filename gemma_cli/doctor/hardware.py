@@ -20,6 +20,10 @@ from typing import Any
 from gemma_cli import config
 from gemma_cli.doctor.report import FAIL, INFO, OK, WARN, Check
 
+# The rebuild every hint below gives: pip's wheel cache ignores CMAKE_ARGS, so it must not reuse a cached wheel.
+REINSTALL = "pip install --force-reinstall --no-cache-dir"
+PINNED = "llama-cpp-python==0.3.36"  # as pyproject.toml pins it
+
 # llama.cpp build feature (llama_print_system_info) -> the CPU flag it needs,
 # in the vocabulary `cpu_features()` returns.
 BUILD_NEEDS = {
@@ -109,10 +113,10 @@ def build_features(system_info: str) -> dict[str, dict[str, str]]:
 
 def check_llama(probe: dict[str, Any]) -> Check:
     if "error" in probe:
-        hint = "reinstall it: pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36"
+        hint = f"reinstall it: {REINSTALL} {PINNED}"
         if probe.get("signal") == "SIGILL":
             hint = ("the build uses CPU instructions this machine lacks; rebuild portable: "
-                    'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36')
+                    f'CMAKE_ARGS="-DGGML_NATIVE=OFF" {REINSTALL} {PINNED}')
         return Check("llama.cpp", FAIL, f"llama.cpp cannot be used: {probe['error']}", hint, {"error": probe["error"]})
     backends = build_features(probe.get("system_info", ""))
     cpu = backends.get("CPU", {})
@@ -196,17 +200,16 @@ def check_cpu(features: set[str] | None, probe: dict[str, Any]) -> Check:
     summary = f"{machine}: {' '.join(have) or 'no SIMD features reported'}"
     if missing:
         return Check("cpu", FAIL, f"{summary}; llama.cpp was built for {', '.join(missing)}, which this CPU lacks",
-                     'rebuild portable: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
+                     f'rebuild portable: CMAKE_ARGS="-DGGML_NATIVE=OFF" {REINSTALL} {PINNED}',
                      details)
     unused = [f for f in ("avx512f", "amx_int8") if f in features and not any(BUILD_NEEDS.get(k) == f for k, v in build.items() if v == "1")]
     if build and unused:
         # Measured on a 2-core AVX-512 EPYC (Gemma 3 270M): prompt evaluation 1.33x, 16-token verification passes
-        # ~1.2x, one-token decoding unchanged. pip's wheel cache ignores CMAKE_ARGS, hence --no-cache-dir.
+        # ~1.2x, one-token decoding unchanged.
         flags = "-DGGML_NATIVE=ON" + (" -DGGML_RPC=on" if probe.get("rpc") else "")
         return Check("cpu", INFO, f"{summary}; the build does not use {', '.join(unused)}",
                      "optional: a native build evaluates prompts and long drafts faster here (one-token decoding"
-                     f" about the same): CMAKE_ARGS=\"{flags}\" pip install --force-reinstall --no-cache-dir --no-deps"
-                     " llama-cpp-python==0.3.36"
+                     f" about the same): CMAKE_ARGS=\"{flags}\" {REINSTALL} --no-deps {PINNED}"
                      + ("; keep GEMMA_CPU_REPACK unset with AMX kernels" if "amx_int8" in unused else ""),
                      details)
     return Check("cpu", OK, summary, None, details)
