@@ -20,13 +20,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suffix_counts import PLAIN_STEP_S, full_curve  # noqa: E402
-from suffix_replay import load_curve, make  # noqa: E402
+from suffix_counts import full_curve  # noqa: E402
+from suffix_replay import load_curve, make, simulate  # noqa: E402
 
 from gemma_cli.engine.suffix import CHILDREN, COUNT, LAST  # noqa: E402
 
@@ -48,32 +47,20 @@ def rescue_run(drafter, out: list[int], n: int, draft0: int) -> int:
 def replay(prompt: list[int], out: list[int], curve: dict[int, float], k_max: int = 16) -> dict[str, float]:
     """One output: plain-pass units spent, what an extra row per drafted step would add, and the most it could save."""
     drafter, controller = make("new", k_max, curve, greedy=True)
-    sampler = SimpleNamespace(greedy=True)
-    history = list(prompt)
-    drafter.begin(history)
-    history.append(out[0])
-    n = 1
-    got = dict(cost=0.0, extra_cost=0.0, drafted=0, first_missed=0, rescued=0, rescued_tokens=0)
-    while n < len(out):
-        room = min(k_max, len(out) - n - 1)
-        draft, _ = drafter.propose(history, room, sampler) if room > 0 else ([], None)
-        k = min(controller.next_k(drafter.last_key if draft else None), len(draft)) if draft else controller.next_k()
-        draft = draft[:k]
-        acc = 0
-        while acc < len(draft) and draft[acc] == out[n + acc]:
-            acc += 1
-        got["cost"] += curve[len(draft) + 1]
-        if draft:
-            got["drafted"] += 1
-            got["extra_cost"] += curve[len(draft) + 2] - curve[len(draft) + 1]
-            if acc == 0:
-                got["first_missed"] += 1
-                run = rescue_run(drafter, out, n, draft[0])
-                got["rescued"] += run > 0
-                got["rescued_tokens"] += run
-        controller.record(len(draft), acc, len(draft) + 1, curve[len(draft) + 1] * PLAIN_STEP_S, 0.0, None)
-        history.extend(out[n : n + acc + 1])
-        n += acc + 1
+    got = dict(extra_cost=0.0, drafted=0, first_missed=0, rescued=0, rescued_tokens=0)
+
+    def step(n: int, draft: list[int], acc: int) -> None:
+        if not draft:
+            return
+        got["drafted"] += 1
+        got["extra_cost"] += curve[len(draft) + 2] - curve[len(draft) + 1]
+        if acc == 0:
+            got["first_missed"] += 1
+            run = rescue_run(drafter, out, n, draft[0])
+            got["rescued"] += run > 0
+            got["rescued_tokens"] += run
+
+    _, _, _, got["cost"], _ = simulate(prompt, out, drafter, controller, curve, k_max, True, on_step=step)
     return got
 
 

@@ -70,8 +70,12 @@ def record(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True):
-    """The decode loop's decisions over a known output: (passes, proposed, accepted, cost, python_s)."""
+def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True, on_step=None):
+    """The decode loop's decisions over a known output: (passes, proposed, accepted, cost, python_s).
+
+    `on_step(n, draft, accepted)`, when given, sees every step before its tokens join the history:
+    output position n, the draft verified there and how much of it the output kept.
+    """
     sampler = SimpleNamespace(greedy=greedy)
     history = list(prompt)
     drafter.begin(history)
@@ -92,6 +96,8 @@ def simulate(prompt, out, drafter, controller, curve, k_max, greedy=True):
         while acc < len(draft) and n + acc < len(out) and draft[acc] == out[n + acc]:
             acc += 1
         controller.record(len(draft), acc, len(draft) + 1, curve[len(draft) + 1] * PLAIN_STEP_S, 0.0, key)
+        if on_step is not None:
+            on_step(n, draft, acc)
         emitted = out[n : n + acc + 1]
         history.extend(emitted)
         n += len(emitted)
