@@ -35,8 +35,8 @@ def rescue_run(drafter, out: list[int], n: int, draft0: int) -> int:
     _, node = drafter.local.longest_match()
     if node is None or not node[CHILDREN]:
         return 0
-    alts = sorted(((child[COUNT], tok) for tok, child in node[CHILDREN].items() if tok != draft0), reverse=True)
-    if not alts or alts[0][1] != out[n]:
+    second = max(((child[COUNT], tok) for tok, child in node[CHILDREN].items() if tok != draft0), default=None)
+    if second is None or second[1] != out[n]:
         return 0
     tokens, src, run = drafter.local.tokens, node[CHILDREN][out[n]][LAST] + 1, 0
     while run < 15 and src + run < len(tokens) and n + 1 + run < len(out) and tokens[src + run] == out[n + 1 + run]:

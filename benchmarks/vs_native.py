@@ -473,6 +473,14 @@ def counted_to(engine, prompt: list[int], w: dict, curve: dict[int, float], want
             run["tok_s_at_n"] = run["tok_s"] * (wanted / run["generated"]) / share
 
 
+def analyse(engine, w: dict, prompt: list[int], draft_default, configs, curve: dict[int, float], wanted: int) -> None:
+    """What one workload's runs say beyond their rates: the same-text replay, llama.cpp counted to `wanted`
+    tokens, and the summary. One place for a fresh run and for --from-json, so a reprint recomputes the same."""
+    w["same_text"] = same_text(prompt, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
+    counted_to(engine, prompt, w, curve, wanted)
+    w["summary"] = summarize(w)
+
+
 def run_corpus(prompts, configs, draft_default, args, bins: Path, log, curve: dict[int, float]) -> list[dict]:
     Engine, EngineConfig, _, _ = gemma_api()
     results = []
@@ -481,10 +489,7 @@ def run_corpus(prompts, configs, draft_default, args, bins: Path, log, curve: di
         for prompt in prompts:
             w = measure(engine, prompt.name, prompt.prompt, corpus_sides(draft_default, configs), args, bins, args.model, log)
             w.update({"class": prompt.kind, "set": prompt.set})
-            tokens = raw_tokens(engine, prompt.prompt)
-            w["same_text"] = same_text(tokens, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
-            counted_to(engine, tokens, w, curve, args.tokens)
-            w["summary"] = summarize(w)
+            analyse(engine, w, raw_tokens(engine, prompt.prompt), draft_default, configs, curve, args.tokens)
             results.append(w)
             for line in w["token_count_mismatch"]:
                 log(f"warning: {prompt.name}: {line}")
@@ -506,10 +511,7 @@ def reprint(args) -> int:
     with Engine(model, DraftConfig(source="none", tokens=1), EngineConfig(n_ctx=int(saved["args"]["ctx"]), n_threads=1)) as engine:
         for w in saved["workloads"]:
             text = next(p.prompt for p in load(w["set"], [w["workload"].split("/", 1)[1]]) if p.name == w["workload"])
-            prompt = raw_tokens(engine, text)
-            w["same_text"] = same_text(prompt, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
-            counted_to(engine, prompt, w, curve, int(saved["args"]["tokens"]))
-            w["summary"] = summarize(w)
+            analyse(engine, w, raw_tokens(engine, text), draft_default, configs, curve, int(saved["args"]["tokens"]))
     print_table(saved["workloads"], labels)
     print_same_text(saved["workloads"])
     print_medians(saved["workloads"])
