@@ -186,6 +186,30 @@ def test_controller_drafts_only_where_confidence_pays():
     assert c.next_k((0.99,) * 7 + (0.05,) * 8) == 7
 
 
+def test_controller_stops_paying_for_drafts_that_fall_short_and_tries_again_later():
+    curve = [1.0, 2.0, 2.5, 2.9, 4.1, 4.0, 3.8, 3.5]
+    c = DraftLengthController(7)
+    c._t_verify.update({b: cost for b, cost in enumerate(curve, start=1)})
+    sure = (0.9,) * 7
+    assert c.next_k(sure) == 7
+    misses = 0
+    while c.next_k(sure) > 0:  # every draft this confident misses at its first token
+        c.record(7, 0, 8, 3.5, 0.0, sure)
+        misses += 1
+        assert misses < 10, "the controller kept paying for drafts that never came true"
+    idle = 0
+    while c.next_k(sure) == 0:  # plain steps: the shortfall is forgotten
+        c.record(0, 0, 1, 1.0, 0.0, None)
+        idle += 1
+        assert idle < 200, "the controller never drafted again"
+    assert idle >= 5
+    hits = DraftLengthController(7)
+    hits._t_verify.update(c._t_verify)
+    for _ in range(20):  # drafts that come true keep it drafting at full length
+        assert hits.next_k(sure) == 7
+        hits.record(7, 7, 8, 3.5, 0.0, sure)
+
+
 # -- through the engine ------------------------------------------------------------------
 
 TINY_PROMPTS = ["abcabcabcab", "hello hello hello hel", "the cat sat on the mat. the cat sat", "x=1; y=2; x=1; y="]
