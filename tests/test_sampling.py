@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gemma_cli.engine.adaptive import DraftController
+from gemma_cli.engine.loss_budget import LossBudget
 from gemma_cli.engine.sampling import Dist, SamplingParams, accept_draft, draw, residual, top_k_ids, warp
 from gemma_cli.engine.textstream import TextStream
 
@@ -64,6 +65,7 @@ def test_acceptance_probability_is_min_ratio():
 
 def test_controller_pauses_on_low_acceptance_and_probes():
     c = DraftController(6, measure_time=False)
+    c.budget = LossBudget(start=float("inf"))  # probing alone; the budget below
     for _ in range(30):
         c.record(4, 0, 5, 0.0, 0.0)
     ks = [c.next_k() for _ in range(16)]
@@ -101,6 +103,7 @@ def test_controller_tries_an_unmeasured_length_once_then_trusts_the_measurement(
 def test_failed_probes_back_off():
     """Drafts would pay if accepted (a b-token pass costs 1 + 0.6(b-1) steps), but none are."""
     c = DraftController(4)
+    c.budget = LossBudget(start=float("inf"))  # probing alone; the budget below
     for _ in range(10):
         c.record(0, 0, 1, 0.010, 0.0)
         for b in range(2, 6):
@@ -110,6 +113,21 @@ def test_failed_probes_back_off():
     c.record(1, 0, 2, 0.020, 0.0)  # the probe did not pay
     ks = [c.next_k() for _ in range(15)]
     assert ks.count(1) == 0  # the next probe waits 16 steps
+
+
+def test_drafts_stay_within_the_loss_budget():
+    """Every proposal of a class never seen before (each starts at the optimistic prior), none ever right:
+    the generation still costs at most 2 passes + 1% over plain decoding (loss_budget.py)."""
+    c = DraftController(4)
+    t1 = 0.010
+    spent, tokens, drafted = 0.0, 0, 0
+    for step in range(600):
+        k = c.next_k(key=step)
+        t = t1 * (1 + 0.6 * k)
+        c.record(k, 0, k + 1, t, 0.0, key=step)
+        spent, tokens, drafted = spent + t / t1, tokens + 1, drafted + k
+    assert drafted > 0
+    assert spent <= tokens * 1.01 + 2.0 + 1e-6  # without the budget: 961 passes for these 600 tokens
 
 
 def test_shared_pass_costs_carry_measurements_into_the_next_generation():

@@ -10,6 +10,7 @@ import pytest
 
 from gemma_cli.engine.draft_length import DraftLengthController
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
+from gemma_cli.engine.loss_budget import LossBudget
 from gemma_cli.engine.sampling import SamplingParams
 from gemma_cli.engine.suffix import BEST, CHILDREN, CONT, COUNT, LAST, Follower, SuffixTrie, continuation
 from gemma_cli.engine.suffix_drafter import SuffixDrafter
@@ -181,6 +182,7 @@ def test_controller_drafts_only_where_confidence_pays():
     curve = [1.0, 2.0, 2.5, 2.9, 4.1, 4.0, 3.8, 3.5, 4.8, 4.7, 4.5, 4.4, 4.35, 4.3, 4.3, 4.3]
     c = DraftLengthController(15)
     c._t_verify.update({b: cost for b, cost in enumerate(curve, start=1)})
+    c.budget = LossBudget(start=float("inf"))  # the rate alone decides here: the budget is tested below
     assert c.next_k((0.5,) * 15) == 0
     assert c.next_k((0.99,) * 15) == 15
     assert c.next_k((0.99,) * 7 + (0.05,) * 8) == 7
@@ -190,6 +192,7 @@ def test_controller_stops_paying_for_drafts_that_fall_short_and_tries_again_late
     curve = [1.0, 2.0, 2.5, 2.9, 4.1, 4.0, 3.8, 3.5]
     c = DraftLengthController(7)
     c._t_verify.update({b: cost for b, cost in enumerate(curve, start=1)})
+    c.budget = LossBudget(start=float("inf"))
     sure = (0.9,) * 7
     assert c.next_k(sure) == 7
     misses = 0
@@ -205,9 +208,48 @@ def test_controller_stops_paying_for_drafts_that_fall_short_and_tries_again_late
     assert idle >= 5
     hits = DraftLengthController(7)
     hits._t_verify.update(c._t_verify)
+    hits.budget = LossBudget(start=float("inf"))
     for _ in range(20):  # drafts that come true keep it drafting at full length
         assert hits.next_k(sure) == 7
         hits.record(7, 7, 8, 3.5, 0.0, sure)
+
+
+CPU_CURVE = [1.0, 1.9, 2.4, 2.9, 3.6, 3.8, 3.9, 4.0, 4.6, 4.7, 4.8, 4.9, 5.0, 5.2, 5.4, 5.6, 5.7]  # 2-core CPU shape
+
+
+def _run_with_outcomes(c: DraftLengthController, steps: int, accept) -> tuple[int, float, int]:
+    """Drive `c` for `steps` steps with confident proposals; `accept(k)` says how many of k drafts came true.
+
+    Returns (tokens emitted, one-token passes spent, tokens drafted)."""
+    sure = (0.95,) * c.k_max
+    tokens, cost, drafted = 0, 0.0, 0
+    for _ in range(steps):
+        k = c.next_k(sure)
+        a = accept(k) if k else 0
+        c.record(k, a, k + 1, CPU_CURVE[k], 0.0, sure if k else None)
+        tokens, cost, drafted = tokens + a + 1, cost + CPU_CURVE[k], drafted + k
+    return tokens, cost, drafted
+
+
+def test_loss_budget_bounds_what_drafts_that_never_come_true_can_cost():
+    c = DraftLengthController(16)
+    c._t_verify.update({b: cost for b, cost in enumerate(CPU_CURVE, start=1)})
+    tokens, cost, drafted = _run_with_outcomes(c, 400, lambda k: 0)  # confident drafts, every one wrong
+    assert drafted > 0  # it did gamble,
+    assert cost <= tokens * 1.01 + 2.0 + 1e-6  # never beyond the bound: 2 passes, and 1% per token
+    assert c.budget.bank >= -1e-9
+
+
+def test_loss_budget_lets_drafts_that_pay_grow_to_full_length():
+    c = DraftLengthController(16)
+    c._t_verify.update({b: cost for b, cost in enumerate(CPU_CURVE, start=1)})
+    sure = (0.95,) * 16
+    first = c.next_k(sure)
+    assert 0 < first < 16  # the first draft is one the bank can afford to lose
+    assert CPU_CURVE[first] - 1 <= LossBudget.START
+    tokens, cost, drafted = _run_with_outcomes(c, 30, lambda k: k)  # every draft comes true
+    assert c.next_k(sure) == 16
+    assert tokens / cost > 2.5  # and the generation runs at the speed of long drafts
 
 
 # -- through the engine ------------------------------------------------------------------

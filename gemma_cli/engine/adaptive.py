@@ -38,6 +38,10 @@ its proposals draws more or fewer random numbers as k varies, so such
 generations run with `measure_time=False`: costs stay at a fixed prior and
 only the acceptance estimate (a function of the seed) adapts.
 
+Whatever the estimates, a draft is made only when its worst case (every
+drafted token rejected) fits in the generation's loss budget, which bounds
+what drafting can cost against plain decoding (loss_budget.py).
+
 Seeding: `PassCosts.from_curve({batch_size: seconds})` (or `seed` on the
 engine's own `Engine.costs`, or `EngineConfig(pass_costs=...)`) starts the
 target's pass costs from a known curve instead of from nothing, e.g. one
@@ -50,6 +54,8 @@ from __future__ import annotations
 
 import math
 from typing import Mapping
+
+from gemma_cli.engine.loss_budget import LossBudget
 
 DECAY = 0.85
 OPTIMISTIC_PER_TOKEN = 0.15  # unmeasured extra verified token, in plain steps
@@ -145,6 +151,7 @@ class DraftController:
         self._draft_cost = draft_cost  # prior, in plain-step units
         self._probe_every = PROBE_MIN
         self._since_probe = 0
+        self.budget = LossBudget()  # what drafting may still lose against plain decoding (loss_budget.py)
         self.k = k_max
 
     @property
@@ -213,6 +220,8 @@ class DraftController:
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
             cost = self._verify_time(k + 1) + k * t_draft
+            if not self.budget.affords(cost * plain_rate - 1.0):  # its worst case would overdraw the bank
+                continue
             ceiling = max(ceiling, (k + 1) / cost)  # the rate if every draft were accepted
             rate = (1.0 - a ** (k + 1)) / (1.0 - a) / cost
             if rate > best_rate:
@@ -240,3 +249,12 @@ class DraftController:
             self._misses = DECAY * self._misses + miss
         if self.measure_time:
             self._costs.observe(batch, verify_s, proposed, draft_s)
+        self._settle(proposed, accepted)
+
+    def _settle(self, proposed: int, accepted: int) -> None:
+        """Book the step in the loss budget, priced from the cost table (not from one noisy pass)."""
+        if proposed and (self._t_verify or not self.measure_time):
+            cost = self._verify_time(proposed + 1) + proposed * self._draft_time()
+            self.budget.settle(accepted + 1, cost / self._verify_time(1))
+        else:
+            self.budget.settle(1, 1.0)

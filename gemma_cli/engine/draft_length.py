@@ -34,6 +34,13 @@ expectations by it, drifting back to 1 step by step. (Tuning set, native
 build, default vs plain in alternating rounds, two runs: geomean 1.678x ->
 1.726x and 1.629x -> 1.668x; replayed on the tuning outputs, the worst case
 1.04x -> 1.15x at the same mean; sampled unchanged.)
+
+Estimates can still be wrong for a whole text (one that paraphrases its
+prompt looks like a copy and breaks after a token or two, draft after draft).
+So, last, a hard bound: a draft is made only if its worst case (every token
+rejected: t(k+1)/t(1) - 1 passes lost) fits in the loss budget, which drafts
+that pay refill (loss_budget.py, kept by the base controller). Whatever the
+confidences say, a generation costs at most 2 passes + 1% more than plain.
 """
 
 from __future__ import annotations
@@ -83,10 +90,14 @@ class DraftLengthController(DraftController):
         best_k, best_rate = 0, (1.0 + self.margin) / self._verify_time(1)
         new_k, new_rate = 0, 0.0  # the best size not measured yet: tried only if clearly better
         expected, run = 1.0, min(self._paid_got / self._paid_expected, 1.0)
+        unit = self._verify_time(1)
         for k in range(1, min(self.k_max, len(key)) + 1):
             run *= key[k - 1]
             expected += run
-            rate = expected / self._verify_time(k + 1)
+            t = self._verify_time(k + 1)
+            if not self.budget.affords(t / unit - 1.0):  # its worst case would overdraw the bank (loss_budget.py)
+                continue
+            rate = expected / t
             if k + 1 in known or not self.measure_time:
                 if rate > best_rate:
                     best_k, best_rate = k, rate
