@@ -253,7 +253,7 @@ class DraftController:
 
     def _settle(self, proposed: int, accepted: int) -> None:
         """Book the step in the loss budget, priced from the cost table (not from one noisy pass)."""
-        if proposed and (self._t_verify or not self.measure_time):
+        if proposed:  # record() has just observed this pass when timing is on, so the table is never empty here
             cost = self._verify_time(proposed + 1) + proposed * self._draft_time()
             self.budget.settle(accepted + 1, cost / self._verify_time(1))
         else:

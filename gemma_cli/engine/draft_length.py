@@ -87,10 +87,10 @@ class DraftLengthController(DraftController):
             self.k = 0
             return 0
         known = self._t_verify
-        best_k, best_rate = 0, (1.0 + self.margin) / self._verify_time(1)
+        unit = self._verify_time(1)
+        best_k, best_rate = 0, (1.0 + self.margin) / unit
         new_k, new_rate = 0, 0.0  # the best size not measured yet: tried only if clearly better
         expected, run = 1.0, min(self._paid_got / self._paid_expected, 1.0)
-        unit = self._verify_time(1)
         for k in range(1, min(self.k_max, len(key)) + 1):
             run *= key[k - 1]
             expected += run
