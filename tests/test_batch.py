@@ -267,7 +267,9 @@ def test_clients_on_threads_cancel_only_their_own(plain):
 
     def job(i: int) -> None:
         client = sched.client()
-        gen = client.generate(client.prompt_tokens(texts[i], raw=True), max_tokens=50)
+        # Job 1 asks for far more than the others: their threads stop driving the batch once
+        # their own 50 tokens are out, so job 1 cannot finish before its own thread cancels it.
+        gen = client.generate(client.prompt_tokens(texts[i], raw=True), max_tokens=300 if i == 1 else 50)
         for n, _ in enumerate(gen):
             if i == 1 and n == 3:
                 client.cancel()
@@ -279,6 +281,7 @@ def test_clients_on_threads_cancel_only_their_own(plain):
     for t in threads:
         t.join(60)
     assert results[1].stop_reason is StopReason.CANCELLED
+    assert len(results[1].tokens) < 300
     for i in (0, 2):
         prompt = plain.prompt_tokens(texts[i], raw=True)
         ref = plain.generate(prompt, max_tokens=50)
