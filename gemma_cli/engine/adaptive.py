@@ -202,6 +202,14 @@ class DraftController:
         measured = self._costs.draft_per_token
         return measured if measured is not None else self._draft_cost * self._verify_time(1)
 
+    def _step_passes(self, k: int) -> float:
+        """A step that drafts k tokens, in one-token passes: verifying k+1 rows plus drafting k tokens.
+
+        The one price of a draft for the loss budget: what `next_k` checks it can afford and what
+        `_settle` books are the same number, so the bound holds exactly.
+        """
+        return (self._verify_time(k + 1) + k * self._draft_time()) / self._verify_time(1)
+
     def next_k(self, key: object = None) -> int:
         """Draft length for the next step (0 = decode plainly).
 
@@ -219,9 +227,9 @@ class DraftController:
         best_k, best_rate, ceiling = 0, plain_rate, 0.0
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
-            cost = self._verify_time(k + 1) + k * t_draft
-            if not self.budget.affords(cost * plain_rate - 1.0):  # its worst case would overdraw the bank
+            if not self.budget.affords(self._step_passes(k) - 1.0):  # its worst case would overdraw the bank
                 continue
+            cost = self._verify_time(k + 1) + k * t_draft
             ceiling = max(ceiling, (k + 1) / cost)  # the rate if every draft were accepted
             rate = (1.0 - a ** (k + 1)) / (1.0 - a) / cost
             if rate > best_rate:
@@ -254,7 +262,6 @@ class DraftController:
     def _settle(self, proposed: int, accepted: int) -> None:
         """Book the step in the loss budget, priced from the cost table (not from one noisy pass)."""
         if proposed:  # record() has just observed this pass when timing is on, so the table is never empty here
-            cost = self._verify_time(proposed + 1) + proposed * self._draft_time()
-            self.budget.settle(accepted + 1, cost / self._verify_time(1))
+            self.budget.settle(accepted + 1, self._step_passes(proposed))
         else:
             self.budget.settle(1, 1.0)

@@ -38,7 +38,7 @@ build, default vs plain in alternating rounds, two runs: geomean 1.678x ->
 Estimates can still be wrong for a whole text (one that paraphrases its
 prompt looks like a copy and breaks after a token or two, draft after draft).
 So, last, a hard bound: a draft is made only if its worst case (every token
-rejected: t(k+1)/t(1) - 1 passes lost) fits in the loss budget, which drafts
+rejected: t(k+1)/t(1) - 1 passes lost, plus its drafting time) fits in the loss budget, which drafts
 that pay refill (loss_budget.py, kept by the base controller). Whatever the
 confidences say, a generation costs at most 2 passes + 1% more than plain.
 """
@@ -94,9 +94,9 @@ class DraftLengthController(DraftController):
         for k in range(1, min(self.k_max, len(key)) + 1):
             run *= key[k - 1]
             expected += run
-            t = self._verify_time(k + 1)
-            if not self.budget.affords(t / unit - 1.0):  # its worst case would overdraw the bank (loss_budget.py)
+            if not self.budget.affords(self._step_passes(k) - 1.0):  # its worst case would overdraw the bank
                 continue
+            t = self._verify_time(k + 1)
             rate = expected / t
             if k + 1 in known or not self.measure_time:
                 if rate > best_rate:
