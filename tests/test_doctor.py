@@ -238,16 +238,6 @@ def test_bad_usage_is_exit_2(store: Path) -> None:
     assert "--ctx must be positive" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cpu_repack_default_follows_the_build_and_the_override_wins(store: Path) -> None:
-    proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", GEMMA_CPU_REPACK="")
-    repack = checks_of(proc)["cpu-repack"]
-    assert repack["details"]["source"] == "default" and repack["status"] == OK
-    assert repack["details"]["cpu_repack"] is (not repack["details"]["build_has_amx"])  # never on with AMX kernels
-    proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", GEMMA_CPU_REPACK="0")
-    repack = checks_of(proc)["cpu-repack"]
-    assert repack["details"]["cpu_repack"] is False and repack["details"]["source"] == "GEMMA_CPU_REPACK"
-
-
 def test_cpu_repack_override_is_reported(store: Path) -> None:
     proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", GEMMA_CPU_REPACK="1")
     repack = checks_of(proc)["cpu-repack"]

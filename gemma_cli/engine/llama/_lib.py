@@ -134,24 +134,23 @@ def build_has_amx() -> bool:
 
 
 def choose_cpu_repack() -> bool:
-    """Whether to let llama.cpp repack CPU weights (`use_extra_bufts`): on unless this build has AMX kernels.
+    """Whether to let llama.cpp repack CPU weights (`use_extra_bufts`). Default: off.
 
-    Repacked weights (Q4_K as interleaved 8-row blocks) make batched passes
-    cheaper, which is what verifying a draft is: on the 2-core Xeon of session
-    10 (portable AVX2 build, Gemma 3 270M Q4_K_M, 2 threads) a pass of 2 / 4 /
-    8 / 16 tokens cost 1.31 / 1.91 / 3.03 / 5.51 one-token passes repacked
-    against 1.46 / 2.15 / 3.66 / 6.19 not, and a one-token pass 23.7 against
-    24.6 ms (`benchmarks/pass_curve.py [--repack]`). It is llama.cpp's own
-    default, so its tools measure with it. But with an AMX build, repacked
-    weights go through `ggml_backend_amx_mul_mat`, which dies during decode on
-    some AMX CPUs (SIGSEGV, or SIGILL on the session-9 Xeon VM): there it stays
-    off. `GEMMA_CPU_REPACK=1`/`0` decides instead (`gemma doctor` warns when it
-    turns repacking on for an AMX build).
+    Repacked weights make batched passes cheaper (2-core Xeon, portable AVX2
+    build, Gemma 3 270M Q4_K_M: a pass of 4 / 8 / 16 tokens 1.91 / 3.03 / 5.51
+    one-token passes against 2.15 / 3.66 / 6.19; default / plain on the
+    validation set 1.73x against 1.58x), but two things keep them opt-in:
+    - Exactness: repacked, a pass of 4 rows or more rounds differently from
+      one-token passes (up to 1.8 logits on a row, measured), where without
+      repacking passes of up to 7 rows are bit-identical to them. The batch
+      scheduler's exact mode (`EXACT_ROWS`) and same-seed sampled equality with
+      plain decoding rely on that.
+    - With an AMX build, repacked weights go through `ggml_backend_amx_mul_mat`,
+      which dies during decode on some AMX CPUs.
+    `GEMMA_CPU_REPACK=1` opts in (`gemma doctor` warns on AMX builds).
     """
     override = config.cpu_repack_override()
-    if override is not None:
-        return override
-    return not build_has_amx()
+    return bool(override)
 
 
 def capabilities() -> dict[str, object]:
