@@ -436,3 +436,25 @@ def test_batched_ngram_slots_keep_no_per_proposal_records(plain):
     assert sum(g.result.stats.draft_proposed for g in gens) > 0
     assert all(not s.acceptance._by_key for s in slots)
     sched.close()
+
+
+@pytest.mark.slow
+def test_gemma3_repacked_weights_keep_concurrent_requests_exact(gemma3_path):
+    """GEMMA_CPU_REPACK=1: shared decodes stay within EXACT_ROWS_REPACKED rows, so four concurrent plain requests are
+    token-for-token their solo runs (4 one-row slots in one decode would round differently)."""
+    from gemma_cli.engine.llama._lib import build_has_amx
+
+    if build_has_amx():
+        pytest.skip("repacked weights take the AMX path that crashes on some CPUs")
+    eng = Engine(gemma3_path, DraftConfig(source="none"), EngineConfig(n_ctx=512, n_threads=2, cpu_repack=True))
+    sched = BatchScheduler(eng, 4)
+    texts = ["The quick brown fox", "List the days of the week:", "Once upon a time", "def mul(a, b):\n"]
+    prompts = [eng.prompt_tokens(t, raw=True) for t in texts]
+    gens = [sched.submit(p, max_tokens=24) for p in prompts]
+    sched.run()
+    for p, g in zip(prompts, gens, strict=True):
+        ref = eng.generate(p, max_tokens=24)
+        ref.text()
+        assert g.result.tokens == ref.result.tokens
+    sched.close()
+    eng.close()

@@ -238,6 +238,16 @@ def test_bad_usage_is_exit_2(store: Path) -> None:
     assert "--ctx must be positive" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cpu_repack_is_off_by_default_and_the_opt_in_is_offered_where_safe(store: Path) -> None:
+    proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", GEMMA_CPU_REPACK="")
+    repack = checks_of(proc)["cpu-repack"]
+    assert repack["details"]["cpu_repack"] is False and repack["details"]["source"] == "default"
+    if repack["details"]["build_has_amx"]:  # never suggested where the AMX path would crash
+        assert repack["status"] == OK and not repack["hint"]
+    else:
+        assert repack["status"] == INFO and "GEMMA_CPU_REPACK=1" in repack["hint"]
+
+
 def test_cpu_repack_override_is_reported(store: Path) -> None:
     proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_HUB_OFFLINE="1", GEMMA_CPU_REPACK="1")
     repack = checks_of(proc)["cpu-repack"]

@@ -384,9 +384,19 @@ def _rows_vs_one_token_passes(path, repack: bool, rows: int) -> float:
 def test_default_weights_verify_up_to_seven_rows_exactly(gemma3_path):
     """Why CPU weight repacking stays opt-in: the batch scheduler's exact mode (EXACT_ROWS = 7) and same-seed sampled
     equality need passes of up to 7 rows to compute exactly what one-token passes compute. Without repacking they do;
-    repacked weights take rows four at a time and round differently from 4 rows on."""
+    repacked weights take rows four at a time and round differently from 4 rows on, so a repacked scheduler shares
+    decodes of at most EXACT_ROWS_REPACKED = 3 rows."""
+    from gemma_cli.engine.batch import EXACT_ROWS, EXACT_ROWS_REPACKED, BatchScheduler
     from gemma_cli.engine.llama._lib import build_has_amx
 
-    assert _rows_vs_one_token_passes(gemma3_path, repack=False, rows=7) == 0.0
-    if not build_has_amx():  # repacked weights would take the AMX path that crashes (README, Troubleshooting)
-        assert _rows_vs_one_token_passes(gemma3_path, repack=True, rows=4) > 0.01
+    assert _rows_vs_one_token_passes(gemma3_path, repack=False, rows=EXACT_ROWS) == 0.0
+    if build_has_amx():  # repacked weights would take the AMX path that crashes (README, Troubleshooting)
+        return
+    assert _rows_vs_one_token_passes(gemma3_path, repack=True, rows=EXACT_ROWS_REPACKED) == 0.0
+    assert _rows_vs_one_token_passes(gemma3_path, repack=True, rows=EXACT_ROWS_REPACKED + 1) > 0.01
+    for repack, cap in ((False, EXACT_ROWS), (True, EXACT_ROWS_REPACKED)):
+        eng = Engine(gemma3_path, DraftConfig(source="none"), EngineConfig(n_ctx=256, n_threads=2, cpu_repack=repack))
+        sched = BatchScheduler(eng, 2)
+        assert sched.exact_rows == cap
+        sched.close()
+        eng.close()

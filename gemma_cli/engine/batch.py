@@ -55,6 +55,9 @@ from gemma_cli.errors import ContextFullError, UsageError
 # 3 rows: up to 0.5-1.0 logit). Slots share a decode only within this cap, so batching others in
 # never changes a slot's numerics (a slot's own k+1 rows beyond it are what it would decode alone).
 EXACT_ROWS = 7
+# With repacked CPU weights (GEMMA_CPU_REPACK=1) llama.cpp multiplies rows four at a time: decodes of up to 3
+# rows stay bit-identical to one-row decodes, 4 rows move a logit by up to 1.8 (tests/test_engine.py).
+EXACT_ROWS_REPACKED = 3
 PREFILL_CHUNK = 128  # prompt tokens per step while other slots decode (~0.1-0.3 s on a 2-core CPU for the 270M)
 MAX_PARALLEL = 64
 
@@ -95,7 +98,8 @@ class BatchScheduler:
         self.ctx = Context(engine.target, n_ctx=self.n_slots * self.n_ctx, n_batch=cfg.n_batch,
                            n_threads=cfg.n_threads, n_seq_max=self.n_slots, kv_unified=not exact)
         self.prefill_chunk = max(1, min(prefill_chunk, self.ctx.n_batch))
-        self.exact_rows = EXACT_ROWS  # both modes: bigger shared decodes move logits by up to ~1 (not a near-tie)
+        # both modes: bigger shared decodes move logits by up to ~1 (not a near-tie)
+        self.exact_rows = EXACT_ROWS_REPACKED if engine.target.cpu_repack else EXACT_ROWS
         self.costs = BatchCosts.from_curve(engine.costs.curve)  # the engine's measured passes (empty: optimistic)
         self.active: list[SlotState] = []
         self.waiting: collections.deque[SlotState] = collections.deque()
