@@ -358,26 +358,15 @@ def test_default_settings_decode_without_crashing(gemma3_path):
     assert proc.stdout.startswith("OK")
 
 
-def _rows_vs_one_token_passes(path, repack: bool, rows: int) -> float:
+def _rows_vs_one_token_passes(eng: Engine, rows: int) -> float:
     """Largest logit difference between one pass of `rows` tokens and the same tokens one per pass."""
     import numpy as np
 
-    from gemma_cli.engine.llama.context import Context
-    from gemma_cli.engine.llama.model import Model
+    from measure_logit_error import _rows_batched, _rows_one_by_one
 
-    model = Model(str(path), cpu_repack=repack)
-    ctx = Context(model, n_ctx=512, n_threads=2)
-    tokens = model.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n", add_special=True)
-    head, tail = tokens[:-rows], tokens[-rows:]
-    ctx.decode(head, n_outputs=1)
-    single = []
-    for t in tail:
-        ctx.decode([t], n_outputs=1)
-        single.append(np.array(ctx.logits()[0]))
-    ctx.trim(len(head))
-    ctx.decode(tail, n_outputs=rows)
-    batched = np.array(ctx.logits()[:rows])
-    return float(np.abs(batched - np.array(single)).max())
+    seq = eng.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n")
+    start = len(seq) - 1 - rows  # seq[start:-1]: the `rows` tokens of the pass
+    return float(np.abs(_rows_batched(eng, seq, start, rows) - _rows_one_by_one(eng, seq, start)).max())
 
 
 @pytest.mark.slow
@@ -389,13 +378,13 @@ def test_default_weights_verify_up_to_seven_rows_exactly(gemma3_path):
     from gemma_cli.engine.batch import EXACT_ROWS, EXACT_ROWS_REPACKED, BatchScheduler
     from gemma_cli.engine.llama._lib import build_has_amx
 
-    assert _rows_vs_one_token_passes(gemma3_path, repack=False, rows=EXACT_ROWS) == 0.0
-    if build_has_amx():  # repacked weights would take the AMX path that crashes (README, Troubleshooting)
-        return
-    assert _rows_vs_one_token_passes(gemma3_path, repack=True, rows=EXACT_ROWS_REPACKED) == 0.0
-    assert _rows_vs_one_token_passes(gemma3_path, repack=True, rows=EXACT_ROWS_REPACKED + 1) > 0.01
-    for repack, cap in ((False, EXACT_ROWS), (True, EXACT_ROWS_REPACKED)):
+    # repacked weights would take the AMX path that crashes (README, Troubleshooting)
+    for repack in (False,) if build_has_amx() else (False, True):
         eng = Engine(gemma3_path, DraftConfig(source="none"), EngineConfig(n_ctx=256, n_threads=2, cpu_repack=repack))
+        cap = EXACT_ROWS_REPACKED if repack else EXACT_ROWS
+        assert _rows_vs_one_token_passes(eng, cap) == 0.0
+        if repack:
+            assert _rows_vs_one_token_passes(eng, cap + 1) > 0.01
         sched = BatchScheduler(eng, 2)
         assert sched.exact_rows == cap
         sched.close()
