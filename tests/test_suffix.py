@@ -396,17 +396,3 @@ def test_greedy_lossless_gemma3_default_ngram(gemma3_path):
         proposed += got.result.stats.draft_proposed
     print("gemma3 270M suffix drafter:", verdicts, "proposed", proposed)
     assert proposed > 0
-
-
-@pytest.mark.slow
-def test_sampled_same_seed_gemma3(gemma3_path):
-    plain = _engine(gemma3_path, "none", n_ctx=1024)
-    spec = _engine(gemma3_path, "ngram", n_ctx=1024, tokens=16)
-    prompt = plain.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n")
-    for seed in range(3):
-        p = SamplingParams(temperature=1.0, top_k=64, top_p=0.95, seed=seed)
-        ref = plain.generate(prompt, max_tokens=64, sampling=p)
-        ref.text()
-        got = spec.generate(prompt, max_tokens=64, sampling=p)
-        got.text()
-        check_sampled_coupling(plain, prompt, p, ref.result, got.result)
