@@ -365,11 +365,11 @@ def _rows_vs_one_token_passes(eng: Engine, rows: int, history: int | None = None
 
     from measure_logit_error import _rows_batched, _rows_one_by_one
 
-    text = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
-    seq = eng.tokenize(text)
-    while history is not None and len(seq) < history + rows + 1:
-        seq += eng.tokenize(text)[1:]
-    if history is not None:
+    seq = eng.tokenize("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n")
+    if history is not None:  # repeat the snippet (without its BOS) until the history is that long
+        body = seq[1:]
+        while len(seq) < history + rows + 1:
+            seq += body
         seq = seq[: history + rows + 1]
     start = len(seq) - 1 - rows  # seq[start:-1]: the `rows` tokens of the pass
     return float(np.abs(_rows_batched(eng, seq, start, rows) - _rows_one_by_one(eng, seq, start)).max())
@@ -377,7 +377,7 @@ def _rows_vs_one_token_passes(eng: Engine, rows: int, history: int | None = None
 
 @pytest.mark.slow
 def test_exact_rows_hold_only_while_the_kv_cache_is_short(gemma3_path):
-    """Where the exactness premise ends (README, *Performance*): llama.cpp's CPU flash attention computes a
+    """Where the exactness premise ends (README, *How the engine works*, Numerics): llama.cpp's CPU flash attention computes a
     one-token pass over 512 or more KV cells (n_kv is padded to 256, so past 256 tokens) split across the
     threads and merges the partial sums (ops.cpp, use_split_kv_path), which rounds differently from a pass of
     several rows. So from 257 tokens of history on, a 2-row verification pass no longer computes what a

@@ -53,7 +53,9 @@ from gemma_cli.errors import ContextFullError, UsageError
 # same sequence (llama.cpp CPU kernels, Gemma 3 270M Q4_K_M, measured 2026-11-30 teacher-forced over
 # 40 tokens: 1 slot x 1..7 rows and 4 slots x 1 row: error 0.0; 8 or 9 rows of one slot, 4 slots x
 # 3 rows: up to 0.5-1.0 logit). Slots share a decode only within this cap, so batching others in
-# never changes a slot's numerics (a slot's own k+1 rows beyond it are what it would decode alone).
+# never changes a slot's numerics (a slot's own k+1 rows beyond it are what it would decode alone)
+# while its history holds at most 256 tokens: past that llama.cpp splits a one-row attention pass
+# across threads and even 2 rows round differently (docs/batching.md, tests/test_engine.py).
 EXACT_ROWS = 7
 # With repacked CPU weights (GEMMA_CPU_REPACK=1) llama.cpp multiplies rows four at a time: decodes of up to 3
 # rows stay bit-identical to one-row decodes, 4 rows move a logit by up to 1.8 (tests/test_engine.py).
