@@ -166,6 +166,28 @@ def test_seeded_pass_costs_steer_the_first_decision():
     assert steep.curve[1] == 0.010
 
 
+def test_pass_costs_follow_the_machines_pace_for_every_size_and_ignore_a_single_stall():
+    """A slower machine shows in every size's price; one stalled pass does not; a size's own error is learnt."""
+    from gemma_cli.engine.adaptive import PassCosts
+
+    costs = PassCosts.from_curve({1: 0.010, 2: 0.015, 8: 0.040})
+    for _ in range(40):  # one-token passes only, 20% slower than the curve (a longer history, a busier machine)
+        costs.observe(1, 0.012, 0, 0.0)
+    c = costs.curve
+    assert c[1] == pytest.approx(0.012, rel=0.01)
+    assert c[8] / c[1] == pytest.approx(4.0, rel=0.01) and c[2] / c[1] == pytest.approx(1.5, rel=0.01)  # ratios kept
+
+    costs.observe(1, 1.0, 0, 0.0)  # a 1-second stall (a preempted thread) counts as OUTLIER x its estimate
+    assert costs.curve[1] < 0.012 * 1.1
+
+    steady = PassCosts.from_curve({1: 0.010, 8: 0.040})  # the curve under-prices size 8: it costs 5 passes
+    for _ in range(60):
+        steady.observe(1, 0.010, 0, 0.0)
+        steady.observe(8, 0.050, 7, 0.0)
+    assert steady.curve[8] / steady.curve[1] == pytest.approx(5.0, rel=0.03)
+    assert steady.curve[1] == pytest.approx(0.010, rel=0.05)
+
+
 @pytest.mark.parametrize("curve", [{0: 0.01}, {1: 0.0}, {1: -1.0}, {1: float("nan")}, {1: float("inf")}, {"1": 0.01}, {1: "fast"}])
 def test_a_bad_pass_cost_curve_is_refused_and_changes_nothing(curve):
     from gemma_cli.engine.adaptive import PassCosts

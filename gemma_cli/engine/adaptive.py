@@ -5,9 +5,9 @@ Each step picks k in [0, k_max] maximising expected tokens per unit of time:
     E[tokens | k] = (1 - a^(k+1)) / (1 - a)         (a: per-token acceptance)
     cost(k)       = t_verify(k + 1) + k * t_draft
 
-`a` is a decayed estimate of the geometric acceptance rate; `t_verify(b)` the
-decayed mean of measured target passes of b tokens; `t_draft` the drafter's
-measured cost per proposed token. Verification cost is far from flat on a CPU
+`a` is a decayed estimate of the geometric acceptance rate; `t_verify(b)` what
+measured target passes of b tokens cost at the machine's current pace
+(`PassCosts.observe`); `t_draft` the drafter's measured cost per proposed token. Verification cost is far from flat on a CPU
 (Gemma 3 270M, 2 threads, 2-core EPYC: a 2-token pass costs 1.9x a 1-token pass,
 a 9-token pass 5.0x, because every row pays for the 262k-vocabulary output projection),
 so each batch size is measured, not modelled. A size not measured yet is
@@ -58,6 +58,8 @@ from typing import Mapping
 from gemma_cli.engine.loss_budget import LossBudget
 
 DECAY = 0.85
+RATIO_DECAY = 0.9  # how slowly one size's cost moves against the others' (the common pace moves at DECAY)
+OUTLIER = 1.5  # one pass counts at most this far from its estimate, either way
 OPTIMISTIC_PER_TOKEN = 0.15  # unmeasured extra verified token, in plain steps
 PRIOR_PER_TOKEN = 0.5  # fixed cost model when timing is off
 PROBE_MIN, PROBE_MAX = 8, 128
@@ -113,7 +115,31 @@ class PassCosts:
         return dict(self.verify)
 
     def observe(self, batch: int, verify_s: float, proposed: int, draft_s: float) -> None:
-        self.verify[batch] = _decayed_mean(self.verify.get(batch), max(verify_s, 1e-9))
+        """Learn from one step: every size follows the machine's pace, the measured size its own cost too.
+
+        A pass's time over its size's estimate is partly the machine's pace at that moment (load,
+        clocks, a longer history) and partly the estimate's own error. The first moves every size
+        alike, so a size not drafted for a while is priced at today's pace rather than the pace it
+        was last measured at; only the second moves one size against the others (and never the
+        one-token pass, the unit the others are priced in). The controllers
+        decide on ratios t(k+1)/t(1), so a table whose sizes were measured at different moments,
+        each a decayed mean of its own, drifts apart and steers them wrongly (session 11: one
+        engine over 18 workloads read t(1) anywhere between 21 and 33 ms between generations, while
+        `benchmarks/pass_curve.py` measured 24.6 ms at 64 tokens of history and 27 ms at 2,000). A reading outside [1/OUTLIER, OUTLIER] times its estimate (a pause, a
+        preempted thread) counts as that bound.
+        """
+        verify_s = max(verify_s, 1e-9)
+        table = self.verify
+        known = table.get(batch)
+        if known is None:  # a new size: its first reading is all there is
+            table[batch] = verify_s
+        else:
+            level = min(max(verify_s / known, 1.0 / OUTLIER), OUTLIER)
+            pace = 1.0 + (1.0 - DECAY) * (level - 1.0)
+            for b in table:
+                table[b] *= pace
+            if batch != 1:  # the one-token pass is the unit the others are priced in: it moves with the pace only
+                table[batch] *= 1.0 + (1.0 - RATIO_DECAY) * (level / pace - 1.0)
         if proposed:
             self.draft_per_token = _decayed_mean(self.draft_per_token, max(draft_s, 0.0) / proposed)
 

@@ -8,8 +8,8 @@ length be priced directly:
     rate(k)       = E[tokens | k] / t_verify(k + 1)
 
 and k = argmax rate(k), 0 (plain decoding) unless some k beats 1 / t_verify(1).
-`t_verify(b)` is `adaptive.PassCosts`: the decayed mean of measured passes of
-b tokens on this machine (far from linear and not even monotone on a CPU:
+`t_verify(b)` is `adaptive.PassCosts`: measured passes of b tokens on this
+machine, at its current pace (far from linear and not even monotone on a CPU:
 every verified row pays the output projection, and ggml changes kernels with
 the batch size). A size not measured yet is priced from the nearest measured
 smaller one by a concave prior, t(1) * UNMEASURED * (sqrt(b - 1) - sqrt(lo - 1)):
