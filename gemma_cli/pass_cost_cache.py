@@ -10,9 +10,9 @@ replayed on the tuning set with this machine's curve, a known curve gave
 against 1.09x (`benchmarks/suffix_replay.py replay --explore`).
 
 So `attach` seeds an engine's `PassCosts` from the curve saved for the same
-key and saves the engine's curve when it closes. The values stay decayed
-means: every pass measured in the new process moves them, so a machine that
-got slower or faster is re-measured as it is used. The file lives in
+key and saves the engine's curve when it closes. Every pass measured in the
+new process moves them (`adaptive.observe_pass`), so a machine that got
+slower or faster is re-measured as it is used. The file lives in
 `$GEMMA_CACHE` (default: the user cache dir); a missing, unreadable or
 malformed file, or a malformed entry, is ignored (it is only a prior).
 """

@@ -240,6 +240,14 @@ def test_budget_gives_rows_to_the_slots_likely_to_use_them():
     assert choose_lengths([Candidate(0.6, 8)] * 4, steep) == [0] * 4  # each row costs a whole step: none pays
 
 
+def test_batch_costs_price_every_size_at_the_machines_pace():
+    """A slower machine seen on single-row decodes makes wide batches dearer too (adaptive.observe_pass)."""
+    costs = BatchCosts.from_curve({1: 0.010, 8: 0.040})
+    for _ in range(40):
+        costs.observe(1, 0.012)
+    assert costs.time(8) == pytest.approx(0.048, rel=0.01) and costs.time(1) == pytest.approx(0.012, rel=0.01)
+
+
 def test_refusals_are_one_line_errors(plain, monkeypatch, tmp_path):
     sched = BatchScheduler(plain, 2)
     with pytest.raises(ModelFileError, match="not found"):  # at submit, not in the batch's next step

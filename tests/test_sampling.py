@@ -166,7 +166,7 @@ def test_seeded_pass_costs_steer_the_first_decision():
     assert steep.curve[1] == 0.010
 
 
-def test_pass_costs_follow_the_machines_pace_for_every_size_and_ignore_a_single_stall():
+def test_pass_costs_follow_the_machines_pace_for_every_size_and_bound_a_single_stall():
     """A slower machine shows in every size's price; one stalled pass does not; a size's own error is learnt."""
     from gemma_cli.engine.adaptive import PassCosts
 

@@ -81,15 +81,46 @@ def check_curve(curve: Mapping[int, float]) -> dict[int, float]:
     return checked
 
 
+def observe_pass(table: dict[int, float], size: int, seconds: float) -> None:
+    """Learn from one timed pass of `size` tokens (rows): every size follows the machine's pace, `size` its own cost too.
+
+    A pass's time over its size's estimate is partly the machine's pace at that moment (load,
+    clocks, a longer history) and partly the estimate's own error. The first moves every size
+    alike, so a size not drafted for a while is priced at today's pace rather than the pace it
+    was last measured at; only the second moves one size against the others (and never size 1,
+    the unit the others are priced in). The controllers decide on ratios t(k+1)/t(1), so a table
+    whose sizes were measured at different moments, each a decayed mean of its own, drifts apart
+    and steers them wrongly. Session 12, one engine over the 18 validation prompts, 3 rounds:
+    t(16)/t(1) read 4.96-8.42 and t(8)/t(1) 3.25-4.69 between generations; with this rule, over
+    the 11 tuning prompts, 5.35-5.78 and 3.48-3.49 (`benchmarks/pass_curve.py`: 5.2-6.1 and
+    3.2-3.8 at 64-2,000 tokens of history). A reading outside [1/OUTLIER, OUTLIER] times its
+    estimate (a pause, a preempted thread) counts as that bound; a size's first reading is taken
+    as it is, there being nothing to compare it with. In place: controllers hold `table`.
+    """
+    if not math.isfinite(seconds):
+        return
+    seconds = max(seconds, 1e-9)
+    known = table.get(size)
+    if known is None:  # a new size: its first reading is all there is
+        table[size] = seconds
+        return
+    level = min(max(seconds / known, 1.0 / OUTLIER), OUTLIER)
+    pace = 1.0 + (1.0 - DECAY) * (level - 1.0)
+    for b in table:
+        table[b] *= pace
+    if size != 1:
+        table[size] *= 1.0 + (1.0 - RATIO_DECAY) * (level / pace - 1.0)
+
+
 class PassCosts:
-    """Measured seconds per target pass by batch size, and per drafted token (decayed means).
+    """Measured seconds per target pass by batch size (`observe_pass`), and per drafted token (a decayed mean).
 
     The engine keeps one across generations (see above); `forget_drafter`
     when the draft source changes, as the target's pass costs stay true.
     """
 
     def __init__(self) -> None:
-        self.verify: dict[int, float] = {}  # batch size -> decayed mean seconds
+        self.verify: dict[int, float] = {}  # batch size -> seconds, at the machine's current pace
         self.draft_per_token: float | None = None
 
     @classmethod
@@ -115,31 +146,8 @@ class PassCosts:
         return dict(self.verify)
 
     def observe(self, batch: int, verify_s: float, proposed: int, draft_s: float) -> None:
-        """Learn from one step: every size follows the machine's pace, the measured size its own cost too.
-
-        A pass's time over its size's estimate is partly the machine's pace at that moment (load,
-        clocks, a longer history) and partly the estimate's own error. The first moves every size
-        alike, so a size not drafted for a while is priced at today's pace rather than the pace it
-        was last measured at; only the second moves one size against the others (and never the
-        one-token pass, the unit the others are priced in). The controllers
-        decide on ratios t(k+1)/t(1), so a table whose sizes were measured at different moments,
-        each a decayed mean of its own, drifts apart and steers them wrongly (session 11: one
-        engine over 18 workloads read t(1) anywhere between 21 and 33 ms between generations, while
-        `benchmarks/pass_curve.py` measured 24.6 ms at 64 tokens of history and 27 ms at 2,000). A reading outside [1/OUTLIER, OUTLIER] times its estimate (a pause, a
-        preempted thread) counts as that bound.
-        """
-        verify_s = max(verify_s, 1e-9)
-        table = self.verify
-        known = table.get(batch)
-        if known is None:  # a new size: its first reading is all there is
-            table[batch] = verify_s
-        else:
-            level = min(max(verify_s / known, 1.0 / OUTLIER), OUTLIER)
-            pace = 1.0 + (1.0 - DECAY) * (level - 1.0)
-            for b in table:
-                table[b] *= pace
-            if batch != 1:  # the one-token pass is the unit the others are priced in: it moves with the pace only
-                table[batch] *= 1.0 + (1.0 - RATIO_DECAY) * (level / pace - 1.0)
+        """Learn from one step: the pass's time by `observe_pass`, the drafter's per proposed token."""
+        observe_pass(self.verify, batch, verify_s)
         if proposed:
             self.draft_per_token = _decayed_mean(self.draft_per_token, max(draft_s, 0.0) / proposed)
 
@@ -231,8 +239,10 @@ class DraftController:
     def _step_passes(self, k: int) -> float:
         """A step that drafts k tokens, in one-token passes: verifying k+1 rows plus drafting k tokens.
 
-        The one price of a draft for the loss budget: what `next_k` checks it can afford and what
-        `_settle` books are the same number, so the bound holds exactly.
+        The one price of a draft for the loss budget: `next_k` checks it can afford it, and `record`
+        books it again once the pass it timed has moved the table, so the booking follows what the
+        pass cost. Where the reading raised the price (a size's first try, a slower moment) the bank
+        can dip below zero by that difference; then no draft is made until it refills.
         """
         return (self._verify_time(k + 1) + k * self._draft_time()) / self._verify_time(1)
 
@@ -249,13 +259,14 @@ class DraftController:
             self.k = 0  # measure one plain step first: everything is judged against it
             return 0
         a = min(self._acceptance(key), 0.999)
-        plain_rate = 1.0 / self._verify_time(1)
+        unit = self._verify_time(1)
+        plain_rate = 1.0 / unit
         best_k, best_rate, ceiling = 0, plain_rate, 0.0
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
-            if not self.budget.affords(self._step_passes(k) - 1.0):  # its worst case would overdraw the bank
-                continue
             cost = self._verify_time(k + 1) + k * t_draft
+            if not self.budget.affords(cost / unit - 1.0):  # its worst case (`_step_passes`) would overdraw the bank
+                continue
             ceiling = max(ceiling, (k + 1) / cost)  # the rate if every draft were accepted
             rate = (1.0 - a ** (k + 1)) / (1.0 - a) / cost
             if rate > best_rate:
@@ -283,11 +294,6 @@ class DraftController:
             self._misses = DECAY * self._misses + miss
         if self.measure_time:
             self._costs.observe(batch, verify_s, proposed, draft_s)
-        self._settle(proposed, accepted)
-
-    def _settle(self, proposed: int, accepted: int) -> None:
-        """Book the step in the loss budget, priced from the cost table (not from one noisy pass)."""
-        if proposed:  # record() has just observed this pass when timing is on, so the table is never empty here
-            self.budget.settle(accepted + 1, self._step_passes(proposed))
-        else:
-            self.budget.settle(1, 1.0)
+        # Priced from the cost table (not from one noisy pass) as this pass has just moved it: a size that
+        # proved dearer than next_k priced it is charged nearer what it cost (test_drafts_stay_within_the_loss_budget).
+        self.budget.settle(accepted + 1, self._step_passes(proposed) if proposed else 1.0)

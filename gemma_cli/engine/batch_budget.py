@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from gemma_cli.engine.adaptive import check_curve
+from gemma_cli.engine.adaptive import check_curve, observe_pass
 
 DECAY = 0.85
 OPTIMISTIC_PER_ROW = 0.15  # an unmeasured extra output row, in single-row decodes
@@ -34,12 +34,8 @@ PRIOR_PER_ROW = 0.5  # the fixed cost model of slots whose k must not depend on 
 PROBE_EVERY = 16  # a costly drafter that stopped drafting tries one token this often
 
 
-def _decayed(prev: float | None, value: float) -> float:
-    return value if prev is None else DECAY * prev + (1 - DECAY) * value
-
-
 class BatchCosts:
-    """Decayed mean seconds of one batched decode, by its number of output rows."""
+    """Seconds of one batched decode by its number of output rows, at the machine's current pace."""
 
     def __init__(self) -> None:
         self.by_rows: dict[int, float] = {}
@@ -55,7 +51,8 @@ class BatchCosts:
         return costs
 
     def observe(self, rows: int, seconds: float) -> None:
-        self.by_rows[rows] = _decayed(self.by_rows.get(rows), max(seconds, 1e-9))
+        """One batched decode's time: the machine's pace moves every size, `rows` its own too (`adaptive.observe_pass`)."""
+        observe_pass(self.by_rows, rows, seconds)
 
     def time(self, rows: int) -> float:
         """T(rows): measured, else interpolated between measured sizes, else optimistic."""

@@ -87,15 +87,17 @@ class DraftLengthController(DraftController):
             self.k = 0
             return 0
         known = self._t_verify
-        best_k, best_rate = 0, (1.0 + self.margin) / self._verify_time(1)
+        unit, t_draft = self._verify_time(1), self._draft_time()
+        best_k, best_rate = 0, (1.0 + self.margin) / unit
         new_k, new_rate = 0, 0.0  # the best size not measured yet: tried only if clearly better
         expected, run = 1.0, min(self._paid_got / self._paid_expected, 1.0)
         for k in range(1, min(self.k_max, len(key)) + 1):
             run *= key[k - 1]
             expected += run
-            if not self.budget.affords(self._step_passes(k) - 1.0):  # its worst case would overdraw the bank
+            t = self._verify_time(k + 1)
+            if not self.budget.affords((t + k * t_draft) / unit - 1.0):  # its worst case (`_step_passes`) would overdraw the bank
                 continue
-            rate = expected / self._verify_time(k + 1)
+            rate = expected / t
             if k + 1 in known or not self.measure_time:
                 if rate > best_rate:
                     best_k, best_rate = k, rate

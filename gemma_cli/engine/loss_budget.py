@@ -11,9 +11,11 @@ them. The budget does, like a gambler's bank:
 A drafted step that emits a tokens for a pass of b rows gains a + ... - t(b)/t(1)
 passes against plain decoding (a miss at the first token gains 1 - t(b)/t(1),
 the step's worst case). A draft is allowed only when its worst case fits in
-the bank, so the bank never goes below zero and a generation of n tokens
-never costs more than n * (1 + PER_TOKEN) + START one-token passes, whatever
-the drafter believed. Drafts that pay fill the bank, so a text that copies
+the bank, so the bank stays above zero (less the amount by which a pass's
+own reading raised its price: the controller books each step at the price the
+table holds after it) and a generation of n tokens costs about
+n * (1 + PER_TOKEN) + START one-token passes at most, whatever the drafter
+believed. Drafts that pay fill the bank, so a text that copies
 well soon affords the longest drafts; a text whose drafts miss spends START,
 then drafts only as the per-token allowance refills it.
 
