@@ -44,9 +44,12 @@ def test_scheduler_starts_from_the_engines_curve_and_drafts_by_it(tiny_model, cu
     if drafts:
         assert proposed_early > 0  # from the first steps: rows priced as nearly free
     else:
-        # Every extra row costs a whole pass: nothing is drafted, not even in the first steps, when an
-        # unseeded scheduler prices unmeasured rows at 0.15 of a pass and drafts at once.
-        assert proposed == 0
+        # Every extra row costs a whole pass: nothing is drafted in the first steps, where an unseeded
+        # scheduler prices unmeasured rows at 0.15 of a pass and drafts at once. Later steps are priced by
+        # what this machine measured: the shared 2-row decodes bring T(2)/T(1) below the seeded 2.0 (1.8
+        # after ~25 steps on this tiny model), so a lone slot with a confident proposal may draft at the end.
+        assert proposed_early == 0
+        assert proposed < sum(g.stats.generated_tokens for g in gens) // 4
     for p, g in zip(PROMPTS, gens, strict=True):  # the draft lengths never change the (greedy) output
         ref = eng.generate(eng.tokenize(p), max_tokens=40)
         ref.text()
