@@ -7,8 +7,8 @@ Each step picks k in [0, k_max] maximising expected tokens per unit of time:
 
 `a` is a decayed estimate of the geometric acceptance rate; `t_verify(b)` what
 measured target passes of b tokens cost at the machine's current pace
-(`PassCosts.observe`); `t_draft` the drafter's measured cost per proposed token. Verification cost is far from flat on a CPU
-(Gemma 3 270M, 2 threads, 2-core EPYC: a 2-token pass costs 1.9x a 1-token pass,
+(`observe_pass`); `t_draft` the drafter's measured cost per proposed token.
+Verification cost is far from flat on a CPU (Gemma 3 270M, 2 threads, 2-core EPYC: a 2-token pass costs 1.9x a 1-token pass,
 a 9-token pass 5.0x, because every row pays for the 262k-vocabulary output projection),
 so each batch size is measured, not modelled. A size not measured yet is
 assumed cheap (optimism: trying it once costs one step, and corrects it).
@@ -79,6 +79,15 @@ def check_curve(curve: Mapping[int, float]) -> dict[int, float]:
             raise ValueError(f"the pass cost of batch size {batch} must be a positive number of seconds, got {seconds!r}")
         checked[batch] = float(seconds)
     return checked
+
+
+def step_passes(t_pass: float, k: int, t_draft: float, unit: float) -> float:
+    """A step drafting k tokens, in one-token passes: its (k+1)-token pass plus drafting k tokens, over `unit`.
+
+    The one formula behind a draft's price (`DraftController._step_passes`); the controllers' loops call it
+    with the per-step parts looked up once.
+    """
+    return (t_pass + k * t_draft) / unit
 
 
 def observe_pass(table: dict[int, float], size: int, seconds: float) -> None:
@@ -244,7 +253,7 @@ class DraftController:
         pass cost. Where the reading raised the price (a size's first try, a slower moment) the bank
         can dip below zero by that difference; then no draft is made until it refills.
         """
-        return (self._verify_time(k + 1) + k * self._draft_time()) / self._verify_time(1)
+        return step_passes(self._verify_time(k + 1), k, self._draft_time(), self._verify_time(1))
 
     def next_k(self, key: object = None) -> int:
         """Draft length for the next step (0 = decode plainly).
@@ -264,9 +273,10 @@ class DraftController:
         best_k, best_rate, ceiling = 0, plain_rate, 0.0
         t_draft = self._draft_time()
         for k in range(1, self.k_max + 1):
-            cost = self._verify_time(k + 1) + k * t_draft
-            if not self.budget.affords(cost / unit - 1.0):  # its worst case (`_step_passes`) would overdraw the bank
+            t = self._verify_time(k + 1)
+            if not self.budget.affords(step_passes(t, k, t_draft, unit) - 1.0):  # its worst case would overdraw the bank
                 continue
+            cost = t + k * t_draft
             ceiling = max(ceiling, (k + 1) / cost)  # the rate if every draft were accepted
             rate = (1.0 - a ** (k + 1)) / (1.0 - a) / cost
             if rate > best_rate:

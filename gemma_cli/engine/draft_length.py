@@ -45,7 +45,7 @@ confidences say, a generation costs at most 2 passes + 1% more than plain.
 
 from __future__ import annotations
 
-from gemma_cli.engine.adaptive import DraftController
+from gemma_cli.engine.adaptive import DraftController, step_passes
 
 
 class DraftLengthController(DraftController):
@@ -95,7 +95,7 @@ class DraftLengthController(DraftController):
             run *= key[k - 1]
             expected += run
             t = self._verify_time(k + 1)
-            if not self.budget.affords((t + k * t_draft) / unit - 1.0):  # its worst case (`_step_passes`) would overdraw the bank
+            if not self.budget.affords(step_passes(t, k, t_draft, unit) - 1.0):  # its worst case would overdraw the bank
                 continue
             rate = expected / t
             if k + 1 in known or not self.measure_time:
