@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import os
 import threading
-import time
 from typing import Sequence
 
 import numpy as np
@@ -303,14 +302,14 @@ class BatchScheduler:
                 s.k = k
                 costly.setdefault(getattr(s.drafter, "group", s), []).append(s)
         for owner, slots in costly.items():
-            t0 = time.perf_counter()
+            t0 = self.engine.clock()
             if isinstance(owner, MTPSlots):
                 drafts = owner.propose_many([(s.drafter, s.history, s.k, s.sampler) for s in slots])
             else:
                 drafts = [s.drafter.propose(s.history, s.k, s.sampler) for s in slots]
             for s, (draft, dists) in zip(slots, drafts, strict=True):
                 s.draft, s.dists, s.k = draft[: s.k], dists, 0
-            per = (time.perf_counter() - t0) / max(sum(len(s.draft) for s in slots), 1)
+            per = (self.engine.clock() - t0) / max(sum(len(s.draft) for s in slots), 1)
             for s in slots:
                 s.stats.draft_seconds += per * len(s.draft)
                 if s.draft:  # a batched drafter's step is shared: each slot is charged its tokens' share
@@ -360,11 +359,11 @@ class BatchScheduler:
             outs += [0] * n
         if not toks:
             return
-        t0 = time.perf_counter()
+        t0 = self.engine.clock()  # the engine's step clock (EngineConfig.clock): what the draft budget learns from
         self.ctx.decode_rows(np.asarray(toks, np.int32), np.asarray(pos, np.int32), np.asarray(seqs, np.int32),
                              np.asarray(outs, np.int8))
         logits = self.ctx.logits() if ready else None
-        dt = time.perf_counter() - t0
+        dt = self.engine.clock() - t0
         if ready and not chunks and all(len(s.pending) == 1 for s in ready):
             self.costs.observe(sum(len(s.draft) + 1 for s in ready), dt)
         for s, n in chunks:
