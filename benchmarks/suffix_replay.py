@@ -129,6 +129,8 @@ def load_curve(spec: str | None) -> dict[int, float]:
 
 def replay(args: argparse.Namespace) -> int:
     refs = json.loads(args.refs.read_text())
+    if args.max_sampled is not None:  # what-if for the sampled cap (the class constant, for this process only)
+        DraftLengthController.MAX_SAMPLED = args.max_sampled
     curve = full_curve(load_curve(args.curve))
     variants = args.variants.split(",")
     totals = {v: [] for v in variants}
@@ -136,6 +138,8 @@ def replay(args: argparse.Namespace) -> int:
         if args.only and args.only not in key:
             continue
         if args.greedy_only and not key.endswith("@greedy"):
+            continue
+        if args.sampled_only and key.endswith("@greedy"):
             continue
         out = ref["out"][: args.tokens]
         if len(out) < 2:
@@ -217,6 +221,8 @@ def main() -> int:
     p.add_argument("--variants", default="old,new")
     p.add_argument("--only", default=None)
     p.add_argument("--greedy-only", action="store_true")
+    p.add_argument("--sampled-only", action="store_true", help="only the recorded seeds (T=1, top-k 64, top-p 0.95)")
+    p.add_argument("--max-sampled", type=int, default=None, help="try another cap on sampled drafts (DraftLengthController.MAX_SAMPLED)")
     p.add_argument("--explore", action="store_true", help="pass costs start unmeasured (a fresh process)")
     p.add_argument("--curve", default=None, help="pass-cost curve: pass_curve.py --json output or inline JSON")
     f = sub.add_parser("fit")
