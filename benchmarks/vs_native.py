@@ -31,6 +31,9 @@ shares, and a second table replays every drafter on gemma plain's text
 (gemma's drafter and controller, and benchmarks/native/policies.py's ports of
 llama.cpp's rules, checked against its own drafted/accepted counts), priced
 with pass costs measured at the start: the drafting rules compared on one text.
+A third table does the same on llama.cpp plain's text (its output
+re-tokenized), so where the measured rates describe different texts, it shows
+whether gemma lost to a better drafter or to a text that was easier to draft.
 """
 
 from __future__ import annotations
@@ -203,11 +206,8 @@ def summarize(w: dict) -> dict:
             return None
         return _spread([x["tok_s"] / y.get(rate_b, y["tok_s"]) for x, y in zip(runs[a], runs[b], strict=False) if y["tok_s"] > 0])
 
-    replayed = w.get("same_text") or {}
-    natives = [label for label in replayed if label.startswith("llama ")]
-    best_replayed = max(natives, key=lambda label: replayed[label]["speedup"]) if natives else None
-    same = (_spread([replayed["gemma default"]["speedup"] / replayed[best_replayed]["speedup"]])
-            if best_replayed and "gemma default" in replayed else None)
+    best_replayed, same = _replayed_ratio(w.get("same_text") or {})
+    best_theirs, theirs = _replayed_ratio(w.get("native_text") or {})
     at_n = {label: _median([r.get("tok_s_at_n", r["tok_s"]) for r in rs]) for label, rs in runs.items()}
     best_at_n = max(spec, key=lambda label: at_n[label]) if spec else None
     # llama-completion's figure is its decode time only; gemma's is wall time. Without gemma's Python time per pass
@@ -222,7 +222,17 @@ def summarize(w: dict) -> dict:
             "plain_vs_native_plain_decode_only": _spread(decode_only),
             "best_native_at_n": best_at_n, "best_native_at_n_tok_s": at_n.get(best_at_n) if best_at_n else None,
             "default_vs_best_native_at_n": ratio("gemma default", best_at_n, "tok_s_at_n"),
-            "best_native_same_text": best_replayed, "default_vs_best_native_same_text": same}
+            "best_native_same_text": best_replayed, "default_vs_best_native_same_text": same,
+            "best_native_native_text": best_theirs, "default_vs_best_native_native_text": theirs}
+
+
+def _replayed_ratio(replayed: dict) -> tuple[str | None, dict | None]:
+    """The best replayed llama.cpp configuration, and gemma default's speedup over it on that text."""
+    natives = [label for label in replayed if label.startswith("llama ")]
+    best = max(natives, key=lambda label: replayed[label]["speedup"]) if natives else None
+    if best is None or "gemma default" not in replayed:
+        return best, None
+    return best, _spread([replayed["gemma default"]["speedup"] / replayed[best]["speedup"]])
 
 
 def mtp_section(args, bins: Path, log) -> dict:
@@ -318,20 +328,23 @@ def print_table(results: list[dict], labels: list[str]) -> None:
     print("  greedy loops that batch differently may part at a near-tie, and then their rates describe different texts.")
 
 
-def print_same_text(results: list[dict]) -> None:
-    """The replayed table: every drafter on gemma plain's text, one cost curve (see `same_text`)."""
-    labels = [label for label in (results[0].get("same_text") or {})] if results else []
+def print_same_text(results: list[dict], key: str = "same_text", text: str = "gemma plain's text") -> None:
+    """A replayed table: every drafter on one text, one cost curve (see `same_text`).
+
+    `key` "same_text": gemma plain's text; "native_text": llama.cpp plain's (its output re-tokenized).
+    """
+    labels = [label for label in (results[0].get(key) or {})] if results else []
     if not labels:
         return
     short = {label: label.replace("gemma ", "g-").replace("llama ", "n-") for label in labels}
-    print("\nreplayed on gemma plain's text (speedup over plain decoding, from this machine's pass costs; drafted/accepted"
+    print(f"\nreplayed on {text} (speedup over plain decoding, from this machine's pass costs; drafted/accepted"
           " in the json):")
     head = f"{'workload':<26}" + "".join(f"{short[label]:>{max(9, len(short[label]) + 2)}}" for label in labels)
     print(head + f"  {'best native':<14}{'default/best':>13}")
     for w in results:
-        rep = w.get("same_text") or {}
-        best = w["summary"].get("best_native_same_text") or "-"
-        ratio = w["summary"].get("default_vs_best_native_same_text")
+        rep = w.get(key) or {}
+        best = w["summary"].get(f"best_native_{key}") or "-"
+        ratio = w["summary"].get(f"default_vs_best_native_{key}")
         cells = "".join(f"{rep[label]['speedup'] if label in rep else 0:>{max(9, len(short[label]) + 2)}.2f}" for label in labels)
         shown = f"{ratio['median']:.2f}" if ratio else "-"
         print(f"{w['workload']:<26}{cells}  {short.get(best, best):<14}{shown:>13}")
@@ -346,7 +359,8 @@ def print_medians(results: list[dict]) -> None:
                 ("plain_vs_native_plain", "gemma plain / llama plain"),
                 ("plain_vs_native_plain_decode_only", "gemma plain / llama plain, decode time only"),
                 ("default_vs_best_native_at_n", "default / best native, llama.cpp counted to --tokens"),
-                ("default_vs_best_native_same_text", "same text, replayed: default / best native"))
+                ("default_vs_best_native_same_text", "same text, replayed: default / best native"),
+                ("default_vs_best_native_native_text", "llama.cpp plain's text, replayed: default / best native"))
         print(f"\nmedians over the {set_name} set ({len(ws)} workloads):")
         for key, name in keys:
             vals = [w["summary"][key]["median"] for w in ws if w["summary"][key]]
@@ -426,7 +440,7 @@ def replay_curve(args, log) -> dict[int, float]:
 
 
 def same_text(prompt: list[int], out: list[int], draft_default, configs, curve: dict[int, float]) -> dict[str, dict]:
-    """Every drafter replayed on one text (gemma plain's): speedup over plain decoding, drafted, accepted.
+    """Every drafter replayed on one text (gemma plain's, or llama.cpp plain's): speedup over plain decoding, drafted, accepted.
 
     gemma's default is its own drafter and controller with the curve known (as `gemma run` has it once
     this machine's curve is cached); llama.cpp's configurations are benchmarks/native/policies.py's ports.
@@ -477,6 +491,10 @@ def analyse(engine, w: dict, prompt: list[int], draft_default, configs, curve: d
     """What one workload's runs say beyond their rates: the same-text replay, llama.cpp counted to `wanted`
     tokens, and the summary. One place for a fresh run and for --from-json, so a reprint recomputes the same."""
     w["same_text"] = same_text(prompt, w["runs"]["gemma plain"][0]["tokens"], draft_default, configs, curve)
+    native_plain = w["runs"].get("llama plain")
+    if native_plain:  # and on llama.cpp plain's text: where the two texts part, which one is easier to draft?
+        theirs = engine.tokenize(native_plain[0]["text"], add_special=False)[:wanted]
+        w["native_text"] = same_text(prompt, theirs, draft_default, configs, curve)
     counted_to(engine, prompt, w, curve, wanted)
     w["summary"] = summarize(w)
 
@@ -514,6 +532,7 @@ def reprint(args) -> int:
             analyse(engine, w, raw_tokens(engine, text), draft_default, configs, curve, int(saved["args"]["tokens"]))
     print_table(saved["workloads"], labels)
     print_same_text(saved["workloads"])
+    print_same_text(saved["workloads"], "native_text", "llama.cpp plain's text")
     print_medians(saved["workloads"])
     if args.json:
         args.json.write_text(json.dumps(saved, indent=1))
@@ -571,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_table(out["workloads"], ["gemma plain", "gemma default"] + [f"llama {c.label}" for c in configs])
         print_same_text(out["workloads"])
+        print_same_text(out["workloads"], "native_text", "llama.cpp plain's text")
         print_medians(out["workloads"])
     if "mtp" in out:
         print_mtp(out["mtp"])

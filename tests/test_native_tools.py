@@ -144,3 +144,33 @@ def test_steps_follow_llama_cpps_loop() -> None:
     done = policies.steps(prompt, out, policies.SimpleNgram(2, 6))
     assert done[0] == (6, 6)  # "1 2" came before, followed by 3..8: drafted from the prompt, all right
     assert sum(a + 1 for _, a in done) == len(out)
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vs_native_compares_the_drafters_on_either_loops_text() -> None:
+    """The replayed tables: gemma's default against the best llama.cpp rule on gemma plain's text and on
+    llama.cpp plain's, so a measured loss where the two greedy texts part can be told from a weaker drafter."""
+    vs = _load_benchmark("vs_native")
+    rep = {"gemma default": {"speedup": 2.0}, "llama mod": {"speedup": 1.6}, "llama simple-4/16": {"speedup": 1.25}}
+    best, ratio = vs._replayed_ratio(rep)
+    assert best == "llama mod" and ratio["median"] == pytest.approx(1.25)
+    assert vs._replayed_ratio({"llama mod": {"speedup": 1.0}}) == ("llama mod", None)
+    assert vs._replayed_ratio({}) == (None, None)
+
+    run = dict(tok_s=40.0, proposed=0, accepted=0, generated=128, overhead_ms_per_step=0.3)
+    w = {"runs": {"gemma plain": [run], "gemma default": [dict(run, tok_s=60.0, proposed=90, accepted=60)],
+                  "llama plain": [dict(run, tok_s=42.0)], "llama mod": [dict(run, tok_s=70.0, proposed=100, accepted=90)]},
+         "same_text": {"gemma default": {"speedup": 1.5}, "llama mod": {"speedup": 1.2}},
+         "native_text": {"gemma default": {"speedup": 2.1}, "llama mod": {"speedup": 1.4}}}
+    s = vs.summarize(w)
+    assert s["default_vs_best_native"]["median"] == pytest.approx(60 / 70)  # measured: each on its own text
+    assert s["default_vs_best_native_same_text"]["median"] == pytest.approx(1.25)
+    assert s["best_native_native_text"] == "llama mod"
+    assert s["default_vs_best_native_native_text"]["median"] == pytest.approx(1.5)
