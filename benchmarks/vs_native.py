@@ -350,6 +350,12 @@ def print_same_text(results: list[dict], key: str = "same_text", text: str = "ge
         print(f"{w['workload']:<26}{cells}  {short.get(best, best):<14}{shown:>13}")
 
 
+def print_replayed(results: list[dict]) -> None:
+    """Both replayed tables: every drafter on gemma plain's text, then on llama.cpp plain's."""
+    print_same_text(results)
+    print_same_text(results, "native_text", "llama.cpp plain's text")
+
+
 def print_medians(results: list[dict]) -> None:
     for set_name in ("validation", "tuning"):
         ws = [w for w in results if w["set"] == set_name]
@@ -531,8 +537,7 @@ def reprint(args) -> int:
             text = next(p.prompt for p in load(w["set"], [w["workload"].split("/", 1)[1]]) if p.name == w["workload"])
             analyse(engine, w, raw_tokens(engine, text), draft_default, configs, curve, int(saved["args"]["tokens"]))
     print_table(saved["workloads"], labels)
-    print_same_text(saved["workloads"])
-    print_same_text(saved["workloads"], "native_text", "llama.cpp plain's text")
+    print_replayed(saved["workloads"])
     print_medians(saved["workloads"])
     if args.json:
         args.json.write_text(json.dumps(saved, indent=1))
@@ -589,8 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     if out["workloads"]:
         print()
         print_table(out["workloads"], ["gemma plain", "gemma default"] + [f"llama {c.label}" for c in configs])
-        print_same_text(out["workloads"])
-        print_same_text(out["workloads"], "native_text", "llama.cpp plain's text")
+        print_replayed(out["workloads"])
         print_medians(out["workloads"])
     if "mtp" in out:
         print_mtp(out["mtp"])

@@ -12,14 +12,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_native(name: str):
-    """benchmarks/native/<name>.py as module native_<name> (benchmarks/native is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"native_{name}", ROOT / "benchmarks" / "native" / f"{name}.py")
+def _load(module_name: str, path: Path):
+    """A benchmark script as a module (benchmarks/ and benchmarks/native are not packages)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(f"native_{name}", module)
+    sys.modules.setdefault(module_name, module)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_native(name: str):
+    """benchmarks/native/<name>.py as module native_<name>."""
+    return _load(f"native_{name}", ROOT / "benchmarks" / "native" / f"{name}.py")
 
 
 nt = _load_native("tools")
@@ -146,18 +151,10 @@ def test_steps_follow_llama_cpps_loop() -> None:
     assert sum(a + 1 for _, a in done) == len(out)
 
 
-def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_vs_native_compares_the_drafters_on_either_loops_text() -> None:
     """The replayed tables: gemma's default against the best llama.cpp rule on gemma plain's text and on
     llama.cpp plain's, so a measured loss where the two greedy texts part can be told from a weaker drafter."""
-    vs = _load_benchmark("vs_native")
+    vs = _load("bench_vs_native", ROOT / "benchmarks" / "vs_native.py")
     rep = {"gemma default": {"speedup": 2.0}, "llama mod": {"speedup": 1.6}, "llama simple-4/16": {"speedup": 1.25}}
     best, ratio = vs._replayed_ratio(rep)
     assert best == "llama mod" and ratio["median"] == pytest.approx(1.25)
