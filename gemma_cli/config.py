@@ -61,14 +61,31 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME))
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def env_flag(name: str) -> bool | None:
+    """An on/off environment variable: True/False when set, None when unset or empty.
+
+    Anything else is a usage error rather than a silent default: `GEMMA_CPU_REPACK=maybe`
+    should not leave the user believing it took effect.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if value:
+        from gemma_cli.errors import UsageError
+        from gemma_cli.text_safety import clean_display
+
+        raise UsageError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {clean_display(os.environ[name], 40)!r}")
+    return None
+
+
 def cpu_repack_override() -> bool | None:
     """`GEMMA_CPU_REPACK`: True/False when set, None when unset."""
-    value = os.environ.get("GEMMA_CPU_REPACK", "").strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    return None
+    return env_flag("GEMMA_CPU_REPACK")
 
 
 DEFAULT_STALL_TIMEOUT = 30.0

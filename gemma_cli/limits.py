@@ -59,6 +59,12 @@ CHEAP_BYTES_PER_TOKEN = 8  # up to n_ctx x this many bytes, tokenizing the whole
 COUNT_CHUNK_BYTES = 1 << 20  # longer texts are counted a chunk at a time, stopping once past the context
 
 
+# Piped input is read up to this many bytes, then refused: `gemma run < /dev/zero` must not fill the memory before
+# the context check can see it. No Gemma context holds more: 256k tokens x the longest vocabulary piece (48 bytes for
+# Gemma 3) is 12 MB, so 64 MiB never refuses a prompt that would fit.
+MAX_STDIN_BYTES = 64 << 20
+
+
 def format_bytes(n: int) -> str:
     """A byte count for a message: '512 bytes', '48.0 KB', '30.0 MB'."""
     if n < 1024:
@@ -68,9 +74,16 @@ def format_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS: past it llama.cpp's thread pool throws and the process aborts
+
+
 def check_threads(n: int | None, name: str = "--threads") -> int | None:
-    """CPU threads: None means all available cores."""
-    return None if n is None else int(check_positive(n, name))
+    """CPU threads: None means all available cores; at most MAX_THREADS (llama.cpp aborts past its own limit)."""
+    if n is None:
+        return None
+    if not 1 <= n <= MAX_THREADS:
+        raise UsageError(f"{name} must be between 1 and {MAX_THREADS}, got {n}")
+    return int(n)
 
 
 GREEDY_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / T would overflow, and no float32 logit gap is that fine
@@ -83,8 +96,8 @@ def is_greedy(temperature: float) -> bool:
 
 def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float) -> None:
     """The sampling values `SamplingParams` holds (temperature below GREEDY_TEMPERATURE = greedy; top_k 0, top_p 1, min_p 0 = off)."""
-    if not (temperature >= 0.0):
-        raise UsageError(f"temperature must be >= 0, got {temperature}")
+    if not (0.0 <= temperature < float("inf")):
+        raise UsageError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k < 0:
         raise UsageError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not (0.0 < top_p <= 1.0):

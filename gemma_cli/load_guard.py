@@ -73,7 +73,7 @@ sys.exit(0)
 
 
 def _probe_enabled() -> bool:
-    return os.environ.get("GEMMA_PROBE", "").strip().lower() not in {"0", "off", "no", "false"}
+    return config.env_flag("GEMMA_PROBE") is not False
 
 
 def _llama_cpp_identity() -> str:

@@ -135,7 +135,7 @@ def test_bad_workload_file_is_one_clear_line(bench_model: Path, tmp_path: Path, 
         (["--draft-tokens", "0"], "between 1 and 32"),
         (["--runs", "0"], "--runs must be at least 1"),
         (["--top-k", "10"], "add --temperature"),
-        (["-t", "-1"], "temperature must be >= 0"),
+        (["-t", "-1"], "temperature must be a finite number >= 0"),
     ],
 )
 def test_bad_options_are_usage_errors(bench_model: Path, args: list[str], message: str) -> None:

@@ -221,3 +221,76 @@ def test_a_store_root_that_is_a_file_is_one_clear_error_everywhere(tmp_path, tin
         assert_one_line_error(proc, f"the model store {root} is a regular file", "GEMMA_MODELS")
     below = gemma_env(root / "sub", HF_HUB_OFFLINE="1")
     assert_one_line_error(run_gemma(below, "list"), f"inside {root}, which is a regular file")
+
+
+# -- session 14's careless-user sweep ----------------------------------------------------------
+
+def test_threads_past_llamas_limit_and_an_infinite_temperature_are_usage_errors(env, tiny):
+    # --threads 100000 used to abort the process (std::bad_alloc in ggml's thread pool, exit 134)
+    assert_one_line_error(run_gemma(env, "run", str(tiny), "hi", "-n", "2", "--threads", "100000"),
+                          "--threads must be between 1 and 512", code=EXIT_USAGE)
+    assert_one_line_error(run_gemma(env, "rpc-worker", "--threads", "9999"), "--threads must be between 1 and 512",
+                          code=EXIT_USAGE)
+    # inf used to run in-process while client mode refused it: both refuse it now
+    assert_one_line_error(run_gemma(env, "run", str(tiny), "hi", "-n", "2", "--temperature", "inf"),
+                          "temperature must be a finite number", code=EXIT_USAGE)
+
+
+def test_endless_piped_input_is_refused_at_the_cap_without_filling_memory(env, tiny):
+    from gemma_cli.limits import MAX_STDIN_BYTES
+
+    limit = (MAX_STDIN_BYTES * 4 + (1 << 30), ) * 2  # an address-space cap the unbounded read would have hit
+    for args in (["run", str(tiny), "go", "-n", "2"], ["chat", str(tiny), "-n", "2"]):
+        with open("/dev/zero", "rb") as zero:  # endless, and no newline for chat's line reader
+            proc = subprocess.run(gemma_cmd(*args, "--threads", "1"), env=env, cwd=ROOT, stdin=zero, capture_output=True,
+                                  text=True, timeout=120,
+                                  preexec_fn=lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_AS, limit))
+        assert proc.returncode == EXIT_USAGE, (args, proc.stderr[-500:])
+        assert "Traceback" not in proc.stderr and "the piped input is over 64.0 MB" in proc.stderr, proc.stderr[-500:]
+
+
+def test_closed_standard_streams(env, tiny):
+    def run_closed(fd: int, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(gemma_cmd(*args), env=env, cwd=ROOT, text=True, timeout=120, capture_output=True,
+                              stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(fd))
+
+    for fmt in ([], ["--format", "json"]):  # a closed stdout is refused up front, in one line, not after the work
+        proc = run_closed(1, "run", str(tiny), "hi", "-n", "2", "--threads", "1", *fmt)
+        assert_one_line_error(proc, "standard output is closed")
+    # a closed stdin reads as empty input: the prompt argument still runs, chat ends at once
+    proc = run_closed(0, "run", str(tiny), "hi", "-n", "2", "--threads", "1")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+    proc = run_closed(0, "chat", str(tiny), "-n", "2", "--threads", "1")
+    assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys, where nobody may create files")
+def test_a_store_that_cannot_be_written_is_one_line(tiny):
+    env = gemma_env(Path("/sys/kernel/gemma-store"), HF_HUB_OFFLINE="1")  # EPERM even for root, as a read-only mount
+    for args in (["create", "mine", "--target", str(tiny)], ["pull", "gemma3:270m"]):
+        proc = run_gemma(env, *args)
+        assert_one_line_error(proc, "cannot write /sys/kernel/gemma-store", "GEMMA_MODELS")
+
+
+def test_on_off_variables_refuse_what_they_do_not_understand(env, tiny):
+    bad = dict(env, GEMMA_CPU_REPACK="maybe")
+    assert_one_line_error(run_gemma(bad, "run", str(tiny), "hi", "-n", "2"), "GEMMA_CPU_REPACK must be 1 or 0",
+                          code=EXIT_USAGE)
+    assert_one_line_error(run_gemma(dict(env, GEMMA_PROBE="sometimes"), "serve"), "GEMMA_PROBE must be 1 or 0",
+                          code=EXIT_USAGE)
+    doctor = run_gemma(bad, "doctor")  # doctor reports it on its own line; llama.cpp itself is fine
+    lines = doctor.stdout.splitlines()
+    assert any(line.startswith("warn  cpu-repack") and "GEMMA_CPU_REPACK must be 1 or 0" in line for line in lines), doctor.stdout
+    assert any(line.startswith("ok    llama.cpp") for line in lines), doctor.stdout
+    assert run_gemma(dict(env, GEMMA_CPU_REPACK="off"), "run", str(tiny), "hi", "-n", "2", "--threads", "1").returncode == 0
+
+
+def test_a_loaded_conversation_cannot_drive_the_terminal(env, tiny, tmp_path):
+    path = tmp_path / "ctl.json"
+    path.write_text(json.dumps({"system": "be \x1b]0;title\x07 brief", "messages": [
+        {"role": "user", "content": "hi\x1b[31mRED\x07"}, {"role": "assistant", "content": "\x1b]0;pwned\x07ok\x1b[2J"}]}))
+    proc = chat(env, tiny, f"/load {path}\n/show system\n/bye\n")
+    assert proc.returncode == 0, proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert "Last reply:" in shown and "ok" in shown
+    assert "\x1b" not in shown and "\x07" not in shown, repr(shown)

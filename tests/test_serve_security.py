@@ -105,6 +105,10 @@ def test_body_limit_413(server):
     ("POST", "/api/show", {"model": "nope"}, 404, "unknown model"),
     ("DELETE", "/api/delete", {"model": "nope"}, 404, "not in the store"),
     ("POST", "/api/pull", {"model": "nope"}, 404, "unknown model"),
+    ("POST", "/api/generate", b'{"model": "tiny", "prompt": "a\\ud800b"}', 400, "unpaired UTF-16 surrogate"),
+    ("POST", "/api/chat", b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}', 400, "surrogate"),
+    ("POST", "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": "\\uD800"}',
+     400, "surrogate"),
     ("GET", "/api/nothing", None, 404, "no such endpoint"),
     ("GET", "/api/generate", None, 405, "not allowed"),
 ])
@@ -131,6 +135,23 @@ def test_server_survives_errors_and_logs_one_line_per_request(server):
     assert not any("Traceback" in line for line in server.log)
 
 
+def test_a_paired_surrogate_escape_is_text_and_a_huge_keep_alive_means_forever(server):
+    emoji = httpx.post(server.url + "/api/generate", content=b'{"model": "tiny", "prompt": "\\ud83d\\ude00 hi", "stream": false, '
+                       b'"options": {"num_predict": 2}}')
+    assert emoji.status_code == 200, emoji.text
+    # a keep_alive past any date used to break /api/ps and `gemma stop` (OverflowError) with the model loaded
+    for keep in ("99999999999h", 1e308):
+        r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "keep_alive": keep,
+                                                          "options": {"num_predict": 2}})
+        assert r.status_code == 200, r.text
+        ps = httpx.get(server.url + "/api/ps")
+        assert ps.status_code == 200, ps.text
+        assert [m["expires_at"][:4] for m in ps.json()["models"]] == ["2318"]  # Ollama's "never"
+    stop = run_gemma(gemma_env(Path("/nonexistent"), GEMMA_HOST=server.host), "stop", "tiny")
+    assert stop.returncode == 0, stop.stderr
+    assert httpx.get(server.url + "/api/ps").json()["models"] == []
+
+
 def test_port_in_use_is_one_line(store):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,6 +174,7 @@ def test_parse_host_and_duration():
     assert parse_duration("5m") == 300 and parse_duration("1h30m") == 5400 and parse_duration("250ms") == 0.25
     assert parse_duration(0) == 0 and parse_duration("0") == 0 and parse_duration(42) == 42
     assert math.isinf(parse_duration(-1)) and math.isinf(parse_duration("-1m"))
+    assert math.isinf(parse_duration("99999999999h")) and math.isinf(parse_duration(1e12)) and parse_duration("8760h") == 31536000
     for bad in ("soon", "5 m", "", True, None, [1]):
         with pytest.raises(UsageError):
             parse_duration(bad)

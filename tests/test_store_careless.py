@@ -167,6 +167,15 @@ def test_verify_tells_the_truth_about_repairing_a_custom_model(env, ggufs, tmp_p
     assert "gemma pull" not in assert_one_line_error(run, "re-create it from its source")
 
 
+def test_verify_says_how_to_repair_an_unreadable_custom_manifest(env, ggufs, tmp_path):
+    assert run_gemma(env, "create", "custom", "--target", str(ggufs["a"])).returncode == 0
+    (tmp_path / "models" / "manifests" / "custom" / "latest.json").write_text("{not json")
+    line = assert_one_line_error(run_gemma(env, "verify"), "unreadable manifest", "gemma rm custom:latest",
+                                 "gemma create custom:latest")
+    assert "gemma pull" not in line  # a custom name cannot be pulled
+    assert run_gemma(env, "rm", "custom").returncode == 0
+
+
 def test_long_names_and_odd_targets_get_the_right_reason(env, tmp_path):
     long = run_gemma(env, "show", "a" * 250)
     assert_one_line_error(long, "250 characters", "at most 64 characters", code=EXIT_USAGE)

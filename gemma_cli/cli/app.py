@@ -6,6 +6,7 @@ Exit status: 0 ok, 1 runtime error (one line on stderr), 2 usage error,
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if _closed_streams():
+        _error_line("standard output is closed (`>&-`): gemma has nowhere to print; redirect it to a file or /dev/null")
+        sys.exit(ExitCode.ERROR)
     want_json = json_errors_requested(args)
     message: str | None = None
     try:
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
             message = f"no space left for {exc.filename or 'the output'}: {exc.strerror}"
             _error_line(message)
             code = ExitCode.ERROR
+        elif isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and exc.filename:
+            message = f"cannot write {exc.filename}: {exc.strerror} (a read-only or foreign model store? see GEMMA_MODELS)"
+            _error_line(message)
+            code = ExitCode.ERROR
         else:
             if os.environ.get("GEMMA_DEBUG"):
                 raise
@@ -179,6 +187,19 @@ def main(argv: list[str] | None = None) -> None:
     if want_json and message is not None and code != ExitCode.OK:
         _json_error(message, code)
     sys.exit(code)
+
+
+def _closed_streams() -> bool:
+    """Python sets a standard stream to None when its descriptor was closed (`<&-`, `2>&-`).
+
+    A closed stdin reads as empty input and a closed stderr as /dev/null; a closed stdout
+    is refused before anything runs (True), rather than failing after the work is done.
+    """
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    return sys.stdout is None
 
 
 def _disk_full(exc: OSError) -> bool:

@@ -43,15 +43,21 @@ class PlainReader:
 
     def __init__(self, stream: TextIO | BinaryIO) -> None:
         self.stream = stream
+        self._taken = 0
 
     def _line(self) -> str:
         """One line as text; a binary stream's invalid UTF-8 becomes U+FFFD (said once on stderr)."""
-        from gemma_cli.cli.text_input import clean_text, decode_bytes
+        from gemma_cli.cli.text_input import clean_text, decode_bytes, too_long_input
+        from gemma_cli.limits import MAX_STDIN_BYTES
 
-        line = self.stream.readline()
+        line = self.stream.readline(MAX_STDIN_BYTES + 1)  # bounded: `gemma chat < /dev/zero` has no newline
+        self._taken += len(line)
+        if self._taken > MAX_STDIN_BYTES:  # one line, or a """ block that never closes
+            raise too_long_input()
         return decode_bytes(line) if isinstance(line, bytes) else clean_text(line)
 
     def read(self) -> str | None:
+        self._taken = 0  # bytes of this message so far
         line = self._line()
         if not line:
             return None

@@ -159,7 +159,7 @@ def _show(repl: ChatRepl, what: str) -> None:
             ("highlight", "on" if s.highlight else "off"),
         ])
     elif what == "system":
-        repl.say(repl.conv.system or "(no system prompt)")
+        repl.say(clean_display(repl.conv.system, None, multiline=True) if repl.conv.system else "(no system prompt)")  # may come from a /load file
     elif what == "template":
         template = engine.target.chat_template()
         repl.say(clean_display(template, 100_000, multiline=True) if template else "(the model has no chat template; using the built-in Gemma template)")
@@ -215,5 +215,6 @@ def _count(n: int) -> str:
 
 
 def _preview(text: str, limit: int = 70) -> str:
-    flat = " ".join(text.split())
+    """One line of a loaded file's text: a conversation file is untrusted, so no escape sequence reaches the terminal."""
+    flat = " ".join(clean_display(text, None).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

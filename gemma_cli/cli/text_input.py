@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 
+from gemma_cli.errors import UsageError
+from gemma_cli.limits import MAX_STDIN_BYTES, format_bytes
+
 NOTE = "note: the input was not valid UTF-8; invalid bytes were replaced with U+FFFD (\ufffd)"
 _warned = False
 
@@ -45,9 +48,14 @@ def clean_text(text: str) -> str:
     return decode_bytes(raw)
 
 
+def too_long_input() -> UsageError:
+    return UsageError(f"the piped input is over {format_bytes(MAX_STDIN_BYTES)}: no model's context holds a prompt that long")
+
+
 def read_stdin() -> str:
-    """All of stdin as text (binary read, so no byte sequence can raise)."""
+    """All of stdin as text (binary read, so no byte sequence can raise), at most MAX_STDIN_BYTES."""
     buffer = getattr(sys.stdin, "buffer", None)
-    if buffer is None:
-        return clean_text(sys.stdin.read())
-    return decode_bytes(buffer.read())
+    data = buffer.read(MAX_STDIN_BYTES + 1) if buffer is not None else sys.stdin.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise too_long_input()
+    return decode_bytes(data) if isinstance(data, bytes) else clean_text(data)

@@ -19,6 +19,7 @@ from typing import Any
 
 from gemma_cli import config
 from gemma_cli.doctor.report import FAIL, INFO, OK, WARN, Check
+from gemma_cli.errors import UsageError
 
 # The rebuild every hint below gives: pip's wheel cache ignores CMAKE_ARGS, so it must not reuse a cached wheel.
 REINSTALL = "pip install --force-reinstall --no-cache-dir"
@@ -217,7 +218,10 @@ def check_cpu(features: set[str] | None, probe: dict[str, Any]) -> Check:
 
 def check_repack(probe: dict[str, Any], features: set[str] | None) -> Check:
     """The `use_extra_bufts` choice that avoids the AMX decode crash."""
-    override = config.cpu_repack_override()
+    try:
+        override = config.cpu_repack_override()
+    except UsageError as exc:
+        return Check("cpu-repack", WARN, str(exc), "unset it, or set it to 1 or 0")
     if "error" in probe:
         return Check("cpu-repack", INFO, "unknown (llama.cpp cannot be loaded)")
     repack = bool(probe.get("cpu_repack"))

@@ -35,6 +35,7 @@ DEFAULT_MAX_LOADED = 1
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 FOREVER = float("inf")
+LONGEST_DURATION = 100 * 365.25 * 86400.0  # seconds; longer keep-alives are FOREVER
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -63,7 +64,8 @@ def parse_duration(value: object, what: str = "keep_alive") -> float:
         raise UsageError(f"{what} must be a duration like \"5m\" or a number of seconds, got {value!r}")
     if seconds != seconds:  # NaN
         raise UsageError(f"{what} is not a number")
-    return FOREVER if seconds < 0 else seconds
+    # Past a century a duration means "never unload": it could not be added to a date or timestamp anyway.
+    return FOREVER if seconds < 0 or seconds >= LONGEST_DURATION else seconds
 
 
 def parse_host(value: str | None) -> tuple[str, int]:

@@ -9,6 +9,7 @@ CLI's: ranges from `gemma_cli.limits`, defaults and draft choices from
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -55,7 +56,15 @@ async def read_json(request: Request) -> dict[str, Any]:
         raise APIError(400, f"invalid JSON in request body: {exc}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    if _ESCAPED_SURROGATE.search(body):  # JSON may escape half a UTF-16 pair, which no text can hold
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "invalid text in request body: an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)") from None
     return data
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def model_name(body: Mapping[str, Any], *keys: str, required: bool = True) -> str | None:

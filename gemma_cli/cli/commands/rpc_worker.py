@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gemma_cli import limits
 from gemma_cli.errors import ExitCode, GemmaError, UsageError
 
 REMOTE_WARNING = (
@@ -86,8 +87,7 @@ def rpc_worker(
 
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
-    if threads is not None and threads <= 0:
-        raise UsageError(f"--threads must be positive, got {threads}")
+    limits.check_threads(threads, "--threads")
     address = bind_address(host, allow_remote)
     if cache is not None:
         try:

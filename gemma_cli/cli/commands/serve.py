@@ -32,6 +32,10 @@ def serve_cmd(
 
     limits.check_n_ctx(ctx, "--ctx")
     limits.check_threads(threads, "--threads")
+    from gemma_cli import config
+
+    for flag in ("GEMMA_CPU_REPACK", "GEMMA_PROBE"):  # read at each model load: refuse a bad value now, not per request
+        config.env_flag(flag)
     if max_loaded is not None:
         limits.check_positive(max_loaded, "--max-loaded")
     if max_queue is not None and max_queue < 0:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gemma_cli import config
 from gemma_cli.engine.llama import compute_thread
+from gemma_cli.errors import GemmaError
 
 if TYPE_CHECKING:  # pragma: no cover
     import llama_cpp as _llama_cpp_t
@@ -162,9 +163,17 @@ def capabilities() -> dict[str, object]:
         "gpu_offload": bool(ll.llama_supports_gpu_offload()),
         "mmap": bool(ll.llama_supports_mmap()),
         "build_has_amx": build_has_amx(),
-        "cpu_repack": choose_cpu_repack(),
+        "cpu_repack": _repack_or_none(),
         "rpc": supports_rpc(),
     }
+
+
+def _repack_or_none() -> bool | None:
+    """The repacking choice, or None when GEMMA_CPU_REPACK is unreadable (doctor's own line says so)."""
+    try:
+        return choose_cpu_repack()
+    except GemmaError:
+        return None
 
 
 _DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
