@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any, Iterator
 
 from gemma_cli.errors import GemmaError, ModelNotFoundError
+from gemma_cli.text_safety import clean_display
 
 
 class ServerError(GemmaError):
@@ -32,13 +33,16 @@ class ServerModelNotFound(ServerError, ModelNotFoundError):
     """404 for a model: a ModelNotFoundError, as in-process."""
 
 
+EXIT_CODES = (1, 2)  # what a failing command exits with in-process (errors.ExitCode): a server may say which
+
+
 def error_from(body: Any, status: int, fallback: str = "") -> ServerError:
     """The exception for a server's error object (an HTTP error body or an in-band stream line)."""
     message, code = fallback, None
     if isinstance(body, dict) and body.get("error"):
         err = body["error"]
-        message = str(err.get("message", err) if isinstance(err, dict) else err)
-        code = body.get("exit_code") if isinstance(body.get("exit_code"), int) else None
+        message = clean_display(err.get("message", err) if isinstance(err, dict) else err, 500)
+        code = body.get("exit_code") if body.get("exit_code") in EXIT_CODES else None
     if status == 404 and "model" in message:
         return ServerModelNotFound(message, status, code)
     return ServerError(message or f"the server answered {status}", status, code)
@@ -71,15 +75,43 @@ class Client:
                 body = json.loads(exc.read())
             except ValueError:
                 body = None
+            if not (isinstance(body, dict) and body.get("error")):  # gemma serve always says why, in JSON
+                raise self._foreign(path, f"HTTP {exc.code} {clean_display(exc.reason, 80)}") from None
             raise error_from(body, exc.code, str(exc.reason)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerError(f"cannot reach gemma serve at {self.base_url}: {reason}; is it running? (`gemma serve`)") from None
 
+    def _foreign(self, path: str, what: str) -> ServerError:
+        """Something answered that is not gemma serve (another program on that port, a proxy's page)."""
+        return ServerError(f"{self.base_url}{path.split('?')[0]} did not answer as gemma serve does ({what}); "
+                           "is GEMMA_HOST pointing at another program?")
+
+    def _object(self, raw: bytes, path: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise self._foreign(path, "not JSON") from None
+        if not isinstance(obj, dict):
+            raise self._foreign(path, "not a JSON object")
+        return obj
+
+    def reading(self, path: str) -> "_Reading":
+        """A (reusable) context around code that reads fields of this server's answers: a field of the
+        wrong type or shape is the server's fault, said in one line, not a bug of ours."""
+        return _Reading(self, path)
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         with self._open(method, path, body) as resp:
             raw = resp.read()
-        return json.loads(raw) if raw.strip() else {}
+        return self._object(raw, path) if raw.strip() else {}
+
+    def records(self, path: str, key: str) -> list[dict[str, Any]]:
+        """The list of objects under `key` of a GET answer (`/api/ps` models, `/api/tags` ...)."""
+        items = self.request("GET", path).get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise self._foreign(path, f"{key!r} is not a list of objects")
+        return items
 
     def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
         """NDJSON objects from a streaming Ollama endpoint; an in-band error raises ServerError.
@@ -91,7 +123,7 @@ class Client:
             for line in resp:
                 if not line.strip():
                     continue
-                obj = json.loads(line)
+                obj = self._object(line, path)  # a cut stream ends in half an object: not JSON
                 if "error" in obj:
                     raise error_from(obj, 0)
                 yield obj
@@ -101,10 +133,10 @@ class Client:
         return str(self.request("GET", "/api/version").get("version", ""))
 
     def ps(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/api/ps").get("models", []))
+        return self.records("/api/ps", "models")
 
     def tags(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/api/tags").get("models", []))
+        return self.records("/api/tags", "models")
 
     def show(self, model: str) -> dict[str, Any]:
         return self.request("POST", "/api/show", {"model": model})
@@ -130,3 +162,15 @@ class Client:
 
     def delete(self, model: str) -> None:
         self.request("DELETE", "/api/delete", {"model": model})
+
+
+class _Reading:
+    def __init__(self, client: Client, path: str) -> None:
+        self.client, self.path = client, path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, (KeyError, TypeError, ValueError, AttributeError)):
+            raise self.client._foreign(self.path, f"unexpected content: {kind.__name__}") from None

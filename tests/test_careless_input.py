@@ -294,3 +294,67 @@ def test_a_loaded_conversation_cannot_drive_the_terminal(env, tiny, tmp_path):
     shown = proc.stdout + proc.stderr
     assert "Last reply:" in shown and "ok" in shown
     assert "\x1b" not in shown and "\x07" not in shown, repr(shown)
+
+
+def test_save_bang_never_replaces_a_fifo_or_a_device(env, tiny, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = chat(env, tiny, f"/save! {fifo}\n/save! /dev/null\n/bye\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("not a regular file; it is left as it is") == 2, proc.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+class _NotGemma:
+    """A real HTTP server on 127.0.0.1 that is not gemma serve: HTML, wrong shapes, a stream cut mid-object."""
+
+    ROUTES = {
+        "/api/tags": (200, "text/html", b"<html>x</html>"),
+        "/api/ps": (200, "application/json", json.dumps({"models": [{"name": "a\x1b[31mb\x07c\x9bd", "size": 5}]}).encode()),
+        "/api/show": (200, "application/json", b'{"gemma": {"describe": {"name": 5}}}'),
+        "/api/generate": (200, "application/x-ndjson", b'{"response": "hi", "x_gemma": {"tokens": 1}}\n{"model": "gem'),
+    }
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        routes = self.ROUTES
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                if self.command == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, kind, body = routes.get(self.path.split("?")[0], (404, "text/plain", b"nope"))
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+def test_client_mode_against_another_program_is_one_line(env):
+    with _NotGemma() as host:
+        remote = dict(env, GEMMA_HOST=host)
+        for args, needle in ((["list"], "/api/tags did not answer as gemma serve does (not JSON)"),
+                             (["show", "gemma3:270m"], "/api/show did not answer as gemma serve does"),
+                             (["run", "gemma3:270m", "hi", "-n", "2"], "/api/generate did not answer as gemma serve does"),
+                             (["chat", "gemma3:270m"], "/api/show did not answer as gemma serve does"),
+                             (["pull", "gemma3:270m"], "/api/pull did not answer as gemma serve does (HTTP 404 Not Found")):
+            proc = run_gemma(remote, *args)
+            assert_one_line_error(proc, needle, "GEMMA_HOST")
+        ps = run_gemma(remote, "ps")  # the names a server sends are shown without their control characters
+        assert ps.returncode == 0, ps.stderr
+        assert "abcd" in ps.stdout.replace(" ", "") and not any(c in ps.stdout for c in "\x1b\x07\x9b"), repr(ps.stdout)

@@ -295,3 +295,15 @@ def test_commands_change_what_the_next_reply_does(model: Path, env: dict[str, st
     assert re.search(r"^draft source: +none$", err, re.M) and len(re.findall(r"^eval count:", err, re.M)) == 1  # verbose for one reply
     dropped = re.findall(r"dropped the oldest (\d+) exchange\(s\), kept the system prompt", err)
     assert dropped and all(int(n) >= 1 for n in dropped)
+
+
+def test_typed_escape_sequences_are_text_not_a_prompt_toolkit_crash(model: Path, env: dict[str, str]) -> None:
+    """ESC [ 3 1 m typed or pasted parses as a mouse event: prompt_toolkit's handler printed a traceback and
+    "Press ENTER to continue", and dropped the rest of the line."""
+    child = spawn(model, env, "--max-tokens", "4")
+    command(child, "/set system be \x1b[31mred and \x1b[1;2mbold", "Set the system prompt.")
+    shown = command(child, "/show system", "bold")
+    assert shown.endswith("be red and "), repr(shown)  # then "bold": kept, and shown without the sequences
+    session = child.logfile_read.getvalue()
+    assert "Traceback" not in session and "Exception" not in session and "Press ENTER" not in session, session[-2000:]
+    assert bye(child) == 0

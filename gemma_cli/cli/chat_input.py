@@ -77,6 +77,7 @@ class TerminalReader:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory, History, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.keys import Keys
 
         history: History
         try:
@@ -101,6 +102,12 @@ class TerminalReader:
         @kb.add("escape", "enter")
         def _newline(event) -> None:  # Alt-Enter: a new line without sending
             event.current_buffer.insert_text("\n")
+
+        @kb.add(Keys.Vt100MouseEvent)
+        def _typed_escape(event) -> None:
+            # Mouse reporting is never turned on, so what parses as a mouse event (ESC [ 3 1 m, typed or pasted)
+            # is text: prompt_toolkit's own handler would print a traceback and drop the rest of the line.
+            event.current_buffer.insert_text(event.data)
 
         self.session = PromptSession(
             history=history,

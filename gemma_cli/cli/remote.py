@@ -47,12 +47,13 @@ def model_name(model: str | None) -> str:
 
 def list_entries(server: Client) -> list[dict[str, Any]]:
     """The server's `gemma list --json` records."""
-    return list(server.request("GET", "/api/tags?gemma=1").get("gemma", []))
+    return server.records("/api/tags?gemma=1", "gemma")
 
 
 def describe(server: Client, name: str) -> dict[str, Any]:
     """The server's `gemma show --json` facts for `name`."""
-    info = server.show(name).get("gemma", {}).get("describe")
+    with server.reading("/api/show"):
+        info = server.show(name).get("gemma", {}).get("describe")
     if not isinstance(info, dict):
         raise ServerError("the server did not send gemma's model facts; is it an older gemma serve, or another server?")
     return info
@@ -64,26 +65,27 @@ def pull(server: Client, name: str, progress: PullProgress) -> dict[str, Any]:
 
     label, done = None, 0
     try:
-        for event in server.pull(name):
-            digest = event.get("digest")
-            if digest and digest != label:
-                if label is not None:
-                    progress.finish()
-                label, done = digest, int(event.get("completed") or 0)
-                progress.start(digest, event.get("total"), done)
-            elif digest:
-                completed = int(event.get("completed") or 0)
-                if completed > done:
-                    progress.advance(completed - done)
-                    done = completed
-            if event.get("status") == "success":
-                if label is not None:
-                    progress.finish()
-                    label = None
-                summary = event.get("gemma")
-                if not isinstance(summary, dict):
-                    raise ServerError("the server did not send gemma's pull summary; is it another server?")
-                return summary
+        with server.reading("/api/pull"):
+            for event in server.pull(name):
+                digest = event.get("digest")
+                if digest and digest != label:
+                    if label is not None:
+                        progress.finish()
+                    label, done = digest, int(event.get("completed") or 0)
+                    progress.start(digest, event.get("total"), done)
+                elif digest:
+                    completed = int(event.get("completed") or 0)
+                    if completed > done:
+                        progress.advance(completed - done)
+                        done = completed
+                if event.get("status") == "success":
+                    if label is not None:
+                        progress.finish()
+                        label = None
+                    summary = event.get("gemma")
+                    if not isinstance(summary, dict):
+                        raise ServerError("the server did not send gemma's pull summary; is it another server?")
+                    return summary
     except BaseException:
         if label is not None:
             abort_progress(progress, "stopped")
@@ -114,6 +116,7 @@ class RemoteGeneration:
         self.model = str(body.get("model"))
         self._cancelled = False
         self._text: list[str] = []
+        self._reading = server.reading(path)
         self._events = server.stream(path, {**body, "stream": True, "x_gemma": True})
         self._first = next(self._events, None)  # errors (unknown model, bad prompt) raise here, before output
 
@@ -130,11 +133,14 @@ class RemoteGeneration:
         try:
             while obj is not None:
                 if obj.get("done"):
-                    self._finish(obj)
+                    with self._reading:
+                        self._finish(obj)
                     return
                 if self._cancelled:
                     break
-                yield self._piece(obj)
+                with self._reading:
+                    piece = self._piece(obj)
+                yield piece
                 obj = next(events, None)
             if not self._cancelled:
                 raise ServerError("the server closed the stream before the generation ended")

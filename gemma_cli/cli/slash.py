@@ -58,7 +58,7 @@ def run_command(repl: ChatRepl, line: str) -> bool:
         repl.say("Cleared the conversation." + (" The system prompt stays." if repl.conv.system else ""))
     elif name in ("/save", "/save!"):
         saved = repl.conv.save(_path_arg(rest, name), model=repl.pair.name, overwrite=name == "/save!")
-        repl.say(f"Saved {len(repl.conv.turns)} message(s) to {saved}.")
+        repl.say(f"Saved {len(repl.conv.turns)} message(s){' and the system prompt' if repl.conv.system else ''} to {saved}.")
     elif name == "/load":
         loaded = Conversation.load(_path_arg(rest, "/load"))
         repl.conv.system, repl.conv.turns = loaded.system, loaded.turns

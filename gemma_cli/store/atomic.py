@@ -58,7 +58,8 @@ def save_user_file(path: Path, data: bytes, *, overwrite: bool) -> None:
     is ever clobbered without `overwrite`); with `overwrite` it is renamed over
     the old file, which keeps its permission bits. A symlink is written through
     to its target. Raises FileExistsError (exists, no `overwrite`),
-    FileNotFoundError (no such directory), IsADirectoryError, or other OSErrors.
+    FileNotFoundError (no such directory), IsADirectoryError, or other OSErrors (EINVAL: `path` is
+    a device, FIFO or socket, which is never replaced).
     """
     path = Path(os.path.realpath(path)) if overwrite else path
     if path.is_dir():
@@ -67,6 +68,8 @@ def save_user_file(path: Path, data: bytes, *, overwrite: bool) -> None:
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
     if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(errno.EEXIST, "file exists", str(path))
+    if overwrite and path.exists() and not path.is_file():  # a FIFO, a socket, /dev/full: renaming over it destroys it
+        raise OSError(errno.EINVAL, "not a regular file; it is left as it is", str(path))
     try:
         mode = stat.S_IMODE(path.stat().st_mode) if overwrite else None
     except FileNotFoundError:

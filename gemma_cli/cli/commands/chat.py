@@ -66,11 +66,12 @@ def chat(
         remote.options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_tokens=max_tokens,
                        stop=None, draft=draft, draft_tokens=draft_tokens, ctx=ctx)  # checks, as in-process
         show = remote.ensure_pulled(server, remote.model_name(model))
-        pair = pair_from_info(show["gemma"]["describe"])
-        if terminal:
-            sys.stderr.write(f"loading {pair.name}…\r")
-            sys.stderr.flush()
-        engine = ServerModel(server, pair, show, opt.draft_config(pair, choice, "chat"))
+        with server.reading("/api/show"):
+            pair = pair_from_info(show["gemma"]["describe"])
+            if terminal:
+                sys.stderr.write(f"loading {pair.name}…\r")
+                sys.stderr.flush()
+            engine = ServerModel(server, pair, show, opt.draft_config(pair, choice, "chat"))
         repl_class = RemoteChatRepl
         engine.load(pair.name, ctx if ctx != 4096 else None)
     else:

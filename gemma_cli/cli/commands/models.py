@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 from typing import Annotated, List, Optional
@@ -11,6 +12,7 @@ import typer
 from gemma_cli.cli import remote
 from gemma_cli.cli.remote import HostOpt
 from gemma_cli.errors import IntegrityError
+from gemma_cli.text_safety import clean_display
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -40,6 +42,7 @@ def _ago(iso: str) -> str:
 
 
 def _table(rows: list[list[str]]) -> str:
+    rows = [[clean_display(c, 200) for c in r] for r in rows]  # a server's (client mode) or a file's strings
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
@@ -109,12 +112,13 @@ def _list(json_out: bool, available: bool, host: str | None) -> None:
         typer.echo(json.dumps(entries, indent=2))
         return
     rows = [["NAME", "ID", "SIZE", "DRAFTER", "MODIFIED"]]
-    for m in entries:
-        if "error" in m:
-            rows.append([m["name"], "?", "?", "?", "unreadable manifest"])
-            continue
-        drafter = f"{m['draft_source']} ({_size(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
-        rows.append([m["name"], m["id"], _size(m["size"]), drafter, _ago(m["modified"])])
+    with server.reading("/api/tags") if server is not None else contextlib.nullcontext():
+        for m in entries:
+            if "error" in m:
+                rows.append([m["name"], "?", "?", "?", "unreadable manifest"])
+                continue
+            drafter = f"{m['draft_source']} ({_size(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
+            rows.append([m["name"], m["id"], _size(m["size"]), drafter, _ago(m["modified"])])
     typer.echo(_table(rows))
 
 
@@ -200,8 +204,10 @@ def show_cmd(
         info = describe(resolve_model(name))
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))
-    else:
-        typer.echo("\n".join(_show_lines(info)))
+        return
+    with server.reading("/api/show") if server is not None else contextlib.nullcontext():
+        lines = _show_lines(info)
+    typer.echo("\n".join(clean_display(line, 2000) for line in lines))
 
 
 def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:

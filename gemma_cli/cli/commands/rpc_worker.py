@@ -100,12 +100,13 @@ def rpc_worker(
     devices = rpc.serving_devices()
     if not ipaddress.IPv4Address(address).is_loopback:
         sys.stderr.write(REMOTE_WARNING.format(address=f"{address}:{port}") + "\n")
-    stop = threading.Event()
     received: list[int] = []
 
     def _on_signal(signum: int, _frame) -> None:
+        # Only a list append: the handler runs between two bytecodes of the main thread, and taking a lock here
+        # (Event.set) deadlocked when that thread already held the same lock inside Event.wait (a worker that
+        # ignored SIGTERM for good, seen under load in the tests).
         received.append(signum)
-        stop.set()
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -120,8 +121,8 @@ def rpc_worker(
         f"{address}:{port}, RPC protocol {'.'.join(map(str, info.version))}; Ctrl-C stops\n"
     )
     sys.stdout.flush()
-    while not stop.is_set() and server.is_alive():
-        stop.wait(0.5)
+    while not received and server.is_alive():
+        time.sleep(0.1)
     if not received:  # the server thread returned: it could not keep serving
         raise GemmaError(f"the RPC server on {address}:{port} stopped unexpectedly")
     sys.stdout.write("gemma rpc-worker: stopped\n")

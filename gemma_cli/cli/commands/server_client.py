@@ -44,18 +44,22 @@ def ps_cmd(
     import json
 
     from gemma_cli.client import Client
+    from gemma_cli.text_safety import clean_display
 
-    models = Client.from_env(host, timeout=10).ps()
+    client = Client.from_env(host, timeout=10)
+    models = client.ps()
     if json_out:
         typer.echo(json.dumps(models, indent=2))
         return
     rows = [["NAME", "SIZE", "CONTEXT", "DRAFT", "UNTIL"]]
-    for m in models:
-        state = "in use" if m.get("in_use") else _until(str(m.get("expires_at", "")))
-        if not m.get("loaded", True):
-            state = "loading"
-        rows.append([str(m.get("name")), _size(int(m.get("size") or 0)), str(m.get("context_length") or "?"),
-                     str(m.get("draft_source") or "-"), state])
+    with client.reading("/api/ps"):
+        for m in models:
+            state = "in use" if m.get("in_use") else _until(str(m.get("expires_at", "")))
+            if not m.get("loaded", True):
+                state = "loading"
+            cells = [m.get("name"), _size(int(m.get("size") or 0)), m.get("context_length") or "?",
+                     m.get("draft_source") or "-", state]
+            rows.append([clean_display(c, 80) for c in cells])  # the server's strings reach the terminal
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     typer.echo("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
 
