@@ -124,7 +124,11 @@ _gemma() {
             else
                 local flag=""
                 [[ $kind == catalog ]] && flag="--catalog"
-                _gemma_reply < <(compgen -W "$(command gemma __complete-models $flag 2>/dev/null)" -- "$cur")
+                # not compgen -W: it expands each word ($(...) included); names are matched as plain strings
+                local name
+                while IFS= read -r name; do
+                    [[ -n $name && $name == "$cur"* ]] && COMPREPLY+=("$name")
+                done < <(command gemma __complete-models $flag 2>/dev/null)
                 if [[ $cur == *:* && $COMP_WORDBREAKS == *:* ]]; then
                     local prefix="${cur%"${cur##*:}"}"
                     for i in "${!COMPREPLY[@]}"; do COMPREPLY[i]="${COMPREPLY[i]#"$prefix"}"; done

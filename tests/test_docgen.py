@@ -98,9 +98,11 @@ def test_man_command_displays_the_page() -> None:
 # -- shells -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store with two manifests: what `gemma __complete-models` lists."""
+    """A store with two manifests: what `gemma __complete-models` lists; and folders gemma never writes, which
+    it must not list (a name like `$(touch PWNED)` ran as a command through bash's `compgen -W`)."""
     root = tmp_path_factory.mktemp("store")
-    for family, tag in (("gemma3", "270m"), ("mine", "latest")):
+    for family, tag in (("gemma3", "270m"), ("mine", "latest"), ("$(touch${IFS}PWNED)", "latest"), ("evil\x1b[31m", "x"),
+                        ("a b", "latest"), ("-rf", "latest"), ("ok", "t\nag")):
         (root / "manifests" / family).mkdir(parents=True, exist_ok=True)
         (root / "manifests" / family / f"{tag}.json").write_text("{}")
     return root
@@ -146,8 +148,10 @@ def test_bash_script_loads_and_completes(store: Path, tmp_path: Path) -> None:
     assert subprocess.run([bash, "-n", str(script)], capture_output=True).returncode == 0
     driver = tmp_path / "driver.sh"
     driver.write_text(BASH_DRIVER)
-    proc = subprocess.run([bash, str(driver), str(script)], capture_output=True, text=True, env=shell_env(store), timeout=60)
+    proc = subprocess.run([bash, str(driver), str(script)], capture_output=True, text=True, env=shell_env(store), timeout=60,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "PWNED").exists()
     lines = proc.stdout.splitlines()
     assert lines[0] == "complete -F _gemma gemma"
     got = dict(line.split("=>", 1) for line in lines[1:])

@@ -34,6 +34,15 @@ def _check_part(part: str, what: str, raw: str) -> str:
     return part
 
 
+def is_stored_name(family: str, tag: str) -> bool:
+    """Could gemma have written a manifest under these folder and file names (lowercase `parse_name` parts)?
+
+    The store's folders are untrusted: a folder named `$(touch x)` is not a model, and its name
+    must never reach a shell completion, a listing or a path.
+    """
+    return all(_PART.match(part) and ".." not in part for part in (family, tag))
+
+
 def parse_name(name: str, default_tag: str | None = None) -> ModelRef:
     """Parse `family[:tag]`; `default_tag` (or 'latest') fills a missing tag."""
     raw = name

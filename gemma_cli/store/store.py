@@ -18,7 +18,7 @@ from gemma_cli.store import blobs
 from gemma_cli.store.atomic import atomic_write_json, file_lock
 from gemma_cli.store.layout import Layout, digest_hex
 from gemma_cli.store.manifest import Manifest, parse_manifest
-from gemma_cli.store.names import ModelRef
+from gemma_cli.store.names import ModelRef, is_stored_name
 
 
 def load(ref: ModelRef, layout: Layout | None = None) -> Manifest | None:
@@ -43,7 +43,8 @@ def iter_manifests(layout: Layout | None = None) -> Iterator[tuple[ModelRef, Pat
         if not family_dir.is_dir():
             continue
         for path in sorted(family_dir.glob("*.json")):
-            if not path.name.startswith("."):  # editors' and tools' hidden files are not models
+            # editors' hidden files, and names gemma never writes (shell syntax, control characters), are not models
+            if not path.name.startswith(".") and is_stored_name(family_dir.name, path.stem):
                 yield ModelRef(family_dir.name, path.stem), path
 
 

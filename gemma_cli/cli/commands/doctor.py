@@ -7,6 +7,7 @@ stdout (or JSON), hints under the problems, exit 1 when a check failed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -60,6 +61,9 @@ def doctor(
     require_ok(report)
 
 
+_COMPLETABLE = re.compile(r"[a-z0-9][a-z0-9._:-]{0,128}")
+
+
 def complete_models(
     catalog: Annotated[bool, typer.Option("--catalog", help="Also list models the catalog can pull.")] = False,
 ) -> None:
@@ -69,5 +73,6 @@ def complete_models(
     names = set(store_model_names())
     if catalog:
         names |= set(catalog_model_names())
+    names = {n for n in names if _COMPLETABLE.fullmatch(n)}  # shells expand what they are given: names only
     if names:
         sys.stdout.write("\n".join(sorted(names)) + "\n")
