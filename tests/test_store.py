@@ -150,3 +150,36 @@ def test_default_model_resolves_offline_from_the_package(tmp_path):
     assert Path(target).name == f"sha256-{EXPECTED_SHA256}"
     assert hashlib.sha256(Path(target).read_bytes()).hexdigest() == EXPECTED_SHA256
     assert json.loads((tmp_path / "models" / "manifests" / "gemma3" / "270m.json").read_text())["target"]["source"].startswith("package:")
+
+
+def test_a_blob_written_to_while_verify_hashes_it_is_not_vouched_for(store, ggufs, monkeypatch):
+    """`gemma verify` hashed a clean file, someone flipped a byte meanwhile, and the stamp recorded the flipped
+    file's state as clean: `gemma run` then loaded it unchecked (third careless-user sweep)."""
+    from gemma_cli.registry.create import create
+    from gemma_cli.registry.resolve import resolve_model
+    from gemma_cli.store import blobs
+
+    m = create("pair:race", str(ggufs["target"]), "ngram")
+    blob = store / "blobs" / ("sha256-" + m.target.digest.split(":")[1])
+    real_hash = blobs.sha256_file
+    flips = []
+
+    def hash_then_flip(path):  # the real hash of the file as it was read, then a write lands before the reading ends
+        digest = real_hash(path)
+        if not flips:
+            with open(path, "r+b") as fh:
+                fh.seek(100)
+                byte = fh.read(1)
+                fh.seek(100)
+                fh.write(bytes([byte[0] ^ 0xFF]))
+            st = os.stat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # this VM's clock ticks coarsely
+            flips.append(path)
+        return digest
+
+    monkeypatch.setattr(blobs, "sha256_file", hash_then_flip)
+    layout = blobs.Layout(store)
+    assert blobs.blob_status(layout, m.target.digest, m.target.size, full=True) == "corrupt"  # read again: changed
+    monkeypatch.setattr(blobs, "sha256_file", real_hash)
+    with pytest.raises(IntegrityError, match="corrupted"):
+        resolve_model("pair:race")

@@ -54,10 +54,10 @@ def _stat_key(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
-def write_stamp(layout: Layout, digest: str) -> None:
-    """Record that the blob hashed clean in its current state."""
+def write_stamp(layout: Layout, digest: str, key: dict[str, int] | None = None) -> None:
+    """Record that the blob hashed clean in the state `key` (its stat before hashing; default: now)."""
     with contextlib.suppress(OSError):
-        atomic_write_json(layout.stamp(digest), _stat_key(layout.blob(digest)))
+        atomic_write_json(layout.stamp(digest), key if key is not None else _stat_key(layout.blob(digest)))
 
 
 def _stamp_ok(layout: Layout, digest: str) -> bool:
@@ -82,12 +82,22 @@ def blob_status(layout: Layout, digest: str, size: int | None, *, full: bool = F
         return "truncated"
     if not full and _stamp_ok(layout, digest):
         return "ok"
-    if sha256_file(path) != digest_hex(digest):
+    for _ in range(HASH_ATTEMPTS):
+        before = _stat_key(path)
+        clean = sha256_file(path) == digest_hex(digest)
+        if _stat_key(path) == before:  # nobody wrote to it while it was read
+            break
+    else:  # written to during every reading: what it holds cannot be vouched for
+        clean = False
+    if not clean:
         with contextlib.suppress(OSError):
             layout.stamp(digest).unlink()
         return "corrupt"
-    write_stamp(layout, digest)
+    write_stamp(layout, digest, before)  # the state that was read, so a write during the reading re-hashes next time
     return "ok"
+
+
+HASH_ATTEMPTS = 3  # a blob that keeps changing while it is hashed is reported corrupt
 
 
 def check_blob(layout: Layout, digest: str, size: int | None, model: str, *, catalog: bool = True) -> Path:
