@@ -40,6 +40,9 @@ class HubState:
     drop_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, once
     stall_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, hang until release(), then drop
     ignore_range: bool = False
+    extra_bytes: dict[str, int] = field(default_factory=dict)  # file -> bytes sent past its size on GET (and counted)
+    get_status: dict[str, int] = field(default_factory=dict)  # file -> an error status for GET (HEAD answers fine)
+    redirect_loop: set[str] = field(default_factory=set)  # files whose GET redirects to itself, forever
     throttle: float = 0.0  # seconds to sleep per 4 KiB chunk
     bytes_served: dict[str, int] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
@@ -90,6 +93,14 @@ class _Handler(BaseHTTPRequestHandler):
         data = st.files.get((repo, file))
         if data is None:
             return self._error(404, "EntryNotFound")
+        if self.command == "GET" and file in st.get_status:
+            return self._error(st.get_status[file], None)
+        if self.command == "GET" and file in st.redirect_loop:
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         sha = hashlib.sha256(data).hexdigest()
         start = 0
         rng = self.headers.get("Range")
@@ -111,13 +122,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{sha}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data) - start))
+        extra = st.extra_bytes.get(file, 0) if not head else 0
+        self.send_header("Content-Length", str(len(data) - start + extra))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
         if head:
             return
-        self._body(file, data, start)
+        self._body(file, data + b"\0" * extra, start)
 
     def _body(self, file: str, data: bytes, start: int) -> None:
         st = self.state

@@ -334,3 +334,26 @@ def test_create_from_hf_uris_and_a_pinned_revision(env, hub, files, tmp_path):
     assert again.returncode == 0, again.stderr
     assert hub.served("big.gguf") == served  # already in the store: checked, not downloaded again
     assert_one_line_error(run_gemma(env, "create", "bad", "--target", f"hf://{REPO}/nope.gguf"), "nope.gguf", "not found")
+
+
+def test_a_hub_that_misbehaves_on_get_is_one_line_and_never_loops(env, hub, files, tmp_path):
+    """Third careless-user sweep: a body longer than its announced size looped forever (the partial grew past
+    the size, was deleted, downloaded again); a 500 on GET read 'cannot write ….partial: None'; a redirect loop
+    was 'a bug'."""
+    import threading
+
+    from gemma_cli.registry.pull import pull
+    from gemma_cli.registry.resolve import resolve_model
+
+    hub.state.extra_bytes["big.gguf"] = 1 << 20  # the file, then 1 MiB more, all inside Content-Length
+    done = threading.Event()
+    threading.Thread(target=lambda: (pull("tiny:solo"), done.set()), daemon=True).start()
+    assert done.wait(60), "pull did not finish"
+    assert resolve_model("tiny:solo").target.read_bytes() == files["big.gguf"]
+    hub.state.extra_bytes.clear()
+
+    hub.state.get_status["draft.gguf"] = 500
+    assert_one_line_error(run_gemma(env, "pull", "tiny:big"), "the Hub answered HTTP 500 for test-org/tiny-GGUF/draft.gguf")
+    hub.state.get_status.clear()
+    hub.state.redirect_loop.add("draft.gguf")
+    assert_one_line_error(run_gemma(env, "pull", "tiny:big"), "redirected test-org/tiny-GGUF/draft.gguf in a loop")

@@ -160,7 +160,6 @@ def test_a_blob_written_to_while_verify_hashes_it_is_not_vouched_for(store, gguf
     from gemma_cli.store import blobs
 
     m = create("pair:race", str(ggufs["target"]), "ngram")
-    blob = store / "blobs" / ("sha256-" + m.target.digest.split(":")[1])
     real_hash = blobs.sha256_file
     flips = []
 

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from gemma_cli import config
 from gemma_cli.errors import DownloadError, GemmaError
 from gemma_cli.store.blobs import disk_full
+from gemma_cli.text_safety import clean_display
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_STALLED_ATTEMPTS = 4
@@ -111,6 +112,9 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
         return DownloadError(f"the Hub answered HTTP {status} for {what}; try again later")
     import httpx2
 
+    if isinstance(exc, httpx2.TooManyRedirects):
+        return DownloadError(f"the server redirected {what} in a loop (more than 20 redirects); try again later, "
+                             "or check HF_ENDPOINT and any proxy")
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         return OfflineError(
@@ -203,15 +207,24 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
                             continue
                 elif have:
                     mode, have = "wb", 0  # 200: the server ignored Range and sends everything
+                left = remote.size - have if remote.size is not None else None
                 with partial.open(mode) as fh:
                     for chunk in resp.iter_raw():  # as received: nothing buffered is lost on a drop
+                        if left is not None:  # never past the announced size: a server sending more loops no one
+                            chunk = chunk[:left]
+                            left -= len(chunk)
                         fh.write(chunk)
                         fh.flush()  # a kill -9 keeps everything written so far
                         if progress:
                             progress(len(chunk))
+                        if left == 0:  # the sha256 check then decides whether those bytes were the file
+                            break
         except OSError as exc:
             if isinstance(exc, (ConnectionError, TimeoutError)):
                 raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
+            if exc.errno is None:  # not the file system's: an HTTP error (requests' HTTPError is an OSError)
+                raise hub_error(exc, remote.repo, remote.filename) or DownloadError(
+                    f"cannot download {remote.repo}/{remote.filename}: {clean_display(exc, 200)}") from None
             raise disk_full(partial, exc) or DownloadError(f"cannot write {partial}: {exc.strerror}") from None
         except httpx2.ReadTimeout:
             # The server answered, then sent nothing for stall_s: retry from here, a bounded number of times.
