@@ -357,3 +357,14 @@ def test_a_hub_that_misbehaves_on_get_is_one_line_and_never_loops(env, hub, file
     hub.state.get_status.clear()
     hub.state.redirect_loop.add("draft.gguf")
     assert_one_line_error(run_gemma(env, "pull", "tiny:big"), "redirected test-org/tiny-GGUF/draft.gguf in a loop")
+
+
+def test_a_connection_that_breaks_off_is_not_called_unreachable():
+    import httpx2
+
+    from gemma_cli.registry.hub import hub_error
+
+    err = hub_error(httpx2.RemoteProtocolError("peer closed connection without sending complete message body"), "o/r", "x.gguf")
+    assert err is not None and "broke off during a request for o/r/x.gguf" in str(err) and "cannot reach" not in str(err)
+    err = hub_error(httpx2.ConnectError("[Errno 111] Connection refused"), "o/r", "x.gguf")
+    assert err is not None and "cannot reach" in str(err)

@@ -115,6 +115,10 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
     if isinstance(exc, httpx2.TooManyRedirects):
         return DownloadError(f"the server redirected {what} in a loop (more than 20 redirects); try again later, "
                              "or check HF_ENDPOINT and any proxy")
+    if isinstance(exc, httpx2.RemoteProtocolError):  # it answered, then broke off: reachable, so say what happened
+        return DownloadError(f"the connection to {base} broke off during a request for {what} "
+                             f"({(str(exc).splitlines() or [''])[0][:120]}); run the same command again "
+                             "(a partial download is kept and resumes)")
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         return OfflineError(
