@@ -21,6 +21,7 @@ import typer
 
 from gemma_cli.client import Client, ServerError, ServerModelNotFound
 from gemma_cli.engine import GenerationResult, LiveStats, Piece, StopReason  # engine.types only: no llama.cpp
+from gemma_cli.registry.catalog import in_catalog
 
 if TYPE_CHECKING:
     from gemma_cli.registry.pull import PullProgress
@@ -176,7 +177,7 @@ def start(server: Client, path: str, body: dict[str, Any], *, pull_missing: bool
     try:
         return RemoteGeneration(server, path, body)
     except ServerModelNotFound:
-        if not pull_missing or not _in_catalog(str(body["model"])):
+        if not pull_missing or not in_catalog(str(body["model"])):
             raise
     _pull_for_run(server, str(body["model"]))
     return RemoteGeneration(server, path, body)
@@ -187,7 +188,7 @@ def ensure_pulled(server: Client, name: str) -> dict[str, Any]:
     try:
         return server.show(name)
     except ServerModelNotFound:
-        if not _in_catalog(name):
+        if not in_catalog(name):
             raise
     _pull_for_run(server, name)
     return server.show(name)
@@ -203,16 +204,6 @@ def _pull_for_run(server: Client, name: str) -> None:
     with progress_for(False) as progress:
         pull(server, name, progress)
 
-
-def _in_catalog(name: str) -> bool:
-    from gemma_cli.errors import GemmaError
-    from gemma_cli.registry.catalog import load_catalog
-
-    try:
-        catalog = load_catalog()
-        return catalog.get(catalog.ref(name)) is not None
-    except GemmaError:
-        return False
 
 
 def options(*, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None, max_tokens: int,

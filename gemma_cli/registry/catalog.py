@@ -153,3 +153,12 @@ def _load(source: str) -> Catalog:
 def load_catalog() -> Catalog:
     """The catalog in effect: `$GEMMA_CATALOG` if set, else the packaged one."""
     return _load(os.environ.get("GEMMA_CATALOG") or "<builtin>")
+
+
+def in_catalog(name: str) -> bool:
+    """Can `gemma pull` fetch `name`? False for custom names, bad names and an unreadable catalog."""
+    try:
+        catalog = load_catalog()
+        return catalog.get(catalog.ref(name)) is not None
+    except GemmaError:
+        return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gemma_cli.errors import GemmaError, ModelNotFoundError
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS
-from gemma_cli.registry.catalog import load_catalog
+from gemma_cli.registry.catalog import in_catalog, load_catalog
 from gemma_cli.store.cleanup import Leftover, sweep
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import now_iso
@@ -57,7 +57,7 @@ def sweep_leftovers(layout: Layout | None = None, *, remove: bool = True) -> lis
 def repair_hint(report: BlobReport) -> str:
     """What fixes a bad blob: pull a catalog model again, re-create a custom one from its source."""
     if report.role == "manifest":  # unreadable: the store cannot say where it came from, the catalog can
-        if _in_catalog(report.model):
+        if in_catalog(report.model):
             return f"run `gemma pull {report.model}` to repair"
         return f"`gemma rm {report.model}`, then re-create it with `gemma create {report.model} --target FILE.gguf`"
     if report.catalog:
@@ -65,11 +65,3 @@ def repair_hint(report: BlobReport) -> str:
     source = report.source if report.source and not report.source.startswith("package:") else "ITS_SOURCE.gguf"
     return (f"{report.model} is a custom model: re-create it from its source with "
             f"`gemma create {report.model} --target {source}` (add the same --draft as before)")
-
-
-def _in_catalog(name: str) -> bool:
-    try:
-        catalog = load_catalog()
-        return catalog.get(catalog.ref(name)) is not None
-    except GemmaError:
-        return False
