@@ -155,7 +155,7 @@ def probe(ep: Endpoint, timeout: float = 3.0) -> WorkerInfo:
         except TimeoutError:
             raise RpcError(
                 f"{name}: accepted the connection but did not answer within {timeout:g}s; "
-                "a worker serves one client at a time: is another gemma using it?"
+                "a worker serves one client at a time: is another gemma using it, or is it not a gemma rpc-worker?"
             ) from None
         except (ConnectionError, ValueError):
             raise RpcError(
