@@ -123,7 +123,10 @@ class Client:
             for line in resp:
                 if not line.strip():
                     continue
-                obj = self._object(line, path)  # a cut stream ends in half an object: not JSON
+                if not line.endswith(b"\n"):  # the connection ended mid-line (a killed server, a cut proxy)
+                    raise ServerError(f"{self.base_url}{path} closed the stream in the middle of a line; "
+                                      "was the server stopped?")
+                obj = self._object(line, path)
                 if "error" in obj:
                     raise error_from(obj, 0)
                 yield obj
