@@ -82,3 +82,27 @@ def render_verbose_summary(stats: LiveStats, load_s: float) -> None:
     for key, value in lines:
         sys.stderr.write(f"{key + ':':<{width}}{value}\n")
     sys.stderr.flush()
+
+
+def size_text(n: int | float | None) -> str:
+    """Bytes as `ls -h`-like text in powers of 1000, as Ollama prints them: '5 B', '268.1 MB'; '?' when unknown."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def table(rows: list[list[object]], cell_limit: int = 200) -> str:
+    """Left-aligned columns 4 spaces apart, as `gemma list` and `gemma ps` print them.
+
+    Every cell is cleaned (at most `cell_limit` characters): cells hold a server's strings
+    (client mode) or a model file's.
+    """
+    from gemma_cli.text_safety import clean_display
+
+    cells = [[clean_display(c, cell_limit) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells)

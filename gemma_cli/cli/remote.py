@@ -205,7 +205,6 @@ def _pull_for_run(server: Client, name: str) -> None:
         pull(server, name, progress)
 
 
-
 def options(*, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None, max_tokens: int,
             stop: list[str] | None, draft: str, draft_tokens: int | None, ctx: int, default_ctx: int = 4096) -> dict[str, Any]:
     """The command's options as Ollama `options` (num_ctx only when --ctx was changed, so a

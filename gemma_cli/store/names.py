@@ -25,8 +25,12 @@ class ModelRef:
         return f"{self.family}:{self.tag}"
 
 
+def _part_ok(part: str) -> bool:
+    return bool(_PART.match(part)) and ".." not in part
+
+
 def _check_part(part: str, what: str, raw: str) -> str:
-    if not _PART.match(part) or ".." in part:
+    if not _part_ok(part):
         raise InvalidModelNameError(
             f"invalid model name {raw!r}: the {what} must be 1-64 characters of a-z, 0-9, '.', '_' or '-' "
             "(starting with a letter or digit, no '..')"
@@ -40,7 +44,7 @@ def is_stored_name(family: str, tag: str) -> bool:
     The store's folders are untrusted: a folder named `$(touch x)` is not a model, and its name
     must never reach a shell completion, a listing or a path.
     """
-    return all(_PART.match(part) and ".." not in part for part in (family, tag))
+    return _part_ok(family) and _part_ok(tag)
 
 
 def parse_name(name: str, default_tag: str | None = None) -> ModelRef:

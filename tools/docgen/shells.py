@@ -102,10 +102,10 @@ _gemma_arguments() {{
     esac
 }}
 
-_gemma_reply() {{
+_gemma_reply() {{  # lines on stdin into COMPREPLY; with an argument, only those that start with it
     local line
     while IFS= read -r line; do
-        [[ -n $line ]] && COMPREPLY+=("$line")
+        [[ -n $line && $line == "$1"* ]] && COMPREPLY+=("$line")
     done
 }}
 
@@ -155,10 +155,7 @@ _gemma() {{
                 local flag=""
                 [[ $kind == catalog ]] && flag="--catalog"
                 # not compgen -W: it expands each word ($(...) included); names are matched as plain strings
-                local name
-                while IFS= read -r name; do
-                    [[ -n $name && $name == "$cur"* ]] && COMPREPLY+=("$name")
-                done < <(command gemma __complete-models $flag 2>/dev/null)
+                _gemma_reply "$cur" < <(command gemma __complete-models $flag 2>/dev/null)
                 if [[ $cur == *:* && $COMP_WORDBREAKS == *:* ]]; then
                     local prefix="${{cur%"${{cur##*:}}"}}"
                     for i in "${{!COMPREPLY[@]}}"; do COMPREPLY[i]="${{COMPREPLY[i]#"$prefix"}}"; done

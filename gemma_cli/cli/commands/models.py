@@ -10,22 +10,13 @@ from typing import Annotated, List, Optional
 import typer
 
 from gemma_cli.cli import remote
+from gemma_cli.cli.output import size_text, table
 from gemma_cli.cli.remote import HostOpt
 from gemma_cli.errors import IntegrityError
 from gemma_cli.text_safety import clean_display
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-
-
-def _size(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _ago(iso: str) -> str:
@@ -39,12 +30,6 @@ def _ago(iso: str) -> str:
             n = int(s // span)
             return f"{n} {unit}{'s' if n > 1 else ''} ago"
     return "just now"
-
-
-def _table(rows: list[list[str]]) -> str:
-    rows = [[clean_display(c, 200) for c in r] for r in rows]  # a server's (client mode) or a file's strings
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
 
 def pull_cmd(
@@ -79,9 +64,9 @@ def pull_line(r: dict) -> str:
     elif r.get("from_package"):
         state = f"installed from the {r['from_package']} package (no download)"
     else:
-        state = f"pulled ({_size(r['downloaded'])} downloaded)"
+        state = f"pulled ({size_text(r['downloaded'])} downloaded)"
     drafter = f" + {r['drafter']}" if r.get("drafter") else f" ({r['draft_source']} drafting)"
-    return f"{r['name']}: {state}: {r['target']}{drafter}, {_size(r['size'])}"
+    return f"{r['name']}: {state}: {r['target']}{drafter}, {size_text(r['size'])}"
 
 
 def _list(json_out: bool, available: bool, host: str | None) -> None:
@@ -100,7 +85,7 @@ def _list(json_out: bool, available: bool, host: str | None) -> None:
         rows = [["NAME", "SIZE", "DRAFTER", "DESCRIPTION"]]
         for e in entries:
             rows.append([e.name, f"~{e.approx_size_gb} GB" if e.approx_size_gb else "?", e.draft_source, e.description])
-        typer.echo(_table(rows))
+        typer.echo(table(rows))
         return
     if server is not None:
         entries = remote.list_entries(server)
@@ -117,9 +102,9 @@ def _list(json_out: bool, available: bool, host: str | None) -> None:
             if "error" in m:
                 rows.append([m["name"], "?", "?", "?", "unreadable manifest"])
                 continue
-            drafter = f"{m['draft_source']} ({_size(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
-            rows.append([m["name"], m["id"], _size(m["size"]), drafter, _ago(m["modified"])])
-    typer.echo(_table(rows))
+            drafter = f"{m['draft_source']} ({size_text(m['drafter_size'])})" if m.get("drafter") else m["draft_source"]
+            rows.append([m["name"], m["id"], size_text(m["size"]), drafter, _ago(m["modified"])])
+    typer.echo(table(rows))
 
 
 def list_cmd(
@@ -140,9 +125,9 @@ def ls_cmd(json_out: JsonOpt = False, available: Annotated[bool, typer.Option("-
 def _memory_line(mem: dict | None) -> str:
     if not mem:
         return "Memory        unknown"
-    parts = [f"{_size(e['total_bytes'])} at {n} tokens (KV {_size(e['kv_bytes'])})" for n, e in mem["estimates"].items()]
+    parts = [f"{size_text(e['total_bytes'])} at {n} tokens (KV {size_text(e['kv_bytes'])})" for n, e in mem["estimates"].items()]
     avail = mem.get("available_bytes")
-    return "Memory        about " + ", ".join(parts) + (f"; {_size(avail)} available" if avail else "")
+    return "Memory        about " + ", ".join(parts) + (f"; {size_text(avail)} available" if avail else "")
 
 
 def _show_lines(info: dict) -> list[str]:
@@ -154,7 +139,7 @@ def _show_lines(info: dict) -> list[str]:
         f"Context       {t['context_length']}",
         f"Embedding     {t['embedding_length']}",
         f"Quantization  {t['quantization']}",
-        f"Size          {_size(t['size_bytes'])}",
+        f"Size          {size_text(t['size_bytes'])}",
         f"Kind          {t['kind']}",
         _memory_line(info.get("memory")),
         f"Chat template {'yes' if t['chat_template'] else 'no'}",
@@ -164,7 +149,7 @@ def _show_lines(info: dict) -> list[str]:
     if d:
         lines += [
             f"Drafter       {d['architecture']} ({info['draft_source']}), {d['parameters_human']} parameters, "
-            f"{d['quantization']}, {_size(d['size_bytes'])}",
+            f"{d['quantization']}, {size_text(d['size_bytes'])}",
             f"Vocabulary    {d['vocabulary']}",
         ]
         if d.get("kv_cache"):
@@ -218,7 +203,7 @@ def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remov
     freed = results[-1][1] if results else 0
     for name, _ in results:
         typer.echo(f"deleted {name}")
-    typer.echo(f"freed {_size(freed)}")
+    typer.echo(f"freed {size_text(freed)}")
 
 
 def create_cmd(
@@ -235,7 +220,7 @@ def create_cmd(
     with progress_for(quiet) as progress:
         m = create(name, target, draft, draft_tokens=draft_tokens, progress=progress)
     drafter = f" + {m.drafter.filename} ({m.draft_source})" if m.drafter else f" ({m.draft_source} drafting)"
-    typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {_size(m.size)}")
+    typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {size_text(m.size)}")
 
 
 def verify_cmd(
@@ -255,7 +240,7 @@ def verify_cmd(
             typer.echo(f"{r.status.upper():<9} {r.model} {r.role} {r.digest[:12]}")
     for left in sweep_leftovers():
         verb = "removed" if left.removed else "found"
-        sys.stderr.write(f"{verb} {left.path} ({_size(left.size)}): {left.reason}\n")
+        sys.stderr.write(f"{verb} {left.path} ({size_text(left.size)}): {left.reason}\n")
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]

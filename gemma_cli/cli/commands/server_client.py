@@ -27,15 +27,6 @@ def _until(iso: str) -> str:
     return "now"
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return str(n)
-
-
 def ps_cmd(
     host: HostOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
@@ -43,8 +34,8 @@ def ps_cmd(
     """List the models a running `gemma serve` has loaded (NAME, SIZE, CONTEXT, DRAFT, UNTIL)."""
     import json
 
+    from gemma_cli.cli.output import size_text, table
     from gemma_cli.client import Client
-    from gemma_cli.text_safety import clean_display
 
     client = Client.from_env(host, timeout=10)
     models = client.ps()
@@ -57,11 +48,9 @@ def ps_cmd(
             state = "in use" if m.get("in_use") else _until(str(m.get("expires_at", "")))
             if not m.get("loaded", True):
                 state = "loading"
-            cells = [m.get("name"), _size(int(m.get("size") or 0)), m.get("context_length") or "?",
-                     m.get("draft_source") or "-", state]
-            rows.append([clean_display(c, 80) for c in cells])  # the server's strings reach the terminal
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    typer.echo("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+            rows.append([m.get("name"), size_text(int(m.get("size") or 0)), m.get("context_length") or "?",
+                         m.get("draft_source") or "-", state])
+    typer.echo(table(rows, cell_limit=80))
 
 
 def stop_cmd(
