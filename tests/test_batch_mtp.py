@@ -154,6 +154,41 @@ def test_sampled_mtp_slots_have_the_target_distribution(tmp_path):
     eng.close()
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_a_seeded_sampled_mtp_slot_gets_its_text_from_the_engine_alone(pair, plain, exact):
+    """Regression (a hostile-user sweep of `gemma serve`): a seeded sampled MTP request gave another text batched
+    than alone, namely plain decoding's. Its random stream follows its draft lengths (rejection sampling draws
+    from the assistant's distributions), and alone it runs on the engine, whose controller probes a first
+    draft at step 8, while a slot chose k by a rule of its own that priced this assistant (0.2 of a target
+    pass) out and probed only every 16 steps: 16 tokens batched were 16 plain tokens. A slot now uses the
+    engine's controller for such a request, so it drafts the same lengths and gets the same text."""
+    target, assistant = pair
+    draft = _mtp(assistant, 4, adaptive=True)
+    solo = Engine(target, draft, EngineConfig(n_ctx=512, n_threads=1))  # what `gemma serve` runs a lone request on
+    sched = BatchScheduler(solo, 4, exact=exact)  # the engine's own assistant: linked now, so no MTP slot waits
+    none = DraftConfig(source="none")
+    for seed in range(3):
+        sampling = SamplingParams(temperature=1.0, seed=seed)
+        prompt = plain.tokenize(PROMPTS[seed])
+        alone = solo.generate(prompt, max_tokens=16, sampling=sampling)
+        alone.text()
+        lone_plain = plain.generate(prompt, max_tokens=16, sampling=sampling)
+        lone_plain.text()
+        assert alone.result.stats.draft_proposed > 0 and alone.result.tokens != lone_plain.result.tokens  # drafting matters
+        others = [sched.submit(plain.tokenize(t), max_tokens=24, sampling=s, draft=d)  # running when it joins
+                  for t, s, d in [(PROMPTS[4], GREEDY, none), (PROMPTS[5], SamplingParams(0.8, seed=9), draft)]]
+        sched.step()
+        batched = sched.submit(prompt, max_tokens=16, sampling=sampling, draft=draft)
+        sched.step()
+        assert len(sched.active) == 3  # it joined the two running slots
+        sched.run()
+        assert all(g.result.stats.generated_tokens for g in others)
+        assert batched.result.stats.draft_proposed == alone.result.stats.draft_proposed, seed
+        assert batched.result.tokens == alone.result.tokens, seed
+    sched.close()
+    solo.close()
+
+
 @pytest.mark.parametrize("moved", [False, True])
 def test_prompts_joining_a_slot_past_its_sliding_window_equal_their_solo_runs(pair, plain, moved):
     """Regression (found through `gemma serve`): a prompt sharing the chat template's first tokens with a
@@ -250,3 +285,62 @@ def test_serve_batches_concurrent_mtp_requests(pair, tmp_path):
     assert all(x["draft_source"] == "mtp" for x in stats)
     # the tiny target's pass costs about what an assistant row does, so the budget drafts little; each still drafts
     assert all(x["draft_proposed"] > 0 for x in stats) and sum(x["draft_accepted"] for x in stats) > 0, stats
+
+
+def test_serve_gives_a_seeded_sampled_mtp_request_its_solo_text_when_batched(pair, tmp_path):
+    """The hostile-user sweep's report, through `gemma serve` (fast mode) and the official openai client: a
+    seeded sampled MTP request that joins a running request (so it takes a batch slot, not the engine) gets
+    the text it gets alone (on the engine), not plain decoding's (see the in-process test above)."""
+    import re
+    import threading
+
+    import httpx
+    import openai
+
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+    from serve_helpers import ServerProcess
+
+    target, assistant = pair
+    models = tmp_path / "models"
+    create("g4", str(target), str(assistant), layout=Layout(models))
+    prompts = ["Hello world", "abcabc", "The quick brown fox"]
+
+    def batched_total(url: str) -> float:
+        m = re.search(r'^gemma_batched_requests_total\{model="g4:latest"\} ([0-9.e+]+)$', httpx.get(url + "/metrics").text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    with ServerProcess(models, "--threads", "1", GEMMA_NUM_PARALLEL="4") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def ask(i: int, draft: str) -> tuple[str, int]:
+            r = client.completions.create(model="g4", prompt=prompts[i], max_tokens=16, temperature=1.0, seed=i,
+                                          extra_body={"draft": draft})
+            return r.choices[0].text, (r.model_extra or {})["x_gemma"]["draft_proposed"]
+
+        solo = [ask(i, "mtp") for i in range(len(prompts))]  # alone: on the engine
+        plain = [ask(i, "none")[0] for i in range(len(prompts))]
+        assert [t for t, _ in solo] != plain and all(n > 0 for _, n in solo)  # drafting changes these seeded texts
+        stop, seen = threading.Event(), threading.Event()
+
+        def holder() -> None:  # a long request running on the model while the others arrive
+            # (an MTP one: the scheduler then links the engine's assistant when it is created, so no MTP slot waits
+            # for the holder to end; with a plain holder the first MTP request may wait until no slot holds cells)
+            with httpx.Client(timeout=60) as c, c.stream("POST", srv.url + "/api/generate", json={
+                    "model": "g4", "prompt": "zz top", "options": {"temperature": 0, "draft": "mtp", "num_predict": 4000}}) as r:
+                for _ in r.iter_lines():
+                    seen.set()
+                    if stop.is_set():
+                        break
+
+        before = batched_total(srv.url)
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        assert seen.wait(30)
+        try:
+            together = [ask(i, "mtp") for i in range(len(prompts))]
+            assert batched_total(srv.url) - before >= len(prompts)  # each took a batch slot next to the holder
+        finally:
+            stop.set()
+            thread.join(10)
+    assert together == solo

@@ -13,7 +13,10 @@ Losslessness per slot holds for the same reason it does alone: the target's
 token at each output position depends only on that sequence's logits and
 the slot's own seed (`TokenSampler`), never on the draft lengths; a slot
 whose drafter samples its proposals (sampled generation with a drafter
-model) gets k from its own history alone. Gemma 4 MTP slots draft together:
+model or MTP: its random stream follows its draft lengths) gets k from the
+engine's own controller for such a generation, fed by its own history alone
+(`batch_budget.solo_controller`), so it drafts what it drafts alone on the
+engine. Gemma 4 MTP slots draft together:
 one assistant context linked to the scheduler's, each draft step one decode
 with a row per drafting slot (`mtp.MTPSlots`), fed each slot's hidden row
 from its last verify. Which drafter a slot gets, and what outlives a
@@ -36,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from gemma_cli import limits
-from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_length, split_groups
+from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_controller, split_groups
 from gemma_cli.engine.batch_drafters import SlotDrafters
 from gemma_cli.engine.batch_slot import BatchClient, BatchGeneration, SlotState
 from gemma_cli.engine.generate import DraftConfig, Engine
@@ -192,7 +195,8 @@ class BatchScheduler:
                 continue
             slot.seq = self._free.pop(0)
             slot.drafter = self.drafters.get(config, slot.seq)
-            slot.k_from_own_history = slot.drafter.samples_proposals and not slot.sampler.greedy
+            if slot.drafter.samples_proposals and not slot.sampler.greedy:  # k as the engine would choose it alone
+                slot.controller = solo_controller(slot.k_max, slot.adaptive, slot.drafter.relative_cost)
             slot.drafter.begin(slot.history)
             if slot.kv_state:  # moved from the engine: its cells as they were there
                 self.ctx.load_seq_state(slot.seq, slot.kv_state)
@@ -267,6 +271,9 @@ class BatchScheduler:
             room = self.n_ctx - s.n_past - len(s.pending)
             left = s.emitter.max_tokens - len(s.emitter.tokens) - 1  # rows past the last wanted token are thrown away
             limit = min(s.k_max, room, left)
+            if s.controller is not None:  # every step, as `speculative.decode_steps` asks the engine's controller
+                s.k = max(min(s.controller.next_k(), limit), 0)
+                continue
             if limit <= 0:
                 continue
             if s.drafter.proposes_first:
@@ -278,8 +285,6 @@ class BatchScheduler:
                     continue
             if not s.adaptive:
                 s.k = limit
-            elif s.k_from_own_history:
-                s.k = solo_length(s.acceptance.rate(s.key), limit, s.drafter.relative_cost)
             else:
                 joint.append(s)
                 cost = 0.0 if s.drafter.proposes_first else s.draft_cost
@@ -379,7 +384,10 @@ class BatchScheduler:
             if n_acc < len(s.draft):
                 self.ctx.seq_trim(s.seq, s.n_past)
             s.drafter.after_verify(self.ctx, start + len(s.pending) - 1 + n_acc)
-            if s.draft:
+            if s.controller is not None:
+                if not prompt_step:  # as `decode_steps` feeds the engine's (timing is off: the seconds are unused)
+                    s.controller.record(proposed=len(s.draft), accepted=n_acc, batch=len(s.draft) + 1, verify_s=0.0, draft_s=0.0)
+            elif s.draft:
                 s.acceptance.record(len(s.draft), n_acc, s.key)
             elif s.proposal:  # a free proposal left out: was its first token right? (cost nothing to learn)
                 s.acceptance.record(1, int(s.proposal[0] == nxt), s.key)

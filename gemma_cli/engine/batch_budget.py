@@ -26,11 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from gemma_cli.engine.adaptive import check_curve, observe_pass
+from gemma_cli.engine.adaptive import DraftController, check_curve, observe_pass
 
 DECAY = 0.85
 OPTIMISTIC_PER_ROW = 0.15  # an unmeasured extra output row, in single-row decodes
-PRIOR_PER_ROW = 0.5  # the fixed cost model of slots whose k must not depend on timing
 PROBE_EVERY = 16  # a costly drafter that stopped drafting tries one token this often
 
 
@@ -110,10 +109,6 @@ class Candidate:
         return self.acceptance ** (k + 1)
 
 
-def expected_tokens(a: float, k: int) -> float:
-    return (1.0 - a ** (k + 1)) / (1.0 - a)
-
-
 def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: float = 0.0, cap: int | None = None) -> list[int]:
     """Draft lengths for every slot, maximising the batch's expected tokens per second.
 
@@ -155,14 +150,20 @@ def grouped_time(rows: list[int], costs: BatchCosts, cap: int | None = None) -> 
     return sum(costs.time(sum(rows[i] for i in group)) for group in split_groups(rows, costs, cap))
 
 
-def solo_length(acceptance: float, k_max: int, draft_cost: float) -> int:
-    """k for a slot whose k must not depend on timing (sampled proposals): a fixed prior cost model."""
-    best_k, best_rate = 0, 1.0
-    for k in range(1, k_max + 1):
-        rate = expected_tokens(acceptance, k) / (1.0 + PRIOR_PER_ROW * k + draft_cost * k)
-        if rate > best_rate:
-            best_k, best_rate = k, rate
-    return best_k
+def solo_controller(k_max: int, adaptive: bool, draft_cost: float) -> DraftController:
+    """The draft-length controller of a slot whose k must not depend on timing (a sampled request whose drafter
+    samples its proposals: MTP, a drafter model): the very controller the engine gives such a generation
+    (`Generation._start`: `DraftController` with `measure_time=False`, i.e. the fixed prior costs, its probes and its
+    loss budget, fed by the request's own acceptance alone).
+
+    Why the engine's and not a rule of the batch's own: its random stream follows its draft lengths, so the lengths
+    decide its text, and through `gemma serve` the same request runs on the engine when it is alone and in a slot
+    when others run. With a rule of its own (k from a prior-cost argmax, a one-token probe every 16 steps) a seeded
+    sampled MTP request got another text batched than alone: the synthetic Gemma 4 pair's assistant costs 0.2 of a
+    target pass, which the prior prices out, so a slot drafted nothing for 15 steps and gave plain decoding's text,
+    while the engine probed at step 8 (tests/test_batch_mtp.py).
+    """
+    return DraftController(k_max, adaptive=adaptive, measure_time=False, draft_cost=draft_cost)
 
 
 def split_groups(rows: list[int], costs: BatchCosts, cap: int | None = None) -> list[list[int]]:

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from gemma_cli.engine.adaptive import DraftController
 from gemma_cli.engine.batch_budget import Acceptance
 from gemma_cli.engine.drafters import Drafter
 from gemma_cli.engine.generation import Emitter, Handoff
@@ -57,12 +58,13 @@ class SlotState:
         self.k_max = k_max
         self.adaptive = adaptive
         self.sampler = resume.sampler if resume and resume.sampler else TokenSampler(sampling)
-        # A drafter that samples its proposals draws more random numbers as k varies:
-        # then k must be a function of this slot's own history, never of the batch's timing.
-        self.k_from_own_history = drafter.samples_proposals and not sampling.greedy
+        # A drafter that samples its proposals draws more random numbers as k varies: then k must be what
+        # the engine would choose alone, from this slot's own history, never from the batch's timing
+        # (set on admission, when the slot gets its drafter: batch_budget.solo_controller).
+        self.controller: DraftController | None = None
         self.acceptance = Acceptance()
         self.draft_cost: float | None = None  # measured seconds per drafted token (costly drafters)
-        self.since_draft = 0  # steps without drafting (probing)
+        self.since_draft = 0  # steps without drafting (probing; a slot with a `controller` probes by its rules)
         self.k = 0  # this step's chosen draft length
         if resume is not None:  # a generation moved here from the engine goes on with its own stats and text stream
             self.stats = resume.stats
