@@ -19,7 +19,7 @@ _gemma_options() {
         "list") echo "--json --available --host -h --help" ;;
         "ps") echo "--host --json -h --help" ;;
         "pull") echo "-q --quiet --host -h --help" ;;
-        "rm") echo "-h --help" ;;
+        "rm") echo "--host -h --help" ;;
         "rpc-worker") echo "--host -p --port --threads --cache --allow-remote -h --help" ;;
         "run") echo "-s --system --raw -f --format -v --verbose --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host -h --help" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue -v --verbose --ctx --gpu-layers --threads --rpc --tensor-split -h --help" ;;
@@ -38,6 +38,7 @@ _gemma_value_options() {
         "list") echo "--host" ;;
         "ps") echo "--host" ;;
         "pull") echo "--host" ;;
+        "rm") echo "--host" ;;
         "rpc-worker") echo "--host -p --port --threads --cache" ;;
         "run") echo "-s --system -f --format --stop --draft --draft-tokens -t --temperature --top-k --top-p --min-p --seed -n --max-tokens --ctx --gpu-layers --threads --rpc --tensor-split --host" ;;
         "serve") echo "--host --keep-alive --max-loaded --max-queue --ctx --gpu-layers --threads --rpc --tensor-split" ;;

@@ -112,6 +112,7 @@ complete -c gemma -n '__fish_seen_subcommand_from pull' -a '(__gemma_models --ca
 complete -c gemma -n '__fish_seen_subcommand_from pull' -a '(__gemma_gguf)'
 
 # gemma rm
+complete -c gemma -n '__fish_seen_subcommand_from rm' -l host -x -d 'Use the `gemma serve` at host:port instead of loading models here (default: $GEMMA_HOST'
 complete -c gemma -n '__fish_seen_subcommand_from rm' -s h -l help -d 'Show help for the command and exit'
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_models)' -d model
 complete -c gemma -n '__fish_seen_subcommand_from rm' -a '(__gemma_gguf)'

@@ -163,8 +163,9 @@ class Client:
     def pull(self, model: str) -> Iterator[dict[str, Any]]:
         return self.stream("/api/pull", {"model": model, "stream": True})
 
-    def delete(self, model: str) -> None:
-        self.request("DELETE", "/api/delete", {"model": model})
+    def delete(self, models: list[str]) -> dict[str, Any]:
+        """Remove models from the server's store, all or none (gemma's `models` list, not Ollama's one `model`)."""
+        return self.request("DELETE", "/api/delete", {"models": list(models)})
 
 
 class _Reading:

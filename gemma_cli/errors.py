@@ -30,6 +30,11 @@ class GemmaError(Exception):
         if hint is not None:
             self.hint = hint
 
+    def line(self) -> str:
+        """The message and its hint as one line: the house rule is one stderr line per error,
+        and a hint on a line of its own is lost to scripts that read the first line."""
+        return f"{self}; {self.hint}" if self.hint else str(self)
+
 
 class UsageError(GemmaError):
     """The command line itself is wrong (exit status 2)."""

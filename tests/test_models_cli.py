@@ -72,6 +72,21 @@ def test_create_list_show_rm_roundtrip(env, ggufs, tmp_path):
     assert not list((tmp_path / "models" / "blobs").glob("sha256-*"))
 
 
+def test_one_file_as_target_and_drafter_counts_once(env, ggufs):
+    """`create --target X --draft X` stores one blob: list, list --json and create's line count it once."""
+    size = ggufs["target"].stat().st_size
+    made = run_gemma(env, "create", "twin", "--target", str(ggufs["target"]), "--draft", str(ggufs["target"]))
+    assert made.returncode == 0, made.stderr
+    from gemma_cli.cli.output import size_text
+
+    assert made.stdout.strip().endswith(f", {size_text(size)}"), made.stdout
+    [entry] = json.loads(run_gemma(env, "list", "--json").stdout)
+    assert entry["size"] == entry["drafter_size"] == size and entry["target"] == entry["drafter_digest"]
+    row = next(line for line in run_gemma(env, "list").stdout.splitlines() if line.startswith("twin:latest"))
+    assert row.count(size_text(size)) == 2, row  # SIZE, and the drafter's own size in DRAFTER
+    assert size_text(2 * size) not in row
+
+
 def test_create_refuses_incompatible_pairs(env, ggufs, tmp_path):
     proc = run_gemma(env, "create", "mix", "--target", str(ggufs["target"]), "--draft", str(ggufs["alien"]))
     assert_one_line_error(proc, "cannot draft", "token 10 differs")

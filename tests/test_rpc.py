@@ -248,7 +248,8 @@ def test_build_without_rpc_gives_one_line(monkeypatch, tiny_model, capsys):
         app.main(["run", str(tiny_model), "hi", "-n", "2", "--rpc", "127.0.0.1:50052"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("Error: this llama.cpp build has no RPC backend\n") and "-DGGML_RPC=on" in err
+    assert err.startswith("Error: this llama.cpp build has no RPC backend; rebuild") and "-DGGML_RPC=on" in err
+    assert err.count("\n") == 1, err  # the hint rides on the one error line
 
 
 def test_bench_reports_tokens_per_pass_and_round_trips_per_token(workers, tiny_model, tmp_path, capsys):

@@ -106,6 +106,15 @@ def test_runtime_errors_exit_1_with_one_line(env, tmp_path):
     assert_one_line_error(gemma(env, "run", env["TINY"], "a" * 600, "--threads", "1", "--ctx", "256"), "context holds")
 
 
+def test_an_error_with_a_hint_is_one_line_that_carries_the_hint(env):
+    """The house rule is one stderr line per error: the hint rides on it, and on --format json's object."""
+    low = {**env, "GEMMA_MEMORY_AVAILABLE": "1M"}
+    line = assert_one_line_error(gemma(low, "run", env["TINY"], "hi", *FAST), "RAM is available; try a smaller --ctx")
+    assert line.endswith("GEMMA_SKIP_MEMORY_CHECK=1 loads it anyway"), line
+    proc = gemma(low, "run", env["TINY"], "hi", *FAST, "--format", "json")
+    assert proc.returncode == 1 and "; try a smaller --ctx" in json.loads(proc.stdout)["error"]
+
+
 def test_stop_system_and_raw(env):
     ref = as_json(gemma(env, "run", env["TINY"], REPEAT, *GREEDY, *FAST, "-n", "40", "--format", "json"))["text"]
     stop = ref[len(ref) // 2 : len(ref) // 2 + 2]

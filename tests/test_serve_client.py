@@ -93,6 +93,42 @@ def test_list_show_ps_stop(store, server):
     assert_one_line_error(again, "not loaded")
 
 
+def test_rm_deletes_on_the_server_as_rm_does_here(tmp_path):
+    """`gemma rm` in client mode removes from the server's store (and unloads), with in-process rm's lines and codes."""
+    import httpx
+
+    from gguf_factory import write_llama_gguf
+    from serve_helpers import register
+
+    there, here = tmp_path / "server-models", tmp_path / "local-models"
+    for models in (there, here):  # the same model in both stores: the same lines from either rm
+        register(models, "doomed", write_llama_gguf(tmp_path / "doomed.gguf", seed=9))
+    with ServerProcess(there, "--threads", "1") as srv:
+        env = gemma_env(here, GEMMA_HOST=srv.host)
+        assert httpx.post(srv.url + "/api/generate", json={"model": "doomed", "keep_alive": -1}).status_code == 200
+        typo = run_gemma(env, "rm", "doomed", "nosuch")
+        assert typo.stderr == run_gemma(gemma_env(here), "rm", "doomed", "nosuch").stderr
+        assert_one_line_error(typo, "model 'nosuch' is not in the store")
+        assert "doomed:latest" in run_gemma(env, "list").stdout  # a typo removes nothing
+        for bad in ("Bad Name!:x", "./doomed.gguf"):
+            proc = run_gemma(env, "rm", bad)
+            assert proc.stderr == run_gemma(gemma_env(here), "rm", bad).stderr
+            assert_one_line_error(proc, "invalid model name", code=EXIT_USAGE)
+
+        gone = run_gemma(env, "rm", "doomed")
+        assert gone.returncode == 0 and gone.stderr == "", gone.stderr
+        assert gone.stdout.startswith("deleted doomed:latest\nfreed ")
+        assert "doomed:latest" not in run_gemma(env, "list").stdout
+        assert [m["name"] for m in httpx.get(srv.url + "/api/ps").json()["models"]] == []
+        assert not list((there / "blobs").glob("sha256-*"))
+        again = run_gemma(env, "rm", "doomed")
+        assert_one_line_error(again, "model 'doomed' is not in the store")
+
+        local = run_gemma(gemma_env(here), "rm", "doomed")  # this machine's store was never touched
+        assert local.returncode == 0 and local.stdout == gone.stdout
+    assert_one_line_error(run_gemma(env, "rm", "doomed"), "cannot reach gemma serve")
+
+
 def test_errors_are_the_same_lines_and_exit_codes(store, server):
     # Unknown models are runtime errors (1); malformed names and options are usage errors (2), as in-process.
     for code, args in ((EXIT_RUNTIME, ("run", "nosuch:model", "hi")), (EXIT_USAGE, ("run", "Bad Name!:x", "hi")),

@@ -183,3 +183,19 @@ def test_keep_alive_expiry_and_metrics(server):
     assert value(r'gemma_draft_proposed_tokens_total\{model="tiny:latest",source="ngram"\}') >= \
         value(r'gemma_draft_accepted_tokens_total\{model="tiny:latest",source="ngram"\}')
     assert "gemma_draft_accepted_by_position_total" in text
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_requests_that_waited_for_the_load_report_it_as_load_duration(store, parallel):
+    """Ollama's load_duration: the load a request waited for, whether it loaded the model itself, queued behind
+    the request that did (GEMMA_NUM_PARALLEL=1), or waited for that load to start its own (2)."""
+    with ServerProcess(store, "--threads", "1", GEMMA_NUM_PARALLEL=parallel) as srv:
+        body = {"model": "tiny", "prompt": "ab", "stream": False, "options": {"num_predict": 2}}
+
+        def generate(_: int) -> dict:
+            return httpx.post(srv.url + "/api/generate", json=body, timeout=60).json()
+
+        with ThreadPoolExecutor(3) as pool:  # a fresh server's first load takes long enough for all three to wait
+            finals = list(pool.map(generate, range(3)))
+        assert all(0 < f["load_duration"] <= f["total_duration"] for f in finals), finals
+        assert generate(0)["load_duration"] == 0  # loaded before it came: nothing to wait for

@@ -179,6 +179,23 @@ def test_delete_removes_from_store(server, store, tmp_path):
     assert again.status_code == 404 and "not in the store" in again.json()["error"]
 
 
+def test_one_file_as_target_and_drafter_is_one_size_in_tags_and_ps(server, store, tmp_path):
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+
+    twin = write_llama_gguf(tmp_path / "twin.gguf", seed=12)
+    create("twin", str(twin), str(twin), layout=Layout(store))
+    size = twin.stat().st_size
+    assert next(m for m in httpx.get(server.url + "/api/tags").json()["models"] if m["name"] == "twin:latest")["size"] == size
+    assert httpx.post(server.url + "/api/generate", json={"model": "twin", "keep_alive": -1}).status_code == 200
+    try:
+        entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "twin:latest")
+        assert entry["size"] == size and entry["draft_source"] == "model"
+    finally:
+        httpx.post(server.url + "/api/generate", json={"model": "twin", "keep_alive": 0})
+        httpx.request("DELETE", server.url + "/api/delete", json={"model": "twin"})
+
+
 def test_num_ctx_reloads_once_per_size(server):
     def gen(num_ctx: int) -> dict:
         body = {"model": "base", "prompt": "ab", "stream": False, "options": {"num_predict": 2, "num_ctx": num_ctx}}

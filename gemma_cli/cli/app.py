@@ -66,11 +66,10 @@ def _register(app: typer.Typer) -> None:
 _register(app)
 
 
-def _error_line(message: str, hint: str | None = None) -> None:
+def _error_line(message: str) -> None:
+    """The one stderr line every failure ends with (a hint rides on it: see GemmaError.line)."""
     prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
     sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
-    if hint:
-        sys.stderr.write(hint + "\n")
     sys.stderr.flush()
 
 
@@ -147,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("Terminated.\n")
         code, message = 128 + signal.SIGTERM, "terminated (SIGTERM)"
     except GemmaError as exc:
-        _error_line(str(exc), exc.hint)
-        code, message = exc.exit_code, str(exc)
+        message = exc.line()
+        _error_line(message)
+        code = exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         code, message = ExitCode.INTERRUPT, "interrupted"
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if os.environ.get("GEMMA_DEBUG"):
                 raise
-            message = f"{type(exc).__name__}: {exc}"
-            _error_line(message, "This is a bug in gemma-cli; rerun with GEMMA_DEBUG=1 for a traceback.")
+            message = f"{type(exc).__name__}: {exc}; this is a bug in gemma-cli: rerun with GEMMA_DEBUG=1 for a traceback"
+            _error_line(message)
             code = ExitCode.ERROR
     code = int(code) if isinstance(code, int) else ExitCode.OK.value
     if want_json and message is not None and code != ExitCode.OK:

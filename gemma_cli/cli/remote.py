@@ -1,4 +1,4 @@
-"""Client mode: `run`, `chat`, `list`, `show` and `pull` against a running `gemma serve`.
+"""Client mode: `run`, `chat`, `list`, `show`, `pull` and `rm` against a running `gemma serve`.
 
 With `--host` or $GEMMA_HOST set, these commands send their work to that
 server instead of loading models here, and print exactly what they print
@@ -58,6 +58,16 @@ def describe(server: Client, name: str) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ServerError("the server did not send gemma's model facts; is it an older gemma serve, or another server?")
     return info
+
+
+def remove(server: Client, names: list[str]) -> list[tuple[str, int]]:
+    """`gemma rm` on the server's store: [(stored name, bytes freed in total)], as `registry.manage.remove`."""
+    with server.reading("/api/delete"):
+        summary = server.delete(names).get("gemma")
+        if not isinstance(summary, dict):
+            raise ServerError("the server did not send gemma's delete summary; is it another server?")
+        freed = int(summary["freed"])
+        return [(str(name), freed) for name in summary["deleted"]]
 
 
 def pull(server: Client, name: str, progress: PullProgress) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Slot:
         self.expires = FOREVER  # monotonic deadline while idle
         self.last_used = time.monotonic()
         self.loaded_at: datetime | None = None
+        self.load_window = (0.0, 0.0)  # perf_counter start and end of the latest (re)load
         self.jobs: set[Job] = set()  # queued or running, so shutdown can cancel them
         self.stop_requested = False  # `gemma stop` while busy: unload after the queued jobs
         self._after = after  # an evicted model's close, finished before this one loads
@@ -74,6 +75,7 @@ class Slot:
         with contextlib.ExitStack() as stack:
             with self._setup:
                 load_s, draft = self.ensure_engine(settings, job.options)
+                load_s = max(load_s, self.load_waited(job.created))
                 assert self.lanes is not None
                 view = stack.enter_context(self.lanes.lane(draft))
             outcome = job.run(view, load_s)
@@ -99,8 +101,15 @@ class Slot:
             self.lanes = Lanes(self.engine, settings.num_parallel, settings.batch_exact, name=self.name)
             self.n_ctx, self.asked_ctx = self.engine.n_ctx, n_ctx
             self.loaded_at = datetime.now(timezone.utc)
-            return time.perf_counter() - t0, self.engine.draft
+            self.load_window = (t0, time.perf_counter())
+            return self.load_window[1] - t0, self.engine.draft
         return 0.0, draft_config(self.pair, choice, option="draft")
+
+    def load_waited(self, since: float) -> float:
+        """Seconds of the latest load that a job created at `since` waited through: a request that queued
+        while another loaded the model reports that wait as its load_duration (as Ollama does), not 0."""
+        start, end = self.load_window
+        return max(end - max(start, since), 0.0)
 
     def close(self) -> None:
         if self.engine is not None:
@@ -110,7 +119,7 @@ class Slot:
 
     @property
     def size(self) -> int:
-        files = [self.pair.target] + ([self.pair.drafter] if self.pair.drafter else [])
+        files = {self.pair.target} | ({self.pair.drafter} if self.pair.drafter else set())  # one file as both: once
         return sum(p.stat().st_size for p in files if p.exists())
 
     def expires_at(self) -> datetime:

@@ -130,13 +130,16 @@ def running(manager: Any) -> list[dict[str, Any]]:
     return out
 
 
-async def delete(name: str) -> None:
+async def delete(names: list[str]) -> dict[str, Any]:
+    """Remove models as `gemma rm` does (every name checked first: a typo removes nothing);
+    returns {"deleted": [stored names], "freed": bytes}, what `gemma rm` prints."""
     from gemma_cli.registry.manage import remove
 
     try:
-        await asyncio.to_thread(remove, [name])
+        results = await asyncio.to_thread(remove, names)
     except ModelNotFoundError as exc:
         raise APIError(404, str(exc)) from None
+    return {"deleted": [name for name, _ in results], "freed": results[-1][1] if results else 0}
 
 
 class _Progress:

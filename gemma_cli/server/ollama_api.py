@@ -23,7 +23,7 @@ from gemma_cli.server import models
 from gemma_cli.server.errors import error_body
 from gemma_cli.server.jobs import Job
 from gemma_cli.server.running import STOP_REASONS, Running, draft_stats, prompt_work
-from gemma_cli.server.validate import flag, messages, model_name, ollama_options, read_json, text_field, unsupported
+from gemma_cli.server.validate import flag, messages, model_name, model_names, ollama_options, read_json, text_field, unsupported
 
 NDJSON = "application/x-ndjson"
 NS = 1_000_000_000
@@ -167,11 +167,13 @@ async def version(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    """Ollama's DELETE /api/delete; `models` (a list) is gemma's client-mode `rm`. A loaded model is
+    unloaded (a busy one after its requests: it keeps its open files, so deleting is safe)."""
     body = await read_json(request)
-    name = model_name(body, "model", "name")
-    request.app.state.manager.stop(name)
-    await models.delete(name)
-    return JSONResponse({})
+    summary = await models.delete(model_names(body))
+    for name in summary["deleted"]:
+        request.app.state.manager.stop(name)
+    return JSONResponse({"gemma": summary})  # Ollama clients read only the status
 
 
 async def pull(request: Request) -> Response:

@@ -88,6 +88,19 @@ def model_name(body: Mapping[str, Any], *keys: str, required: bool = True) -> st
     return str(load_catalog().ref(value))  # raises InvalidModelNameError (400) on bad names
 
 
+def model_names(body: Mapping[str, Any]) -> list[str]:
+    """The names to delete, as typed: Ollama's one `model` (or `name`, checked by `model_name`), or
+    gemma's `models` list (client-mode `gemma rm A B`), whose names the store's own parser checks,
+    so a bad one gets the message and exit code it gets in-process."""
+    if "models" not in body:
+        model_name(body, "model", "name")
+        return [str(body.get("model") or body.get("name"))]
+    names = body["models"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise APIError(400, "models must be a non-empty list of model names")
+    return names
+
+
 def _number(value: Any, what: str, *, integer: bool = False) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise APIError(400, f"{what} must be {'an integer' if integer else 'a number'}, got {value!r}")

@@ -47,7 +47,8 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(layer.size for layer in self.layers)
+        """Bytes on disk: a blob used as both target and drafter (`create --target X --draft X`) is stored once."""
+        return sum({layer.digest: layer.size for layer in self.layers}.values())
 
     @property
     def id(self) -> str:

@@ -195,11 +195,15 @@ def show_cmd(
     typer.echo("\n".join(clean_display(line, 2000) for line in lines))
 
 
-def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")]) -> None:
+def rm_cmd(names: Annotated[List[str], typer.Argument(help="Model names to remove.")], host: HostOpt = None) -> None:
     """Remove models; blobs still used by another model are kept."""
-    from gemma_cli.registry.manage import remove
+    server = remote.client(host)
+    if server is not None:
+        results = remote.remove(server, names)
+    else:
+        from gemma_cli.registry.manage import remove
 
-    results = remove(names)
+        results = remove(names)
     freed = results[-1][1] if results else 0
     for name, _ in results:
         typer.echo(f"deleted {name}")
