@@ -307,3 +307,16 @@ class DraftController:
         # Priced from the cost table (not from one noisy pass) as this pass has just moved it: a size that
         # proved dearer than next_k priced it is charged nearer what it cost (test_drafts_stay_within_the_loss_budget).
         self.budget.settle(accepted + 1, self._step_passes(proposed) if proposed else 1.0)
+
+
+def timing_free_controller(k_max: int, adaptive: bool, draft_cost: float) -> DraftController:
+    """The controller of a sampled generation whose drafter samples its proposals (MTP, a drafter model).
+
+    Its random stream follows its draft lengths, so k must be a function of its own acceptance history
+    only: the fixed prior costs, the probes and the loss budget, never timing (see the module doc). The
+    engine (`Generation._start`) and a batch slot (`BatchScheduler`) build it here, so the same seeded
+    request writes the same text alone and batched: with a rule of the batch's own, a seeded sampled MTP
+    request drafted nothing for 15 steps in a slot where the engine probed at step 8, and wrote plain
+    decoding's text (tests/test_batch_mtp.py).
+    """
+    return DraftController(k_max, adaptive=adaptive, measure_time=False, draft_cost=draft_cost)

@@ -15,7 +15,7 @@ the slot's own seed (`TokenSampler`), never on the draft lengths; a slot
 whose drafter samples its proposals (sampled generation with a drafter
 model or MTP: its random stream follows its draft lengths) gets k from the
 engine's own controller for such a generation, fed by its own history alone
-(`batch_budget.solo_controller`), so it drafts what it drafts alone on the
+(`adaptive.timing_free_controller`), so it drafts what it drafts alone on the
 engine. Gemma 4 MTP slots draft together:
 one assistant context linked to the scheduler's, each draft step one decode
 with a row per drafting slot (`mtp.MTPSlots`), fed each slot's hidden row
@@ -39,7 +39,8 @@ from typing import Sequence
 import numpy as np
 
 from gemma_cli import limits
-from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, solo_controller, split_groups
+from gemma_cli.engine.adaptive import timing_free_controller
+from gemma_cli.engine.batch_budget import PROBE_EVERY, BatchCosts, Candidate, choose_lengths, split_groups
 from gemma_cli.engine.batch_drafters import SlotDrafters
 from gemma_cli.engine.batch_slot import BatchClient, BatchGeneration, SlotState
 from gemma_cli.engine.generate import DraftConfig, Engine
@@ -196,7 +197,7 @@ class BatchScheduler:
             slot.seq = self._free.pop(0)
             slot.drafter = self.drafters.get(config, slot.seq)
             if slot.drafter.samples_proposals and not slot.sampler.greedy:  # k as the engine would choose it alone
-                slot.controller = solo_controller(slot.k_max, slot.adaptive, slot.drafter.relative_cost)
+                slot.controller = timing_free_controller(slot.k_max, slot.adaptive, slot.drafter.relative_cost)
             slot.drafter.begin(slot.history)
             if slot.kv_state:  # moved from the engine: its cells as they were there
                 self.ctx.load_seq_state(slot.seq, slot.kv_state)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from gemma_cli.engine.adaptive import DraftController, check_curve, observe_pass
+from gemma_cli.engine.adaptive import check_curve, observe_pass
 
 DECAY = 0.85
 OPTIMISTIC_PER_ROW = 0.15  # an unmeasured extra output row, in single-row decodes
@@ -148,22 +148,6 @@ def choose_lengths(slots: list[Candidate], costs: BatchCosts, extra_seconds: flo
 def grouped_time(rows: list[int], costs: BatchCosts, cap: int | None = None) -> float:
     """Seconds to decode slots with these row counts in the groups `split_groups` forms."""
     return sum(costs.time(sum(rows[i] for i in group)) for group in split_groups(rows, costs, cap))
-
-
-def solo_controller(k_max: int, adaptive: bool, draft_cost: float) -> DraftController:
-    """The draft-length controller of a slot whose k must not depend on timing (a sampled request whose drafter
-    samples its proposals: MTP, a drafter model): the very controller the engine gives such a generation
-    (`Generation._start`: `DraftController` with `measure_time=False`, i.e. the fixed prior costs, its probes and its
-    loss budget, fed by the request's own acceptance alone).
-
-    Why the engine's and not a rule of the batch's own: its random stream follows its draft lengths, so the lengths
-    decide its text, and through `gemma serve` the same request runs on the engine when it is alone and in a slot
-    when others run. With a rule of its own (k from a prior-cost argmax, a one-token probe every 16 steps) a seeded
-    sampled MTP request got another text batched than alone: the synthetic Gemma 4 pair's assistant costs 0.2 of a
-    target pass, which the prior prices out, so a slot drafted nothing for 15 steps and gave plain decoding's text,
-    while the engine probed at step 8 (tests/test_batch_mtp.py).
-    """
-    return DraftController(k_max, adaptive=adaptive, measure_time=False, draft_cost=draft_cost)
 
 
 def split_groups(rows: list[int], costs: BatchCosts, cap: int | None = None) -> list[list[int]]:

@@ -60,7 +60,7 @@ class SlotState:
         self.sampler = resume.sampler if resume and resume.sampler else TokenSampler(sampling)
         # A drafter that samples its proposals draws more random numbers as k varies: then k must be what
         # the engine would choose alone, from this slot's own history, never from the batch's timing
-        # (set on admission, when the slot gets its drafter: batch_budget.solo_controller).
+        # (set on admission, when the slot gets its drafter: adaptive.timing_free_controller).
         self.controller: DraftController | None = None
         self.acceptance = Acceptance()
         self.draft_cost: float | None = None  # measured seconds per drafted token (costly drafters)

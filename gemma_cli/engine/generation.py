@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from gemma_cli.engine.adaptive import DraftController
+from gemma_cli.engine.adaptive import DraftController, timing_free_controller
 from gemma_cli.engine.draft_length import DraftLengthController
 from gemma_cli.engine.llama import Context, Model
 from gemma_cli.engine.sampling import SamplingParams, TokenSampler
@@ -228,12 +228,12 @@ class Generation:
             self.controller: DraftController = DraftLengthController(
                 k_max, adaptive=eng.draft.adaptive, costs=eng.costs, sampled=not greedy
             )
+        elif not greedy and eng.drafter.samples_proposals:  # its random stream follows k: timing may not steer it
+            self.controller = timing_free_controller(k_max, eng.draft.adaptive, eng.drafter.relative_cost)
         else:
             self.controller = DraftController(
                 k_max,
                 adaptive=eng.draft.adaptive,
-                # Timing may steer k only where k cannot change the output (see adaptive.py).
-                measure_time=greedy or not eng.drafter.samples_proposals,
                 draft_cost=eng.drafter.relative_cost,
                 costs=None if greedy else eng.costs,
                 optimistic=greedy,
