@@ -193,7 +193,7 @@ def test_cgroup_quota_caps_the_cpus(tmp_path):
 
 
 def test_idle_threads_spin_briefly_unless_the_user_chose():
-    assert threads_env({}) == {"GOMP_SPINCOUNT": "10000"}
+    assert threads_env({}) == {"GOMP_SPINCOUNT": "300000"}
     assert threads_env({"OMP_WAIT_POLICY": "active"}) == {}
     assert threads_env({"GOMP_SPINCOUNT": "1000"}) == {}
 
@@ -204,7 +204,7 @@ def test_the_wait_policy_is_in_place_before_llama_cpp_loads(env, tiny_model):
     clean = {k: v for k, v in env.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     proc = subprocess.run([*gemma_cmd()[:1], "-c", code], env={**clean, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.stdout.split() == ["10000", "True"], proc.stderr
+    assert proc.stdout.split() == ["300000", "True"], proc.stderr
 
 
 # -- confusing: --ctx below llama.cpp's granularity --------------------------------------------
