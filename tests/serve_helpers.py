@@ -102,3 +102,25 @@ def sse(raw: bytes) -> list:
         payload = event[len("data: "):]
         out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
+
+
+def batched_total(url: str, model: str) -> float:
+    """The server's count of requests for `model` (e.g. "g4:latest") that ran in a batch: proof a test's
+    concurrent requests really shared one."""
+    import httpx
+
+    m = re.search(r'^gemma_batched_requests_total\{model="' + re.escape(model) + r'"\} ([0-9.e+]+)$',
+                  httpx.get(url + "/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def hold_stream(url: str, body: dict, seen: threading.Event, stop: threading.Event) -> None:
+    """Stream a long /api/generate, setting `seen` once lines flow, until `stop` is set: a request that keeps
+    the model busy while a test sends others (run it in a thread)."""
+    import httpx
+
+    with httpx.Client(timeout=60) as c, c.stream("POST", url + "/api/generate", json=body) as r:
+        for _ in r.iter_lines():
+            seen.set()
+            if stop.is_set():
+                break

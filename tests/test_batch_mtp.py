@@ -245,25 +245,19 @@ def test_an_mtp_request_waits_until_its_assistant_can_be_linked(pair, plain):
 def test_serve_batches_concurrent_mtp_requests(pair, tmp_path):
     """Through `gemma serve` and the official openai client: four concurrent MTP requests share
     batches (the metric counts them), draft with the assistant, and each gets its solo text."""
-    import re
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
     import openai
 
     from gemma_cli.registry.create import create
     from gemma_cli.store.layout import Layout
-    from serve_helpers import ServerProcess
+    from serve_helpers import ServerProcess, batched_total
 
     target, assistant = pair
     models = tmp_path / "models"
     create("g4", str(target), str(assistant), layout=Layout(models))
     prompts = ["Hello world", "abcabc", "The quick brown fox", "zz top"]
-
-    def batched_total(url: str) -> float:
-        m = re.search(r'^gemma_batched_requests_total\{model="g4:latest"\} ([0-9.e+]+)$', httpx.get(url + "/metrics").text, re.M)
-        return float(m.group(1)) if m else 0.0
 
     with ServerProcess(models, "--threads", "1", GEMMA_NUM_PARALLEL="4") as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -276,10 +270,10 @@ def test_serve_batches_concurrent_mtp_requests(pair, tmp_path):
             return r.choices[0].text, (r.model_extra or {})["x_gemma"]
 
         solo = [ask(p, False) for p in prompts]
-        before = batched_total(srv.url)
+        before = batched_total(srv.url, "g4:latest")
         with ThreadPoolExecutor(4) as pool:
             together = list(pool.map(lambda p: ask(p, True), prompts))
-        assert batched_total(srv.url) - before >= 3
+        assert batched_total(srv.url, "g4:latest") - before >= 3
     assert [t for t, _ in together] == [t for t, _ in solo]
     stats = [x for _, x in together]
     assert all(x["draft_source"] == "mtp" for x in stats)
@@ -291,24 +285,18 @@ def test_serve_gives_a_seeded_sampled_mtp_request_its_solo_text_when_batched(pai
     """The hostile-user sweep's report, through `gemma serve` (fast mode) and the official openai client: a
     seeded sampled MTP request that joins a running request (so it takes a batch slot, not the engine) gets
     the text it gets alone (on the engine), not plain decoding's (see the in-process test above)."""
-    import re
     import threading
 
-    import httpx
     import openai
 
     from gemma_cli.registry.create import create
     from gemma_cli.store.layout import Layout
-    from serve_helpers import ServerProcess
+    from serve_helpers import ServerProcess, batched_total, hold_stream
 
     target, assistant = pair
     models = tmp_path / "models"
     create("g4", str(target), str(assistant), layout=Layout(models))
     prompts = ["Hello world", "abcabc", "The quick brown fox"]
-
-    def batched_total(url: str) -> float:
-        m = re.search(r'^gemma_batched_requests_total\{model="g4:latest"\} ([0-9.e+]+)$', httpx.get(url + "/metrics").text, re.M)
-        return float(m.group(1)) if m else 0.0
 
     with ServerProcess(models, "--threads", "1", GEMMA_NUM_PARALLEL="4") as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -326,20 +314,16 @@ def test_serve_gives_a_seeded_sampled_mtp_request_its_solo_text_when_batched(pai
         def holder() -> None:  # a long request running on the model while the others arrive
             # (an MTP one: the scheduler then links the engine's assistant when it is created, so no MTP slot waits
             # for the holder to end; with a plain holder the first MTP request may wait until no slot holds cells)
-            with httpx.Client(timeout=60) as c, c.stream("POST", srv.url + "/api/generate", json={
-                    "model": "g4", "prompt": "zz top", "options": {"temperature": 0, "draft": "mtp", "num_predict": 4000}}) as r:
-                for _ in r.iter_lines():
-                    seen.set()
-                    if stop.is_set():
-                        break
+            hold_stream(srv.url, {"model": "g4", "prompt": "zz top",
+                                  "options": {"temperature": 0, "draft": "mtp", "num_predict": 4000}}, seen, stop)
 
-        before = batched_total(srv.url)
+        before = batched_total(srv.url, "g4:latest")
         thread = threading.Thread(target=holder, daemon=True)
         thread.start()
         assert seen.wait(30)
         try:
             together = [ask(i, "mtp") for i in range(len(prompts))]
-            assert batched_total(srv.url) - before >= len(prompts)  # each took a batch slot next to the holder
+            assert batched_total(srv.url, "g4:latest") - before >= len(prompts)  # each took a batch slot next to the holder
         finally:
             stop.set()
             thread.join(10)

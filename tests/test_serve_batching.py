@@ -7,7 +7,6 @@ equal to solo runs up to near-ties). Through the official `openai` client, on th
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import pytest
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gguf_factory import write_llama_gguf
 from lossless import NEAR_TIE, next_logits
-from serve_helpers import ServerProcess, register
+from serve_helpers import ServerProcess, batched_total, hold_stream, register
 
 N_TOKENS = 300
 # Four requests: different prompts, lengths, sampling settings and draft sources.
@@ -69,8 +68,7 @@ def _stream(client, spec: dict) -> tuple[str, str, float, float]:
 
 
 def _batched_total(server) -> float:
-    m = re.search(r'^gemma_batched_requests_total\{model="tiny:latest"\} ([0-9.e+]+)$', httpx.get(server.url + "/metrics").text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return batched_total(server.url, "tiny:latest")
 
 
 def _verdict(engine: Engine, spec: dict, solo: tuple[str, str], got: tuple[str, str]) -> str:
@@ -135,12 +133,8 @@ def test_a_disconnect_ends_one_slot_and_leaves_the_others_running(server, client
     seen = threading.Event()
 
     def abandoned() -> None:  # a long generation whose client goes away mid-stream
-        with httpx.Client(timeout=60) as c, c.stream("POST", server.url + "/api/generate", json={
-                "model": "tiny", "prompt": "Hello", "options": {"temperature": 0, "draft": "none", "num_predict": 3000}}) as r:
-            for _ in r.iter_lines():
-                seen.set()
-                if stop.is_set():
-                    break
+        hold_stream(server.url, {"model": "tiny", "prompt": "Hello",
+                                 "options": {"temperature": 0, "draft": "none", "num_predict": 3000}}, seen, stop)
 
     before = _batched_total(server)
     holder = threading.Thread(target=abandoned, daemon=True)
