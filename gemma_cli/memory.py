@@ -5,7 +5,9 @@ numbers, so a model that the OOM killer would end mid-load is refused with the
 estimate and what to change instead.
 
 What the estimate counts, following the vendored llama.cpp:
-- weights: the file sizes (target + drafter; llama.cpp maps whole files);
+- weights: the file sizes (target + drafter; llama.cpp maps whole files, so a
+  drafter that is the target's own file shares its pages and counts once, as
+  long as weights are not repacked: GEMMA_CPU_REPACK, off by default, copies them);
 - KV cache: F16 K and V per layer that owns a cache. KV-shared layers
   (`attention.shared_kv_layers`, E2B/E4B) reuse earlier layers' cache and
   cost nothing; sliding-window layers use their own (smaller) head size. The
@@ -189,6 +191,13 @@ def _weights(info: GGUFInfo) -> int:
     return info.file_size or Path(info.path).stat().st_size
 
 
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[str] | None = None, *,
                     drafter_is_mtp: bool = False, n_ctx: int = 4096, gpu_layers: int = 0) -> MemoryEstimate:
     """The estimate for a target (+ drafter) at `n_ctx`; reads headers only."""
@@ -197,11 +206,11 @@ def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[s
     d_w = 0
     if drafter is not None:
         d = _read(drafter)
-        d_w = _weights(d)
+        d_w = 0 if _same_file(target, drafter) else _weights(d)
         if not drafter_is_mtp:  # a small drafter model has its own cache; an MTP head shares the target's
             kv += kv_cache_bytes(d, n_ctx)
     n_vocab = len(t.metadata.get("tokenizer.ggml.tokens") or ()) or 262_144  # a SkippedArray keeps its length
-    overhead = (t_w + d_w) // 10 + (256 << 20) + 4 * n_vocab * 16  # compute buffers, logits rows
+    overhead = (t_w + (_weights(d) if drafter is not None else 0)) // 10 + (256 << 20) + 4 * n_vocab * 16  # compute buffers, logits rows
     n_layer = max(_int(t.arch_key("block_count")), 1)
     gpu = 0
     if gpu_layers != 0:  # negative: all layers, as llama.cpp reads it
@@ -230,6 +239,29 @@ def check_fits(estimate: MemoryEstimate, available: int | None = None) -> None:
         f"the model needs {estimate.summary()} but only {available / GIB:.2f} GiB of RAM is available",
         hint=f"try {ctx_hint}, a smaller quantization or model, or --gpu-layers N on a GPU build; "
              f"{SKIP_ENV}=1 loads it anyway",
+    )
+
+
+def check_drafter_fits(target: str | os.PathLike[str], drafter: str | os.PathLike[str], *, drafter_is_mtp: bool,
+                       n_ctx: int, available: int | None = None) -> None:
+    """Refuse a drafter that would not fit beside a target already loaded (the REPL's `/set draft`, a
+    server request's `draft`): what the pair needs beyond the target alone, against the RAM free now."""
+    if _check_skipped():
+        return
+    pair = estimate_memory(target, drafter, drafter_is_mtp=drafter_is_mtp, n_ctx=n_ctx)
+    alone = estimate_memory(target, n_ctx=n_ctx)
+    extra_kv, extra_buffers = pair.kv - alone.kv, pair.overhead - alone.overhead
+    extra = pair.drafter_weights + extra_kv + extra_buffers
+    if available is None:
+        override = _available_override()  # RAM assumed free before anything loaded: the target has some of it now
+        available = max(override - alone.ram, 0) if override is not None else available_memory()[0]
+    if available is None or extra <= available:
+        return
+    raise InsufficientMemoryError(
+        f"the drafter needs about {extra / GIB:.2f} GiB more (weights {pair.drafter_weights / GIB:.2f}, KV at {n_ctx}"
+        f" tokens {extra_kv / GIB:.2f}, buffers {extra_buffers / GIB:.2f}) but only {available / GIB:.2f} GiB of RAM"
+        " is available",
+        hint=f"keep the n-gram drafter (draft ngram), or use a smaller drafter or context; {SKIP_ENV}=1 loads it anyway",
     )
 
 

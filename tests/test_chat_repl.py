@@ -297,6 +297,32 @@ def test_commands_change_what_the_next_reply_does(model: Path, env: dict[str, st
     assert dropped and all(int(n) >= 1 for n in dropped)
 
 
+def test_a_drafter_that_would_not_fit_beside_the_target_is_refused_on_one_line_and_the_chat_goes_on(
+        model: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """/set draft model loads the pair's drafter next to a running target: it is checked against the RAM left
+    (GEMMA_MEMORY_AVAILABLE: what was free before the target loaded), refused with its hint, and nothing changes."""
+    from gemma_cli.memory import estimate_memory
+
+    drafter = tmp_path / "padded-drafter.gguf"
+    drafter.write_bytes(model.read_bytes() + bytes(64 << 20))  # the same model, 64 MiB longer: mmap maps it all
+    made = subprocess.run([sys.executable, "-m", "gemma_cli", "create", "padded:tiny", "--target", str(model),
+                           "--draft", str(drafter), "--quiet"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert made.returncode == 0, made.stderr
+    script = "/set draft model\nhello there\n/show info\n/exit\n"
+    args = [sys.executable, "-m", "gemma_cli", "chat", "padded:tiny", "--draft", "ngram", "--threads", "1",
+            "--ctx", "256", "--max-tokens", "8"]
+    tight = dict(env, GEMMA_MEMORY_AVAILABLE=str(estimate_memory(model, n_ctx=256).ram + (16 << 20)))
+    proc = subprocess.run(args, input=script, capture_output=True, text=True, env=tight, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    refusal = [line for line in proc.stderr.splitlines() if "the drafter needs about" in line]
+    assert len(refusal) == 1 and re.search(r"0\.0[67] GiB more .* only 0\.02 GiB of RAM is available; "
+                                           r"keep the n-gram drafter \(draft ngram\)", refusal[0]), proc.stderr
+    assert re.search(r"draft: +ngram, up to", proc.stdout) and len(SUMMARY.findall(proc.stderr)) == 1  # kept, and on
+    roomy = subprocess.run(args, input=script, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert roomy.returncode == 0 and "Set draft to model" in roomy.stdout, roomy.stderr  # with room, it loads
+
+
 def test_typed_escape_sequences_are_text_not_a_prompt_toolkit_crash(model: Path, env: dict[str, str]) -> None:
     """ESC [ 3 1 m typed or pasted parses as a mouse event: prompt_toolkit's handler printed a traceback and
     "Press ENTER to continue", and dropped the rest of the line."""

@@ -49,6 +49,18 @@ def test_mtp_assistant_adds_weights_but_no_kv(e2b):
     assert estimate_memory(target, n_ctx=16384).kv == 2 * alone.kv
 
 
+def test_a_target_drafting_for_itself_maps_its_weights_once_but_keeps_two_caches(e2b, tmp_path):
+    """Both loads mmap the same file, so its pages are shared; each model still has its own KV cache and buffers."""
+    target = e2b[0]
+    alone = estimate_memory(target, n_ctx=8192)
+    itself = estimate_memory(target, target, n_ctx=8192)
+    assert itself.drafter_weights == 0 and itself.target_weights == alone.target_weights
+    assert itself.kv == 2 * alone.kv and itself.overhead > alone.overhead
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(target.read_bytes())  # another file with the same bytes is mapped on its own
+    assert estimate_memory(target, copy, n_ctx=8192).drafter_weights == target.stat().st_size
+
+
 def test_check_fits_refuses_with_estimate_and_what_to_change():
     est = MemoryEstimate(n_ctx=HUGE_CTX, target_weights=5 << 30, drafter_weights=100 << 20, kv=40 << 30, overhead=1 << 30)
     with pytest.raises(InsufficientMemoryError) as err:

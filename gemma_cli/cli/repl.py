@@ -95,7 +95,7 @@ class ChatRepl:
                 else:
                     self.turn(unwrap_block(line))
             except GemmaError as exc:
-                self.hint(str(exc))
+                self.hint(exc.line())
             except KeyboardInterrupt:  # Ctrl-C just before or after a reply's own handler
                 self.conv.pop_user()
                 self.hint("(interrupted)")

@@ -160,6 +160,11 @@ class Engine:
         same_model = (
             self.draft.source == draft.source and self.draft.model_path == draft.model_path and self._drafter_model is not None
         )
+        if not same_model and draft.source in ("mtp", "model") and draft.model_path is not None:
+            from gemma_cli.memory import check_drafter_fits
+
+            check_drafter_fits(self.target.path, draft.model_path, drafter_is_mtp=draft.source == "mtp",
+                               n_ctx=self.ctx.n_ctx)  # before the current drafter goes: a refusal changes nothing
         if not same_model:
             self.drafter.close()
             self.drafter = NoDrafter()
