@@ -253,8 +253,7 @@ def check_drafter_fits(target: str | os.PathLike[str], drafter: str | os.PathLik
     extra_kv, extra_buffers = pair.kv - alone.kv, pair.overhead - alone.overhead
     extra = pair.drafter_weights + extra_kv + extra_buffers
     if available is None:
-        override = _available_override()  # RAM assumed free before anything loaded: the target has some of it now
-        available = max(override - alone.ram, 0) if override is not None else available_memory()[0]
+        available = available_memory()[0]  # GEMMA_MEMORY_AVAILABLE: free RAM now, as the batch check reads it
     if available is None or extra <= available:
         return
     raise InsufficientMemoryError(
