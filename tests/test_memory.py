@@ -11,7 +11,7 @@ from gemma4_factory import FAMILY, TINY, write_gemma4_pair
 from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.errors import InsufficientMemoryError
 from gemma_cli.gguf_meta import read_gguf
-from gemma_cli.memory import MemoryEstimate, check_fits, check_fits_gpu, estimate_memory, kv_cache_bytes
+from gemma_cli.memory import AVAILABLE_ENV, MemoryEstimate, check_fits, check_fits_gpu, estimate_memory, kv_cache_bytes
 from hub_server import gemma_env, run_gemma
 
 HUGE_CTX = 131072
@@ -59,6 +59,34 @@ def test_a_target_drafting_for_itself_maps_its_weights_once_but_keeps_two_caches
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(target.read_bytes())  # another file with the same bytes is mapped on its own
     assert estimate_memory(target, copy, n_ctx=8192).drafter_weights == target.stat().st_size
+
+
+def test_a_drafter_switched_in_that_would_not_fit_is_refused_and_the_engine_keeps_its_drafter(tiny_model, tmp_path,
+                                                                                               monkeypatch):
+    """Engine.set_draft (the REPL's /set draft, a server request's draft) checks what a drafter model adds against
+    the free RAM before anything changes: refused, the n-gram drafter still drafts and the output is the same."""
+    from gemma_cli.engine.sampling import SamplingParams
+    target = tiny_model
+    drafter = tmp_path / "big-drafter.gguf"
+    drafter.write_bytes(target.read_bytes())
+    with drafter.open("r+b") as fh:  # sparse: 256 MiB more to map, nothing written
+        fh.truncate(drafter.stat().st_size + (256 << 20))
+    greedy = SamplingParams(temperature=0.0)
+    with Engine(target, DraftConfig(source="ngram", tokens=4), EngineConfig(n_ctx=256, n_threads=1)) as engine:
+        before = engine.generate("abcabcabcabc", max_tokens=48, sampling=greedy)
+        list(before)  # run it to the end
+        assert before.result.stats.draft_proposed > 0
+        monkeypatch.setenv(AVAILABLE_ENV, "128M")
+        with pytest.raises(InsufficientMemoryError, match=r"the drafter needs about 0\.2\d GiB more .* only 0\.12 GiB"):
+            engine.set_draft(DraftConfig(source="model", tokens=4, model_path=drafter))
+        assert engine.draft.source == "ngram" and engine.drafter.name == "ngram"
+        engine.reset()
+        after = engine.generate("abcabcabcabc", max_tokens=48, sampling=greedy)
+        list(after)
+        assert after.result.tokens == before.result.tokens and after.result.stats.draft_proposed > 0
+        monkeypatch.setenv(AVAILABLE_ENV, "8G")
+        engine.set_draft(DraftConfig(source="model", tokens=4, model_path=drafter))  # with room, it loads
+        assert engine.draft.source == "model"
 
 
 def test_check_fits_refuses_with_estimate_and_what_to_change():
