@@ -229,3 +229,32 @@ def test_gemma_client_module(server, solo):
     assert info.value.status == 400
     with pytest.raises(ServerError, match="cannot reach gemma serve"):
         Client.from_env("127.0.0.1:1", timeout=5).version()
+
+
+def test_a_request_whose_drafter_would_not_fit_is_refused_and_the_model_serves_on(tmp_path):
+    """A request's `draft` that loads a drafter model beside the running target is checked for the RAM it adds
+    (GEMMA_MEMORY_AVAILABLE stands in for the free RAM): refused with the estimate, and the next request is served."""
+    import ollama
+
+    from gemma_cli.memory import estimate_memory
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+
+    target = write_llama_gguf(tmp_path / "t.gguf", seed=1)
+    drafter = tmp_path / "padded.gguf"
+    drafter.write_bytes(target.read_bytes())
+    with drafter.open("r+b") as fh:  # the same model, 320 MiB longer (sparse): mmap maps it all
+        fh.truncate(drafter.stat().st_size + (320 << 20))
+    models = tmp_path / "models"
+    create("padded", str(target), str(drafter), layout=Layout(models))
+    room = estimate_memory(target, n_ctx=256).ram + (16 << 20)  # the target fits, the drafter beside it does not
+    with ServerProcess(models, "--threads", "1", GEMMA_MEMORY_AVAILABLE=str(room)) as srv:
+        client = ollama.Client(host=srv.url)
+        opts = {**GREEDY, "num_ctx": 256}
+        first = client.generate(model="padded", prompt=PROMPT, options={**opts, "draft": "ngram"})
+        with pytest.raises(ollama.ResponseError, match=r"the drafter needs about 0\.3\d GiB more") as refused:
+            client.generate(model="padded", prompt=PROMPT, options={**opts, "draft": "model"})
+        assert refused.value.status_code == 500
+        again = httpx.post(srv.url + "/api/generate", json={"model": "padded", "prompt": PROMPT, "stream": False,
+                                                            "options": {**opts, "draft": "ngram"}}).json()
+        assert again["response"] == first["response"] and again["draft_source"] == "ngram"
