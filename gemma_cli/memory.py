@@ -203,14 +203,15 @@ def estimate_memory(target: str | os.PathLike[str], drafter: str | os.PathLike[s
     """The estimate for a target (+ drafter) at `n_ctx`; reads headers only."""
     t = _read(target)
     t_w, kv = _weights(t), kv_cache_bytes(t, n_ctx)
-    d_w = 0
+    d_file = d_w = 0  # the drafter's file, and what of it is not already mapped for the target
     if drafter is not None:
         d = _read(drafter)
-        d_w = 0 if _same_file(target, drafter) else _weights(d)
+        d_file = _weights(d)
+        d_w = 0 if _same_file(target, drafter) else d_file
         if not drafter_is_mtp:  # a small drafter model has its own cache; an MTP head shares the target's
             kv += kv_cache_bytes(d, n_ctx)
     n_vocab = len(t.metadata.get("tokenizer.ggml.tokens") or ()) or 262_144  # a SkippedArray keeps its length
-    overhead = (t_w + (_weights(d) if drafter is not None else 0)) // 10 + (256 << 20) + 4 * n_vocab * 16  # compute buffers, logits rows
+    overhead = (t_w + d_file) // 10 + (256 << 20) + 4 * n_vocab * 16  # compute buffers, logits rows
     n_layer = max(_int(t.arch_key("block_count")), 1)
     gpu = 0
     if gpu_layers != 0:  # negative: all layers, as llama.cpp reads it
@@ -250,8 +251,7 @@ def check_drafter_fits(target: str | os.PathLike[str], drafter: str | os.PathLik
         return
     pair = estimate_memory(target, drafter, drafter_is_mtp=drafter_is_mtp, n_ctx=n_ctx)
     alone = estimate_memory(target, n_ctx=n_ctx)
-    extra_kv, extra_buffers = pair.kv - alone.kv, pair.overhead - alone.overhead
-    extra = pair.drafter_weights + extra_kv + extra_buffers
+    extra, extra_kv, extra_buffers = pair.total - alone.total, pair.kv - alone.kv, pair.overhead - alone.overhead
     if available is None:
         available = available_memory()[0]  # GEMMA_MEMORY_AVAILABLE: free RAM now, as the batch check reads it
     if available is None or extra <= available:

@@ -106,3 +106,13 @@ def write_llama_gguf(
     wr.write_tensors_to_file()
     wr.close()
     return path
+
+
+def padded_copy(model: str | Path, path: str | Path, extra: int) -> Path:
+    """`model` copied to `path` and made `extra` bytes longer, sparsely (nothing written): the same model to
+    llama.cpp, but a bigger file to map, so the memory estimate counts it (a drafter that does not fit)."""
+    path = Path(path)
+    path.write_bytes(Path(model).read_bytes())
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size + extra)
+    return path

@@ -18,7 +18,7 @@ import pexpect
 import pytest
 
 from gemma_cli.chat import Conversation
-from gguf_factory import char_vocab, write_llama_gguf
+from gguf_factory import char_vocab, padded_copy, write_llama_gguf
 
 TIMEOUT = 60
 SUMMARY = re.compile(r"(\d+) tokens · ([\d.]+) tok/s.*?prompt (\d+)/(\d+) evaluated · ctx (\d+)/(\d+)([^\r\n]*)")
@@ -303,10 +303,7 @@ def test_a_drafter_that_would_not_fit_beside_the_target_is_refused_on_one_line_a
     free RAM (GEMMA_MEMORY_AVAILABLE stands in for it), refused with its hint, and nothing changes."""
     from gemma_cli.memory import estimate_memory
 
-    drafter = tmp_path / "padded-drafter.gguf"
-    drafter.write_bytes(model.read_bytes())
-    with drafter.open("r+b") as fh:  # the same model, 320 MiB longer (sparse): mmap maps it all
-        fh.truncate(drafter.stat().st_size + (320 << 20))
+    drafter = padded_copy(model, tmp_path / "padded-drafter.gguf", 320 << 20)  # the same model, 320 MiB more to map
     made = subprocess.run([sys.executable, "-m", "gemma_cli", "create", "padded:tiny", "--target", str(model),
                            "--draft", str(drafter), "--quiet"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
     assert made.returncode == 0, made.stderr

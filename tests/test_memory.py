@@ -12,6 +12,7 @@ from gemma_cli.engine.generate import DraftConfig, Engine, EngineConfig
 from gemma_cli.errors import InsufficientMemoryError
 from gemma_cli.gguf_meta import read_gguf
 from gemma_cli.memory import AVAILABLE_ENV, MemoryEstimate, check_fits, check_fits_gpu, estimate_memory, kv_cache_bytes
+from gguf_factory import padded_copy
 from hub_server import gemma_env, run_gemma
 
 HUGE_CTX = 131072
@@ -66,11 +67,9 @@ def test_a_drafter_switched_in_that_would_not_fit_is_refused_and_the_engine_keep
     """Engine.set_draft (the REPL's /set draft, a server request's draft) checks what a drafter model adds against
     the free RAM before anything changes: refused, the n-gram drafter still drafts and the output is the same."""
     from gemma_cli.engine.sampling import SamplingParams
+
     target = tiny_model
-    drafter = tmp_path / "big-drafter.gguf"
-    drafter.write_bytes(target.read_bytes())
-    with drafter.open("r+b") as fh:  # sparse: 256 MiB more to map, nothing written
-        fh.truncate(drafter.stat().st_size + (256 << 20))
+    drafter = padded_copy(target, tmp_path / "big-drafter.gguf", 256 << 20)  # the same model, 256 MiB more to map
     greedy = SamplingParams(temperature=0.0)
     with Engine(target, DraftConfig(source="ngram", tokens=4), EngineConfig(n_ctx=256, n_threads=1)) as engine:
         before = engine.generate("abcabcabcabc", max_tokens=48, sampling=greedy)

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gguf_factory import write_llama_gguf
+from gguf_factory import padded_copy, write_llama_gguf
 from hub_server import gemma_env, run_gemma
 from serve_helpers import ServerProcess, ndjson, register, tiny_store
 
@@ -241,10 +241,7 @@ def test_a_request_whose_drafter_would_not_fit_is_refused_and_the_model_serves_o
     from gemma_cli.store.layout import Layout
 
     target = write_llama_gguf(tmp_path / "t.gguf", seed=1)
-    drafter = tmp_path / "padded.gguf"
-    drafter.write_bytes(target.read_bytes())
-    with drafter.open("r+b") as fh:  # the same model, 320 MiB longer (sparse): mmap maps it all
-        fh.truncate(drafter.stat().st_size + (320 << 20))
+    drafter = padded_copy(target, tmp_path / "padded.gguf", 320 << 20)  # the same model, 320 MiB more to map
     models = tmp_path / "models"
     create("padded", str(target), str(drafter), layout=Layout(models))
     room = estimate_memory(target, n_ctx=256).ram + (16 << 20)  # the target fits, the drafter beside it does not

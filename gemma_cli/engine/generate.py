@@ -145,12 +145,14 @@ class Engine:
         self.draft = draft
         self.drafter: Drafter = NoDrafter()
         self._drafter_model: Model | None = None
-        self.set_draft(draft)
+        self.set_draft(draft, memory_checked=True)  # check_memory priced the pair before the target loaded
         self.load_seconds = time.perf_counter() - t0
 
     # -- configuration ---------------------------------------------------
-    def set_draft(self, draft: DraftConfig) -> None:
-        """Switch draft source or length (the REPL's /set draft...)."""
+    def set_draft(self, draft: DraftConfig, *, memory_checked: bool = False) -> None:
+        """Switch draft source or length (the REPL's /set draft, a server request's draft). A drafter model
+        joining the running target is first checked for the RAM it adds, unless `memory_checked` says the
+        pair was priced already (the constructor, before the target loaded)."""
         draft.validate()
         if draft.tokens + 1 > self.ctx.n_batch:
             raise UsageError(
@@ -160,7 +162,7 @@ class Engine:
         same_model = (
             self.draft.source == draft.source and self.draft.model_path == draft.model_path and self._drafter_model is not None
         )
-        if not same_model and draft.source in ("mtp", "model") and draft.model_path is not None:
+        if not same_model and not memory_checked and draft.source in ("mtp", "model") and draft.model_path is not None:
             from gemma_cli.memory import check_drafter_fits
 
             check_drafter_fits(self.target.path, draft.model_path, drafter_is_mtp=draft.source == "mtp",
