@@ -208,6 +208,33 @@ def test_num_ctx_reloads_once_per_size(server):
     assert gen(1024)["load_duration"] > 0
 
 
+def test_a_request_num_ctx_beyond_the_trained_context_is_capped_and_logged(server, store, tmp_path):
+    """A client's num_ctx sizes the KV cache: a million tokens of a model trained on 8k is capped at 8k (as
+    Ollama does), so one request cannot make the server hold gigabytes for positions the model never saw."""
+    from gemma_cli.registry.create import create
+    from gemma_cli.store.layout import Layout
+
+    create("long", str(write_llama_gguf(tmp_path / "long.gguf", seed=13, n_ctx=8192, chat_template=None)),
+           layout=Layout(store))
+    body = {"model": "long", "prompt": "ab", "stream": False, "keep_alive": -1, "options": {"num_predict": 2}}
+    try:
+        huge = httpx.post(server.url + "/api/generate", json={**body, "options": {"num_predict": 2, "num_ctx": 1_000_000}})
+        assert huge.status_code == 200 and huge.json()["eval_count"] == 2
+        entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "long:latest")
+        assert entry["context_length"] == 8192
+        assert any("long:latest: num_ctx 1000000 is more than it was trained on (8192)" in line for line in server.log), server.log[-3:]
+        # asked again, the capped size is the loaded one: no reload; below the cap, num_ctx is taken as asked
+        again = httpx.post(server.url + "/api/generate", json={**body, "options": {"num_predict": 2, "num_ctx": 999_999}})
+        assert again.json()["load_duration"] == 0
+        small = httpx.post(server.url + "/api/generate", json={**body, "options": {"num_predict": 2, "num_ctx": 1024}})
+        assert small.json()["load_duration"] > 0
+        entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "long:latest")
+        assert entry["context_length"] == 1024
+    finally:
+        httpx.post(server.url + "/api/generate", json={"model": "long", "keep_alive": 0})
+        httpx.request("DELETE", server.url + "/api/delete", json={"model": "long"})
+
+
 def test_gemma_client_module(server, solo):
     """gemma_cli.client.Client, which `gemma ps`/`stop` (and client mode) build on."""
     from gemma_cli.client import Client, ServerError

@@ -51,6 +51,7 @@ class Slot:
         self.lanes: Lanes | None = None
         self.n_ctx = 0  # the engine's context (llama.cpp may round the request up)
         self.asked_ctx = 0  # the context size it was loaded for
+        self.trained_ctx: int | None = None  # the target's trained context (its GGUF header), read on first num_ctx
         self.pending = 0  # jobs queued or running
         self.parallel = parallel  # jobs that may run at once
         self.keep_alive = 0.0
@@ -88,7 +89,7 @@ class Slot:
         if self._after is not None:
             self._after.result()
             self._after = None
-        n_ctx = options.num_ctx or settings.n_ctx
+        n_ctx = self.request_context(options.num_ctx, settings.n_ctx)
         choice = EngineChoice(options.draft, options.draft_tokens, n_ctx, settings.n_gpu_layers, settings.n_threads,
                               settings.rpc, settings.tensor_split)
         t0 = time.perf_counter()
@@ -104,6 +105,25 @@ class Slot:
             self.load_window = (t0, time.perf_counter())
             return self.load_window[1] - t0, self.engine.draft
         return 0.0, draft_config(self.pair, choice, option="draft")
+
+    def request_context(self, asked: int | None, server_ctx: int) -> int:
+        """The context a request loads with: the server's --ctx, or its own num_ctx capped at the larger of the
+        model's trained context and --ctx (as Ollama caps num_ctx at the trained length).
+
+        Why: num_ctx comes from any client, and the KV cache grows with it: one request asking for a million
+        tokens of a 32k-context Gemma 3 270M made the server hold 19 GB for positions the model was never
+        trained on. The operator's own --ctx is trusted as given.
+        """
+        if asked is None:
+            return server_ctx
+        if self.trained_ctx is None:
+            self.trained_ctx = _trained_context(self.pair.target)
+        cap = max(self.trained_ctx or asked, server_ctx)
+        if asked > cap and (self.engine is None or self.asked_ctx != cap):
+            sys.stderr.write(f"gemma serve: {self.name}: num_ctx {asked} is more than it was trained on "
+                             f"({self.trained_ctx}) and than --ctx ({server_ctx}); loading with {cap}\n")
+            sys.stderr.flush()
+        return min(asked, cap)
 
     def load_waited(self, since: float) -> float:
         """Seconds of the latest load that a job created at `since` waited through: a request that queued
@@ -127,6 +147,18 @@ class Slot:
             return FAR_FUTURE if self.keep_alive == FOREVER else datetime.now(timezone.utc) + timedelta(seconds=self.keep_alive)
         left = max(self.expires - time.monotonic(), 0.0)
         return datetime.now(timezone.utc) + timedelta(seconds=left)
+
+
+def _trained_context(target: Any) -> int:
+    """The target's `{arch}.context_length`, 0 when the header has none or cannot be read (no cap: the load reports it)."""
+    from gemma_cli.errors import GemmaError
+    from gemma_cli.gguf_meta import read_gguf
+
+    try:
+        value = read_gguf(target, strings=False).arch_key("context_length")
+    except (GemmaError, OSError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass(frozen=True)
