@@ -100,8 +100,8 @@ def check_sampling(temperature: float, top_k: int, top_p: float, min_p: float) -
         raise UsageError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k < 0:
         raise UsageError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not (0.0 < top_p <= 1.0):
-        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
+    if not (0.0 <= top_p <= 1.0):  # 0 keeps only the most likely token, as OpenAI's API and llama.cpp take it
+        raise UsageError(f"top_p must be in [0, 1], got {top_p}")
     if not (0.0 <= min_p < 1.0):
         raise UsageError(f"min_p must be in [0, 1), got {min_p}")
 

@@ -132,7 +132,7 @@ def test_turns_live_stats_set_save_load_and_bye(model: Path, env: dict[str, str]
 
     assert "Unknown command '/frob'" in command(child, "/frob", "/help") + "/help"
     command(child, "/set temperature hot", "temperature must be a number, got 'hot'")
-    command(child, "/set top_p 7", "top_p must be in (0, 1]")
+    command(child, "/set top_p 7", "top_p must be in [0, 1]")
     command(child, "/load /nonexistent/file.json", "no such conversation file")
     command(child, "/show nonsense", "usage: /show")
     command(child, "/set draft ngram", "Set draft to ngram")

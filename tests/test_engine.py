@@ -321,11 +321,20 @@ def test_bad_draft_length(tiny_model, k):
 
 @pytest.mark.parametrize(
     "params",
-    [SamplingParams(temperature=-1), SamplingParams(top_p=0), SamplingParams(top_k=-2), SamplingParams(min_p=1.5)],
+    [SamplingParams(temperature=-1), SamplingParams(top_p=-0.1), SamplingParams(top_k=-2), SamplingParams(min_p=1.5)],
 )
 def test_bad_sampling_params(ngram_engine, params):
     with pytest.raises(UsageError):
         ngram_engine.generate("abc", sampling=params)
+
+
+def test_top_p_zero_keeps_only_the_most_likely_token(ngram_engine):
+    """top_p 0 (OpenAI's API accepts it) samples from the single most likely token: greedy's text, any seed."""
+    greedy = ngram_engine.generate("abc", max_tokens=24).text()
+    for seed in (1, 2):
+        sampled = ngram_engine.generate("abc", max_tokens=24, sampling=SamplingParams(temperature=1.5, top_p=0.0, seed=seed))
+        assert sampled.text() == greedy
+    assert ngram_engine.generate("abc", max_tokens=24, sampling=SamplingParams(temperature=1.5, top_p=1.0, seed=1)).text() != greedy
 
 
 def test_engine_errors_reach_the_user_as_one_line_and_exit_1(tiny_model, tmp_path):

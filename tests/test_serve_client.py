@@ -48,6 +48,11 @@ def test_run_prints_the_same_text_json_and_statistics(store, server):
     assert set(b) == set(a) and b["generated_tokens"] == a["generated_tokens"] == 24
     assert b["draft_source"] == a["draft_source"] and b["prompt_tokens"] == a["prompt_tokens"]
 
+    # --raw --system: the system text, a blank line, the prompt, through the server too (whose raw ignores system)
+    local, remote = both(store, server, "run", "tiny", PROMPT, "--raw", "--system", "Be brief.", *GREEDY, "--format", "json")
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert (b["text"], b["prompt_tokens"]) == (a["text"], a["prompt_tokens"])
+
     local, remote = both(store, server, "run", "tiny", PROMPT, *GREEDY, "--format", "jsonl", "--draft", "none")
     la, lb = [json.loads(x) for x in local.stdout.splitlines()], [json.loads(x) for x in remote.stdout.splitlines()]
     assert lb[:-1] == la[:-1]  # every piece: text, tokens, drafted (no drafting: no timing-dependent steps)

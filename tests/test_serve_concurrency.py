@@ -199,3 +199,37 @@ def test_requests_that_waited_for_the_load_report_it_as_load_duration(store, par
             finals = list(pool.map(generate, range(3)))
         assert all(0 < f["load_duration"] <= f["total_duration"] for f in finals), finals
         assert generate(0)["load_duration"] == 0  # loaded before it came: nothing to wait for
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_a_stream_cut_short_by_shutdown_ends_with_an_error_not_a_finish(store, api):
+    """A client reading a reply while the server stops must learn the text is incomplete: an in-band error
+    (Ollama: an {"error"} line; OpenAI: an SSE error event), not done_reason / finish_reason "stop"."""
+    import json
+
+    with ServerProcess(store, "--ctx", "16384", "--threads", "1", GEMMA_NUM_PARALLEL="1") as srv:
+        if api == "ollama":
+            path, body = "/api/generate", {"model": "tiny", "prompt": LONG_PROMPT, "options": LONG}
+        else:
+            path, body = "/v1/completions", {"model": "tiny", "prompt": LONG_PROMPT, "temperature": 0, "stream": True,
+                                              "max_tokens": 16000, "draft": "none"}
+        events: list[dict] = []
+        with httpx.stream("POST", srv.url + path, json=body, timeout=60) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if api == "openai":
+                    if not line.startswith("data: {"):
+                        continue
+                    line = line[6:]
+                if not line.strip():
+                    continue
+                events.append(json.loads(line))
+                if len(events) == 3:
+                    srv.proc.terminate()  # SIGTERM, as a service manager stops it
+        assert len(events) > 3
+        last = events[-1]
+        if api == "ollama":
+            assert "cut short" in last["error"] and not any(e.get("done") for e in events), last
+        else:
+            assert "cut short" in last["error"]["message"], last
+            assert not any(c.get("finish_reason") for e in events[:-1] for c in e.get("choices", [])), events[-2]

@@ -127,6 +127,8 @@ def test_list_show_ps_version(client, server):
     ps = client.ps().models
     assert [m.model for m in ps] == ["tiny:latest"] and ps[0].context_length == 4096 and ps[0].size > 0
     assert ps[0].details.family == "llama" and ps[0].details.quantization_level == "F32"
+    # the parameter count Ollama clients show: the same in tags, ps and show (was "" in tags and ps)
+    assert shown.details.parameter_size and tiny.details.parameter_size == ps[0].details.parameter_size == shown.details.parameter_size
     assert httpx.get(server.url + "/api/version").json()["version"]
 
 
@@ -206,6 +208,17 @@ def test_num_ctx_reloads_once_per_size(server):
     entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "base:latest")
     assert entry["context_length"] >= 300
     assert gen(1024)["load_duration"] > 0
+
+
+def test_raw_sends_the_prompt_verbatim_and_ignores_system_as_ollama_does(server):
+    def prompt_tokens(**extra) -> int:
+        body = {"model": "tiny", "prompt": PROMPT, "stream": False, "raw": True, "x_gemma": True,
+                "options": {"num_predict": 1}, **extra}
+        r = httpx.post(server.url + "/api/generate", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["x_gemma"]["stats"]["prompt_tokens"]
+
+    assert prompt_tokens(system="You are a pirate.") == prompt_tokens()
 
 
 def test_a_request_num_ctx_beyond_the_trained_context_is_capped_and_logged(server, store, tmp_path):

@@ -86,6 +86,14 @@ def test_completions_and_models(client, solo):
 
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+    # the client shows the server's message (OpenAI's error object), not only "Error code: 404"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert "unknown model" in caught.value.message and caught.value.type == "not_found_error"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                       extra_body={"draft_tokens": 99})
+    assert "between 1 and 32" in bad.value.message and bad.value.type == "invalid_request_error"
 
 
 def test_stop_and_extensions(client, server, solo):
@@ -117,7 +125,7 @@ def test_raw_sse_framing(server, solo):
     ({"model": "tiny", "messages": []}, 400, "messages must be a non-empty list"),
     ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400, "role must be one of"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n must be 1"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 0}, 400, "top_p"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}, 400, "top_p"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens must be positive"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "draft_tokens": 99}, 400, "between 1 and 32"),
     ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "unknown model"),
@@ -125,4 +133,4 @@ def test_raw_sse_framing(server, solo):
 ])
 def test_errors_are_json_with_status(server, body, status, needle):
     r = httpx.post(server.url + "/v1/chat/completions", json=body)
-    assert r.status_code == status and needle in r.json()["error"], r.text
+    assert r.status_code == status and needle in r.json()["error"]["message"], r.text

@@ -103,6 +103,7 @@ def test_body_limit_413(server):
     ("POST", "/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
     ("POST", "/api/chat", {"model": "tiny", "messages": "hi"}, 400, "messages must be a list"),
     ("POST", "/api/show", {"model": "nope"}, 404, "unknown model"),
+    ("POST", "/api/generate", {"model": "nope:1b", "keep_alive": 0}, 404, "unknown model"),  # unloading it, as `ollama stop`
     ("DELETE", "/api/delete", {"model": "nope"}, 404, "not in the store"),
     ("POST", "/api/pull", {"model": "nope"}, 404, "unknown model"),
     ("POST", "/api/generate", b'{"model": "tiny", "prompt": "a\\ud800b"}', 400, "unpaired UTF-16 surrogate"),
@@ -117,7 +118,36 @@ def test_every_error_is_json_with_its_status(server, method, path, body, status,
     r = httpx.request(method, server.url + path, **kwargs)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
-    assert needle in r.json()["error"], r.json()
+    error = r.json()["error"]
+    if path.startswith("/v1/"):  # OpenAI's error object, which the openai client reads
+        assert needle in error["message"] and error["type"] == "invalid_request_error", r.json()
+    else:  # Ollama's string
+        assert needle in error, r.json()
+    assert r.json()["exit_code"] in (1, 2)
+
+
+@pytest.mark.parametrize("path, body, needle", [
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream_options": true}',
+     "stream_options must be an object"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "hi", "stream_options": [1]}', "stream_options must be an object"),
+    ("/api/generate", b'{"model": "tiny", "x": ' + b"[" * 1900 + b"]" * 1900 + b"}", "nested too deeply"),
+])
+def test_malformed_bodies_are_400_not_500(server, path, body, needle):
+    r = httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert needle in (error["message"] if isinstance(error, dict) else error)
+
+
+def test_middleware_refusals_take_each_api_family_s_error_shape(server):
+    r = httpx.get(server.url + "/v1/models", headers={"Host": "evil.example.com"})
+    assert r.status_code == 403 and "not a loopback name" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "permission_error" and r.json()["exit_code"] == 1
+    r = httpx.get(server.url + "/api/tags", headers={"Host": "evil.example.com"})
+    assert r.status_code == 403 and "not a loopback name" in r.json()["error"] and r.json()["exit_code"] == 1
+    big = json.dumps({"model": "tiny", "prompt": "a" * 5000}).encode()
+    r = httpx.post(server.url + "/v1/completions", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "GEMMA_MAX_BODY" in r.json()["error"]["message"] and r.json()["exit_code"] == 2
 
 
 def test_server_survives_errors_and_logs_one_line_per_request(server):

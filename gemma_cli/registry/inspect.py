@@ -16,7 +16,7 @@ from gemma_cli.store.store import load
 from gemma_cli.text_safety import clean_display, clean_tree
 
 
-def _params(n: int) -> str:
+def parameter_size_text(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
             return f"{n / div:.1f}{unit}".replace(".0" + unit, unit)
@@ -29,7 +29,7 @@ def _model_facts(info: GGUFInfo) -> dict[str, Any]:
         "file": str(info.path),
         "architecture": info.architecture,
         "parameters": info.n_params,
-        "parameters_human": _params(info.n_params),
+        "parameters_human": parameter_size_text(info.n_params),
         "context_length": info.arch_key("context_length"),
         "embedding_length": info.arch_key("embedding_length"),
         "quantization": info.quantization,

@@ -1,7 +1,7 @@
 """The ASGI application: routes of both API families, /health, /metrics, error handling.
 
 Every route runs inside `_json_errors`, so whatever goes wrong the client
-gets `{"error": "..."}` with a fitting status, and stderr gets one line, not
+gets a JSON error (errors.error_payload: Ollama's or OpenAI's shape) with a fitting status, and stderr gets one line, not
 a traceback (GEMMA_DEBUG=1 prints it).
 """
 
@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from gemma_cli import __version__
 from gemma_cli.server import ollama_api, openai_api
-from gemma_cli.server.errors import error_response, response_for, status_for
+from gemma_cli.server.errors import APIError, error_response, exit_code_for, response_for, status_for
 from gemma_cli.server.manager import ModelManager
 from gemma_cli.server.metrics import Metrics
 from gemma_cli.server.security import SecurityMiddleware
@@ -43,7 +43,7 @@ def _json_errors(endpoint: Endpoint) -> Endpoint:
                 sys.stderr.write(f"error: {request.method} {request.url.path}: {type(exc).__name__}: {exc}\n")
                 if os.environ.get("GEMMA_DEBUG"):
                     traceback.print_exc()
-            return response_for(exc)
+            return response_for(exc, request.url.path)
 
     return wrapped
 
@@ -84,7 +84,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
     if exc.status_code == 405:
         detail = f"method {request.method} is not allowed on {request.url.path}"
-    return error_response(exc.status_code, str(detail), headers=dict(exc.headers or {}))
+    exit_code = exit_code_for(APIError(exc.status_code, str(detail)))
+    return error_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), exit_code=exit_code,
+                          path=request.url.path)
 
 
 def create_app(settings: Settings) -> Starlette:

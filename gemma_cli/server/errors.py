@@ -1,4 +1,5 @@
-"""Every failure the API reports is JSON `{"error": "..."}` with a fitting status.
+"""Every failure the API reports is JSON with a fitting status: `{"error": "..."}` on Ollama's routes,
+`{"error": {"message": "...", "type": ...}}` on OpenAI's (/v1), the shape each family's clients read.
 
 Domain errors (gemma_cli.errors) map onto statuses here, in one place, so the
 routes raise what the rest of gemma-cli raises and never format errors themselves.
@@ -33,9 +34,9 @@ def status_for(exc: BaseException) -> int:
     """The HTTP status a domain error deserves."""
     if isinstance(exc, APIError):
         return exc.status
-    from gemma_cli.server.jobs import JobCancelled
+    from gemma_cli.server.jobs import CutShort, JobCancelled
 
-    if isinstance(exc, JobCancelled):
+    if isinstance(exc, (JobCancelled, CutShort)):
         return 503
     if isinstance(exc, (UsageError, ContextFullError)):
         return 400
@@ -59,11 +60,11 @@ def status_for(exc: BaseException) -> int:
 
 
 def message_for(exc: BaseException) -> str:
-    from gemma_cli.server.jobs import JobCancelled
+    from gemma_cli.server.jobs import CutShort, JobCancelled
 
     if isinstance(exc, JobCancelled):
         return "request cancelled before it started: the server is stopping or the client went away"
-    if isinstance(exc, (APIError, GemmaError)):
+    if isinstance(exc, (APIError, GemmaError, CutShort)):
         return str(exc)
     return f"internal error: {type(exc).__name__}: {exc}"
 
@@ -82,10 +83,28 @@ def error_body(exc: BaseException) -> dict[str, object]:
     return {"error": message_for(exc), "exit_code": exit_code_for(exc)}
 
 
+def openai_error_type(status: int) -> str:
+    """The `type` of an OpenAI error object for a status (the names OpenAI's API and Ollama's /v1 use)."""
+    return {400: "invalid_request_error", 413: "invalid_request_error", 403: "permission_error",
+            404: "not_found_error"}.get(status, "api_error")
+
+
+def error_payload(path: str, status: int, message: str, exit_code: int) -> dict[str, object]:
+    """The error body for a request to `path`: OpenAI's error object under /v1/, else Ollama's string.
+
+    Why: the openai client reads `error.message` (and `type`, `code`) from an object; given a string it
+    shows only "Error code: 404". `exit_code` rides along for gemma's own client mode either way.
+    """
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": openai_error_type(status), "param": None, "code": None},
+                "exit_code": int(exit_code)}
+    return {"error": message, "exit_code": int(exit_code)}
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None,
-                   exit_code: int = ExitCode.ERROR) -> JSONResponse:
-    return JSONResponse({"error": message, "exit_code": int(exit_code)}, status_code=status, headers=headers)
+                   exit_code: int = ExitCode.ERROR, path: str = "") -> JSONResponse:
+    return JSONResponse(error_payload(path, status, message, exit_code), status_code=status, headers=headers)
 
 
-def response_for(exc: BaseException) -> JSONResponse:
-    return error_response(status_for(exc), message_for(exc), exit_code=exit_code_for(exc))
+def response_for(exc: BaseException, path: str = "") -> JSONResponse:
+    return error_response(status_for(exc), message_for(exc), exit_code=exit_code_for(exc), path=path)

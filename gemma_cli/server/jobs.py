@@ -45,6 +45,10 @@ class JobCancelled(Exception):
     """The job was cancelled before it started: the client went away or the server is stopping."""
 
 
+class CutShort(Exception):
+    """The server stopped while this reply was being written: what the client got is not the whole reply."""
+
+
 class Job:
     """A request for a model's worker thread: `work(engine)` builds a Generation (or None to only load)."""
 
@@ -58,10 +62,17 @@ class Job:
         self._cancelled = threading.Event()
         self._engine: Any = None
         self.batched = False  # it ran in the batch lane (shared batches with other requests)
+        self.server_stopping = False  # cancelled by the server's shutdown, not by its client (see `cancel`)
 
     # -- event-loop side ----------------------------------------------------
-    def cancel(self) -> None:
-        """Stop this job: before it starts, or within one decode step (thread safe)."""
+    def cancel(self, *, server_stopping: bool = False) -> None:
+        """Stop this job: before it starts, or within one decode step (thread safe).
+
+        `server_stopping`: the server is shutting down while the client still reads, so the reply must end
+        with an error rather than look finished (a client that went away reads nothing either way).
+        """
+        if server_stopping:
+            self.server_stopping = True
         self._cancelled.set()
         engine = self._engine
         if engine is not None:

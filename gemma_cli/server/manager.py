@@ -351,7 +351,7 @@ class ModelManager:
         with self._lock:
             jobs = [job for slot in self._slots.values() for job in slot.jobs]
         for job in jobs:
-            job.cancel()
+            job.cancel(server_stopping=True)
 
     def shutdown(self) -> None:
         """Cancel every job (each stops within a step) and close the engines on their threads."""
@@ -361,7 +361,7 @@ class ModelManager:
             self.metrics.loaded_models.set(0)
             jobs = [job for slot in slots for job in slot.jobs]
         for job in jobs:
-            job.cancel()
+            job.cancel(server_stopping=True)
         for slot in slots:
             slot.worker.submit(slot.close)
             slot.worker.shutdown(wait=False)

@@ -21,6 +21,26 @@ def _details(architecture: str, quantization: str, parameters: str = "") -> dict
             "parameter_size": parameters, "quantization_level": quantization}
 
 
+_PARAMETER_SIZES: dict[str, str] = {}  # blob digest -> "268.1M": blobs are content-addressed, so never stale
+
+
+def _parameter_size(digest: str) -> str:
+    """The target's parameter count as `gemma show` prints it ("268.1M"), read once per blob from its GGUF
+    header (tensor shapes only); "" when unreadable. Ollama clients (Open WebUI, `ollama ps`) show it."""
+    if digest not in _PARAMETER_SIZES:
+        from gemma_cli.errors import GemmaError
+        from gemma_cli.gguf_meta import read_gguf
+        from gemma_cli.registry.inspect import parameter_size_text
+        from gemma_cli.store.layout import Layout
+
+        try:
+            size = parameter_size_text(read_gguf(Layout.default().blob(digest), strings=False).n_params)
+        except (GemmaError, OSError, ValueError):
+            size = ""
+        _PARAMETER_SIZES[digest] = size
+    return _PARAMETER_SIZES[digest]
+
+
 def _iso(value: str) -> str:
     try:
         return datetime.fromisoformat(value).isoformat()
@@ -38,7 +58,7 @@ def _tags_sync() -> list[dict[str, Any]]:
         digest = m.target.digest.split(":", 1)[-1]
         out.append({
             "name": m.name, "model": m.name, "modified_at": _iso(m.created), "size": m.size, "digest": digest,
-            "details": _details(m.target.architecture, m.quantization),
+            "details": _details(m.target.architecture, m.quantization, _parameter_size(m.target.digest)),
             "draft_source": m.draft_source, "drafter": m.drafter.filename if m.drafter else None,
         })
     return out
@@ -110,7 +130,9 @@ def _manifest_details(name: str) -> dict[str, Any]:
         manifest = load(load_catalog().ref(name))
     except Exception:  # noqa: BLE001 - removed or unreadable meanwhile: details are optional
         manifest = None
-    return _details(manifest.target.architecture, manifest.quantization) if manifest else _details("", "")
+    if manifest is None:
+        return _details("", "")
+    return _details(manifest.target.architecture, manifest.quantization, _parameter_size(manifest.target.digest))
 
 
 def running(manager: Any) -> list[dict[str, Any]]:

@@ -62,7 +62,10 @@ async def _lifecycle(request: Request, body: dict[str, Any], model: str, chat: b
     keep_alive = state.manager.keep_alive_for(body.get("keep_alive"))
     empty = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
     if keep_alive == 0:
-        state.manager.stop(model)
+        if not state.manager.stop(model):  # not loaded: still a 404 for a model the store does not hold (as Ollama)
+            from gemma_cli.registry.resolve import resolve_model
+
+            await asyncio.to_thread(resolve_model, model)
         return JSONResponse({"model": model, "created_at": _now(), **empty, "done": True, "done_reason": "unload"})
     opts = ollama_options(body.get("options"))
     run = await Running.start(state, model, Job(opts, keep_alive, None), request)
@@ -127,7 +130,8 @@ async def generate(request: Request) -> Response:
         return await _lifecycle(request, body, model, chat=False)
     opts = ollama_options(body.get("options"))
     keep_alive = request.app.state.manager.keep_alive_for(body.get("keep_alive"))
-    job = Job(opts, keep_alive, prompt_work(opts, text=prompt, system=system, raw=raw))
+    # Ollama's raw sends the prompt verbatim and ignores `system` (gemma run --raw --system prefixes it instead)
+    job = Job(opts, keep_alive, prompt_work(opts, text=prompt, system=None if raw else system, raw=raw))
     run = await Running.start(request.app.state, model, job, request)
     return await _respond(request, run, model, stream, chat=False, detail=flag(body, "x_gemma", False))
 

@@ -63,9 +63,16 @@ def _common(body: dict[str, Any]) -> None:
     fmt = body.get("response_format")
     if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise APIError(400, "response_format other than text is not supported yet")
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`, with stream_options checked first (not a 500 for `true` or a list)."""
     opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
         raise APIError(400, "stream_options must be an object")
+    return bool(opts.get("include_usage"))
 
 
 async def _start(request: Request, body: dict[str, Any], **prompt: Any) -> tuple[Running, str]:
@@ -108,7 +115,7 @@ async def chat_completions(request: Request) -> Response:
     if not msgs:
         raise APIError(400, "messages must be a non-empty list")
     stream = flag(body, "stream", False)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = _include_usage(body)
     run, model = await _start(request, body, messages=msgs)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
@@ -139,7 +146,7 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "prompt must be a non-empty string (one prompt per request)")
     stream = flag(body, "stream", False)
     raw = flag(body, "raw", False)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = _include_usage(body)
     run, model = await _start(request, body, text=prompt, raw=raw)
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from starlette.requests import Request
 
-from gemma_cli.server.jobs import DONE, ERROR, PIECE, READY, Job, Outcome
+from gemma_cli.server.jobs import DONE, ERROR, PIECE, READY, CutShort, Job, Outcome
 from gemma_cli.server.validate import GenOptions
 
 STOP_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
@@ -99,6 +99,9 @@ class Running:
                     yield event.value
                 elif event.kind == DONE:
                     self.outcome = event.value
+                    result = self.outcome.result
+                    if result is not None and self.job.server_stopping and result.stop_reason.value == "cancelled":
+                        raise CutShort(f"the server is stopping: this reply was cut short after {len(result.tokens)} tokens")
                     if self.outcome.result is not None:
                         self.state.metrics.observe_generation(self.model, self.outcome, self._drafted)
                         if self.state.settings.verbose:

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from gemma_cli.server.errors import BodyTooLarge
+from gemma_cli.server.errors import APIError, BodyTooLarge, error_payload, exit_code_for
 from gemma_cli.server.settings import Settings
 
 Scope = dict[str, Any]
@@ -109,12 +109,12 @@ class SecurityMiddleware:
                         (b"access-control-max-age", b"600")])
                     return
             if refusal is not None:
-                await self._plain(send_wrapper, refusal[0], refusal[1])
+                await self._plain(send_wrapper, refusal[0], refusal[1], path=scope.get("path", ""))
                 return
             await self.app(scope, self._limited(receive), send_wrapper)
         except BodyTooLarge as exc:  # routes answer it themselves; this catches reads outside them
             if status_box["status"] == 0:
-                await self._plain(send_wrapper, 413, str(exc))
+                await self._plain(send_wrapper, 413, str(exc), path=scope.get("path", ""))
         finally:
             self._access_log(scope, headers, status_box, started)
 
@@ -149,8 +149,12 @@ class SecurityMiddleware:
 
         return wrapped
 
-    async def _plain(self, send: Any, status: int, message: str | None, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = b"" if message is None else json.dumps({"error": message}, separators=(",", ":")).encode()
+    async def _plain(self, send: Any, status: int, message: str | None, extra: list[tuple[bytes, bytes]] | None = None,
+                     path: str = "") -> None:
+        body = b""
+        if message is not None:  # the routes' error shape (errors.error_payload), exit code included
+            payload = error_payload(path, status, message, exit_code_for(APIError(status, message)))
+            body = json.dumps(payload, separators=(",", ":")).encode()
         headers = [(b"content-length", str(len(body)).encode())] + (extra or [])
         if message is not None:
             headers.append((b"content-type", b"application/json"))

@@ -54,6 +54,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"invalid JSON in request body: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up, the client gets a 400
+        raise APIError(400, "invalid JSON in request body: nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     if _ESCAPED_SURROGATE.search(body):  # JSON may escape half a UTF-16 pair, which no text can hold

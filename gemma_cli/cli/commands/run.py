@@ -93,6 +93,8 @@ def run(
             opt.resolve(model)
         raise UsageError("no prompt: give one as an argument or pipe text in, e.g. gemma run gemma3:270m \"Why is the sky blue?\"")
     if server is not None:
+        if raw and system is not None:  # the server's raw ignores `system` (as Ollama's): prefix it as run does here
+            text, system = f"{system}\n\n{text}", None
         body = {"model": remote.model_name(model), "prompt": text, "raw": raw, "options": remote.options(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, max_tokens=max_tokens,
             stop=stop, draft=draft, draft_tokens=draft_tokens, ctx=ctx)}
