@@ -60,7 +60,10 @@ def check_generation(max_tokens: int, temperature: float, top_k: int, top_p: flo
 
 def open_engine(pair: ModelPair, choice: EngineChoice, workload: str = "default"):
     """Load the pair (`gemma_cli.session.open_engine`) and say when llama.cpp rounded --ctx up."""
-    engine = session.open_engine(pair, choice, workload)
+    from gemma_cli.cli.interrupt import held_until_loaded
+
+    with held_until_loaded():  # a Ctrl-C while llama.cpp loads ends the command once the load returns
+        engine = session.open_engine(pair, choice, workload)
     if engine.n_ctx != choice.ctx:
         import sys
 

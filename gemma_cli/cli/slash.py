@@ -107,8 +107,11 @@ def _set(repl: ChatRepl, rest: str) -> None:
         draft = value if key == "draft" else s.draft
         tokens = _int(key, value) if key == "draft_tokens" else s.draft_tokens
         config = opt.draft_config(repl.pair, opt.EngineChoice(draft=draft, draft_tokens=tokens), "chat")
-        repl.engine.set_draft(config)
-        repl.settings = replace(s, draft=draft, draft_tokens=tokens)
+        from gemma_cli.cli.interrupt import held_until_loaded
+
+        with held_until_loaded():  # a drafter model loads here: Ctrl-C must not vanish into llama.cpp's log callback
+            repl.engine.set_draft(config)
+            repl.settings = replace(s, draft=draft, draft_tokens=tokens)
         repl.say(f"Set draft to {config.source}" + ("" if config.source == "none" else f", up to {config.tokens} tokens") + ".")
         return
     if key == "max_tokens":

@@ -269,11 +269,14 @@ class Context:
         return self._hidden.view(self._get_hidden(self.ptr))
 
     def close(self) -> None:
-        if getattr(self, "ptr", None):
+        # Let go first: a Ctrl-C that lands between two frees must not make `__del__` free them again.
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        batch, self._batch = getattr(self, "_batch", None), None
+        if ptr:
             ll = lib()
-            ll.llama_batch_free(self._batch)
-            ll.llama_free(self.ptr)
-            self.ptr = None
+            if batch is not None:
+                ll.llama_batch_free(batch)
+            ll.llama_free(ptr)
 
     def __del__(self) -> None:  # pragma: no cover
         try:

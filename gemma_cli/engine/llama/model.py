@@ -247,9 +247,9 @@ class Model:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def close(self) -> None:
-        if getattr(self, "ptr", None):
-            lib().llama_model_free(self.ptr)
-            self.ptr = None
+        ptr, self.ptr = getattr(self, "ptr", None), None  # let go first: a Ctrl-C mid-close must not free twice
+        if ptr:
+            lib().llama_model_free(ptr)
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:

@@ -112,12 +112,14 @@ class MTPContext:
         self.h_rows[: len(keep)] = self._h_out.view(self._get_h(self.ptr))[keep]
 
     def close(self) -> None:
-        if getattr(self, "ptr", None):
+        ptr, self.ptr = getattr(self, "ptr", None), None  # let go first: a Ctrl-C mid-close must not free twice
+        batch, self._batch = getattr(self, "_batch", None), None
+        if ptr:
             ll = lib()
-            self._batch.token = type(self._batch.token)()  # ours, not llama_batch_free's
-            ll.llama_batch_free(self._batch)
-            ll.llama_free(self.ptr)
-            self.ptr = None
+            if batch is not None:
+                batch.token = type(batch.token)()  # ours, not llama_batch_free's
+                ll.llama_batch_free(batch)
+            ll.llama_free(ptr)
 
     def __del__(self) -> None:  # pragma: no cover
         try:

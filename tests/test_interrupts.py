@@ -1,0 +1,73 @@
+"""Ctrl-C as a user presses it: while llama.cpp loads a model, and twice during `gemma run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hub_server import ROOT, gemma_cmd, gemma_env
+
+
+def _send_sigint_from_llama_cpp_log(sent: list[int]):
+    """A log-line filter that sends this process SIGINT on the first line llama.cpp logs: Python's SIGINT
+    handler then runs inside llama.cpp's log callback, where a Ctrl-C during a load really lands."""
+
+    def keep(line: str) -> bool:
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    return keep
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost Ctrl-C, shown on purpose
+def test_a_ctrl_c_while_llama_cpp_loads_is_raised_once_the_load_returns(tiny_model: Path):
+    from gemma_cli.cli.interrupt import held_until_loaded
+    from gemma_cli.engine.llama import Model
+    from gemma_cli.engine.llama._lib import log_lines
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # conftest: as in a terminal
+    # Why the hold exists: raised in the callback, ctypes prints the KeyboardInterrupt and drops it.
+    sent: list[int] = []
+    with log_lines(_send_sigint_from_llama_cpp_log(sent)):
+        Model(tiny_model).close()  # no KeyboardInterrupt comes out: the Ctrl-C is lost
+    assert sent
+    # Held, it ends the load's caller once the load is back in Python; the model loads fine afterwards.
+    sent.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with held_until_loaded(), log_lines(_send_sigint_from_llama_cpp_log(sent)):
+            Model(tiny_model).close()
+    assert sent and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    Model(tiny_model).close()
+
+
+@pytest.mark.parametrize("gap", [0.02, 0.05])
+def test_a_second_ctrl_c_ends_gemma_run_with_130_and_never_crashes(gemma3_path: Path, tmp_path: Path, gap: float):
+    """The first Ctrl-C cancels the generation, the second comes while the engine closes: the process died
+    there of SIGSEGV or "double free or corruption" in 3 of 6 tries (Gemma 3 270M: its close is long enough
+    to land in; the tiny model's is not), as llama.cpp's context was freed twice."""
+    env = gemma_env(tmp_path / "models")
+    for attempt in range(2):
+        proc = subprocess.Popen(
+            gemma_cmd("run", str(gemma3_path), "Count to one hundred:", "-n", "2000", "--temperature", "0", "--threads", "2"),
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's default, not a job's SIG_IGN
+        try:
+            assert proc.stdout is not None and proc.stdout.read(4)  # generating
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(gap)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        text = err.decode("utf-8", "replace")
+        # 130, or killed by SIGINT itself (how Python reports an interrupt that reaches its very end): never a crash
+        assert proc.returncode in (130, -signal.SIGINT), (attempt, proc.returncode, text[-800:])
+        assert "Traceback" not in text and "double free" not in text, text[-800:]
