@@ -54,6 +54,23 @@ def clean_display(text: object, limit: int | None = DEFAULT_LIMIT, *, multiline:
     return s
 
 
+_STREAM_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str) -> str:
+    """Generated text as a terminal may show it: escape sequences and control characters removed, newlines
+    and tabs kept, nothing cut.
+
+    Why: token texts come from the model file, and a prompt piped in can make a model repeat it, so a
+    reply could move the cursor, clear the screen or retitle the window. Only for a terminal: text
+    piped on (`gemma run ... | tool`) is data and stays byte for byte the model's. A sequence split
+    across two pieces is harmless: its ESC goes with the first, the rest is printable.
+    """
+    if text.isprintable():  # the common case: nothing to remove
+        return text
+    return _STREAM_CONTROLS.sub("", _ESC_SEQ.sub("", text))
+
+
 def clean_tree(value: object, limit: int | None = DEFAULT_LIMIT) -> object:
     """`clean_display` applied to every string in a JSON-like tree (dicts, lists)."""
     if isinstance(value, str):

@@ -21,6 +21,7 @@ from rich.color import ColorSystem
 from rich.style import Style
 
 from gemma_cli.engine import LiveStats, Piece, StopReason
+from gemma_cli.text_safety import terminal_text
 
 DRAFT_STYLE = Style(color="cyan")
 TARGET_STYLE = Style()
@@ -180,6 +181,7 @@ class ReplyRenderer:
         """
         bar = StatusBar(self.err, self.color) if self.live else None
         out = self.out
+        safe = terminal_text if _is_terminal(out) else str  # a terminal never gets the model's escape sequences
         frame = 0
         ended_with_newline = True
         wrote = False
@@ -195,9 +197,9 @@ class ReplyRenderer:
                     shown.append(piece.text)
                     if self.highlight:
                         drafted, own = split_drafted(piece)
-                        out.write(styled(drafted, DRAFT_STYLE, True) + own)
+                        out.write(styled(safe(drafted), DRAFT_STYLE, True) + safe(own))
                     else:
-                        out.write(piece.text)
+                        out.write(safe(piece.text))
                     out.flush()
                     ended_with_newline = piece.text.endswith("\n")
                     wrote = True
@@ -229,6 +231,13 @@ class ReplyRenderer:
         text = "".join(row.ljust(cols) for row in rows[:-1]) + rows[-1]
         self.err.write(styled(text, STATUS_STYLE, self.color) + "\n")
         self.err.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
 
 
 def wrap_parts(parts: list[str], width: int, sep: str = SEP) -> list[str]:

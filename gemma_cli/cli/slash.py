@@ -140,7 +140,7 @@ def _show(repl: ChatRepl, what: str) -> None:
         draft = d.source if d.source == "none" else f"{d.source}, up to {d.tokens} tokens" + (f" ({d.model_path})" if d.model_path else "")
         _table(repl, [
             ("model", repl.pair.name),
-            ("file", str(repl.pair.target)),
+            ("file", clean_display(str(repl.pair.target), limit=None)),
             ("architecture", model.architecture),
             ("parameters", _count(model.n_params)),
             ("size", f"{model.size_bytes / 1e6:.1f} MB"),

@@ -20,6 +20,7 @@ from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Manifest
 from gemma_cli.store.store import iter_manifests, load
+from gemma_cli.text_safety import clean_display
 
 
 class NotPulledError(ModelNotFoundError):
@@ -98,7 +99,9 @@ def resolve_model(name: str | None) -> ModelPair:
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if path.suffix == ".gguf" and path.is_file():
-            return ModelPair(name=path.name, target=path, draft_source="ngram", draft_tokens=NGRAM_DRAFT_TOKENS)
+            # the file's name is shown in banners and summaries: a name is bytes anyone could choose, ESC included
+            return ModelPair(name=clean_display(path.name, limit=None), target=path, draft_source="ngram",
+                             draft_tokens=NGRAM_DRAFT_TOKENS)
         if path.suffix == ".gguf" or not path.exists():
             raise ModelFileError(f"model file not found: {name}")
         raise ModelFileError(f"not a .gguf file: {name}")

@@ -15,6 +15,7 @@ import typer
 
 from gemma_cli.cli import engine_options as opt
 from gemma_cli.cli.output import use_color
+from gemma_cli.text_safety import clean_display
 
 _LABELS = {"ok": ("ok", "32"), "warn": ("warn", "33"), "fail": ("FAIL", "31"), "info": ("info", "36")}
 
@@ -29,9 +30,10 @@ def render(report) -> str:
         tag = f"{label:<4}"
         if color:
             tag = f"\x1b[{code}m{tag}\x1b[0m"
-        lines.append(f"{tag}  {check.name:<{width}}{check.summary}")
+        # summaries quote paths, names and settings the user or a file chose: never an escape sequence
+        lines.append(f"{tag}  {check.name:<{width}}{clean_display(check.summary, limit=None)}")
         if check.hint and check.status != "ok":
-            lines.append(f"{'':4}  {'':<{width}}-> {check.hint}")
+            lines.append(f"{'':4}  {'':<{width}}-> {clean_display(check.hint, limit=None)}")
     return "\n".join(lines) + "\n"
 
 

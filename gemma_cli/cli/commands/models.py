@@ -223,8 +223,8 @@ def create_cmd(
 
     with progress_for(quiet) as progress:
         m = create(name, target, draft, draft_tokens=draft_tokens, progress=progress)
-    drafter = f" + {m.drafter.filename} ({m.draft_source})" if m.drafter else f" ({m.draft_source} drafting)"
-    typer.echo(f"created {m.name}: {m.target.filename}{drafter}, {size_text(m.size)}")
+    drafter = f" + {clean_display(m.drafter.filename, limit=None)} ({m.draft_source})" if m.drafter else f" ({m.draft_source} drafting)"
+    typer.echo(f"created {m.name}: {clean_display(m.target.filename, limit=None)}{drafter}, {size_text(m.size)}")
 
 
 def verify_cmd(

@@ -17,6 +17,7 @@ from gemma_cli.cli import engine_options as opt, remote
 from gemma_cli.cli.interrupt import Cancellable, CancelOnSigint
 from gemma_cli.cli.output import quiet_stdout, render_verbose_summary
 from gemma_cli.errors import ExitCode, UsageError
+from gemma_cli.text_safety import terminal_text
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Piece
@@ -129,10 +130,11 @@ def _write(generation: Iterable[Piece], canceller: Cancellable, fmt: str, verbos
     """
     try:
         out = sys.stdout
+        shown = terminal_text if fmt == "text" and out.isatty() else str  # a terminal never gets escape sequences
         with CancelOnSigint(canceller, second_interrupts=True) as sig:
             for piece in generation:
                 if fmt == "text":
-                    out.write(piece.text)
+                    out.write(shown(piece.text))
                     out.flush()
                 elif fmt == "jsonl":
                     out.write(json.dumps({"text": piece.text, "tokens": piece.n_tokens, "drafted": piece.n_drafted}) + "\n")
