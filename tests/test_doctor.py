@@ -322,3 +322,33 @@ def test_llama_crashing_on_import_is_reported_and_the_doctor_survives(tmp_path: 
     assert "GGML_NATIVE=OFF" in llama["hint"]
     assert checks["store"]["status"] == OK  # the other checks still ran
     assert "llama.cpp" in proc.stderr
+
+
+@pytest.mark.parametrize("url, why", [("http://[::1", "Invalid IPv6 URL"), ("http://host:99999", "Port out of range"),
+                                      ("http://a\x01b", "control characters")])
+def test_a_malformed_hf_endpoint_is_a_failed_check_and_a_usage_error_for_pull(store: Path, url: str, why: str) -> None:
+    """huggingface_hub cannot even import with such a URL: doctor reports it as its hub check, pull as one line."""
+    from hub_server import assert_one_line_error, gemma_env, run_gemma
+
+    proc = run_doctor("--json", GEMMA_MODELS=str(store), HF_ENDPOINT=url)
+    hub = checks_of(proc)["hub"]
+    assert proc.returncode == 1 and hub["status"] == FAIL and why in hub["summary"], proc.stderr
+    assert "bug" not in proc.stderr
+    pulled = run_gemma(gemma_env(store, url), "pull", "gemma4:e2b")
+    assert_one_line_error(pulled, "HF_ENDPOINT", why, code=2)
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", "1e308", "0"])
+def test_doctor_timeout_must_be_real_seconds(store: Path, timeout: str) -> None:
+    from hub_server import assert_one_line_error
+
+    assert_one_line_error(run_doctor("--timeout", timeout, GEMMA_MODELS=str(store)), "--timeout", code=2)
+
+
+def test_an_os_error_from_the_environment_is_one_line_not_a_bug(tmp_path: Path) -> None:
+    """GEMMA_MODELS under /proc (or a model file removed while it loads) is the machine's state, not a bug."""
+    from hub_server import assert_one_line_error, gemma_env, run_gemma
+
+    proc = run_gemma(gemma_env(Path("/proc/self/no-such-store")), "pull", "gemma3:270m")
+    line = assert_one_line_error(proc, "/proc/self/no-such-store", "no such file")
+    assert "bug" not in line

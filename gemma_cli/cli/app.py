@@ -177,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
             message = f"cannot write {exc.filename}: {exc.strerror} (a read-only or foreign model store? see GEMMA_MODELS)"
             _error_line(message)
             code = ExitCode.ERROR
+        elif isinstance(exc, OSError) and exc.filename and exc.strerror:
+            # The machine's state, not a bug: a file removed while in use (`gemma rm` during a load), a store
+            # under /proc, a path component that is a file. Say which file and what the OS said.
+            message = f"cannot use {exc.filename}: {exc.strerror}"
+            if isinstance(exc, FileNotFoundError) and "blobs" in str(exc.filename):
+                message += " (was the model removed while in use? `gemma list` shows what the store holds)"
+            _error_line(message)
+            code = ExitCode.ERROR
         else:
             if os.environ.get("GEMMA_DEBUG"):
                 raise

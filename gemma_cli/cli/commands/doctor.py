@@ -52,8 +52,8 @@ def doctor(
 
     if ctx <= 0:
         raise UsageError(f"--ctx must be positive, got {ctx}")
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout}")
+    if not 0 < timeout <= 600:  # nan and inf too: a socket timeout must be a real number of seconds
+        raise UsageError(f"--timeout must be a number of seconds above 0 and at most 600, got {timeout}")
     report = run_doctor(model, n_ctx=ctx, hub_timeout=timeout)
     if json_out:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
