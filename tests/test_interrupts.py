@@ -47,13 +47,14 @@ def test_a_ctrl_c_while_llama_cpp_loads_is_raised_once_the_load_returns(tiny_mod
     Model(tiny_model).close()
 
 
-@pytest.mark.parametrize("gap", [0.02, 0.05])
+@pytest.mark.slow
+@pytest.mark.parametrize("gap", [0.03])
 def test_a_second_ctrl_c_ends_gemma_run_with_130_and_never_crashes(gemma3_path: Path, tmp_path: Path, gap: float):
     """The first Ctrl-C cancels the generation, the second comes while the engine closes: the process died
     there of SIGSEGV or "double free or corruption" in 3 of 6 tries (Gemma 3 270M: its close is long enough
     to land in; the tiny model's is not), as llama.cpp's context was freed twice."""
     env = gemma_env(tmp_path / "models")
-    for attempt in range(2):
+    for attempt in range(3):
         proc = subprocess.Popen(
             gemma_cmd("run", str(gemma3_path), "Count to one hundred:", "-n", "2000", "--temperature", "0", "--threads", "2"),
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
