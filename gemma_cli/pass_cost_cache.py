@@ -134,7 +134,8 @@ def attach(engine: "Engine", target: Path) -> bool:
     curve = load(key)  # validated: every batch size >= 1, every time positive and finite
     if curve:
         engine.costs.seed(curve)
-    if not curve and engine.probe_pass_costs():  # first load here: measure now (engine/pass_probe.py)
+    # First load here: measure now; later loads: the sizes the saved curve still lacks (engine/pass_probe.py)
+    if engine.probe_pass_costs(saved=curve):
         save(key, engine.costs.curve)
     engine.on_close(lambda: save(key, engine.costs.curve))
     return bool(curve)

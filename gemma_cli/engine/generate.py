@@ -313,19 +313,26 @@ class Engine:
             )
         return Generation(self, tokens, max_tokens, sampling, stop)
 
-    def probe_pass_costs(self) -> bool:
+    def probe_pass_costs(self, saved: Mapping[int, float] | None = None) -> bool:
         """Measure the target's pass costs by size now (about a second, once per machine: pass_probe.py).
 
-        Only before the first generation, and only for the draft sources whose
-        length follows the measured curve (n-gram; none, which may switch to it):
-        a drafter model or MTP head shares the target's positions. Returns whether it ran.
+        With `saved` (this machine's saved curve, already seeded), only the sizes it lacks are measured and
+        merged in (`pass_probe.fill_curve`); nothing runs when it lacks none. Only before the first
+        generation, and only for the draft sources whose length follows the measured curve (n-gram; none,
+        which may switch to it): a drafter model or MTP head shares the target's positions. Returns whether
+        the curve changed.
         """
-        from gemma_cli.engine.pass_probe import probe_pass_costs
+        from gemma_cli.engine.pass_probe import fill_curve, probe_pass_costs
 
         if self.draft.source not in ("ngram", "none") or self.ctx.n_past or self.slot.tokens:
             return False
-        curve = probe_pass_costs(self.ctx, max(self.draft.tokens, 16) + 1, clock=self.clock)  # leaves ctx empty
-        if len(curve) < 2:
+        max_batch = max(self.draft.tokens, 16) + 1
+        curve = probe_pass_costs(self.ctx, max_batch, clock=self.clock, known=saved or ())  # leaves ctx empty
+        if saved:
+            if len(curve) < 2:  # nothing missing, or only one-token passes timed
+                return False
+            curve = fill_curve(saved, curve)
+        elif len(curve) < 2:
             return False
         self.costs.seed(curve)
         return True
