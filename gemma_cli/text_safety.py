@@ -54,9 +54,6 @@ def clean_display(text: object, limit: int | None = DEFAULT_LIMIT, *, multiline:
     return s
 
 
-_STREAM_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 def terminal_text(text: str) -> str:
     """Generated text as a terminal may show it: escape sequences and control characters removed, newlines
     and tabs kept, nothing cut.
@@ -68,7 +65,7 @@ def terminal_text(text: str) -> str:
     """
     if text.isprintable():  # the common case: nothing to remove
         return text
-    return _STREAM_CONTROLS.sub("", _ESC_SEQ.sub("", text))
+    return clean_display(text, None, multiline=True)
 
 
 def clean_tree(value: object, limit: int | None = DEFAULT_LIMIT) -> object:

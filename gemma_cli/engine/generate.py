@@ -328,12 +328,10 @@ class Engine:
             return False
         max_batch = max(self.draft.tokens, 16) + 1
         curve = probe_pass_costs(self.ctx, max_batch, clock=self.clock, known=saved or ())  # leaves ctx empty
-        if saved:
-            if len(curve) < 2:  # nothing missing, or only one-token passes timed
-                return False
-            curve = fill_curve(saved, curve)
-        elif len(curve) < 2:
+        if len(curve) < 2:  # nothing measured, nothing missing, or only one-token passes timed
             return False
+        if saved:
+            curve = fill_curve(saved, curve)
         self.costs.seed(curve)
         return True
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from gemma_cli import __version__
 from gemma_cli.server import ollama_api, openai_api
-from gemma_cli.server.errors import APIError, error_response, exit_code_for, response_for, status_for
+from gemma_cli.server.errors import error_response, response_for, status_for
 from gemma_cli.server.manager import ModelManager
 from gemma_cli.server.metrics import Metrics
 from gemma_cli.server.security import SecurityMiddleware
@@ -84,9 +84,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
     if exc.status_code == 405:
         detail = f"method {request.method} is not allowed on {request.url.path}"
-    exit_code = exit_code_for(APIError(exc.status_code, str(detail)))
-    return error_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), exit_code=exit_code,
-                          path=request.url.path)
+    return error_response(exc.status_code, str(detail), headers=dict(exc.headers or {}), path=request.url.path)
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -73,9 +73,12 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit status `gemma` would end with for this error in-process (client mode reuses it)."""
     if isinstance(exc, GemmaError):
         return int(exc.exit_code)
-    if isinstance(exc, APIError) and exc.status in (400, 413):
-        return int(ExitCode.USAGE)
-    return int(ExitCode.ERROR)
+    return status_exit_code(exc.status) if isinstance(exc, APIError) else int(ExitCode.ERROR)
+
+
+def status_exit_code(status: int) -> int:
+    """The exit status for an error known only by its HTTP status: a malformed or oversized request is usage."""
+    return int(ExitCode.USAGE) if status in (400, 413) else int(ExitCode.ERROR)
 
 
 def error_body(exc: BaseException) -> dict[str, object]:
@@ -89,12 +92,13 @@ def openai_error_type(status: int) -> str:
             404: "not_found_error"}.get(status, "api_error")
 
 
-def error_payload(path: str, status: int, message: str, exit_code: int) -> dict[str, object]:
+def error_payload(path: str, status: int, message: str, exit_code: int | None = None) -> dict[str, object]:
     """The error body for a request to `path`: OpenAI's error object under /v1/, else Ollama's string.
 
     Why: the openai client reads `error.message` (and `type`, `code`) from an object; given a string it
     shows only "Error code: 404". `exit_code` rides along for gemma's own client mode either way.
     """
+    exit_code = status_exit_code(status) if exit_code is None else exit_code
     if path.startswith("/v1/"):
         return {"error": {"message": message, "type": openai_error_type(status), "param": None, "code": None},
                 "exit_code": int(exit_code)}
@@ -102,7 +106,7 @@ def error_payload(path: str, status: int, message: str, exit_code: int) -> dict[
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None,
-                   exit_code: int = ExitCode.ERROR, path: str = "") -> JSONResponse:
+                   exit_code: int | None = None, path: str = "") -> JSONResponse:
     return JSONResponse(error_payload(path, status, message, exit_code), status_code=status, headers=headers)
 
 

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from gemma_cli.server.errors import APIError, BodyTooLarge, error_payload, exit_code_for
+from gemma_cli.server.errors import BodyTooLarge, error_payload
 from gemma_cli.server.settings import Settings
 
 Scope = dict[str, Any]
@@ -153,7 +153,7 @@ class SecurityMiddleware:
                      path: str = "") -> None:
         body = b""
         if message is not None:  # the routes' error shape (errors.error_payload), exit code included
-            payload = error_payload(path, status, message, exit_code_for(APIError(status, message)))
+            payload = error_payload(path, status, message)
             body = json.dumps(payload, separators=(",", ":")).encode()
         headers = [(b"content-length", str(len(body)).encode())] + (extra or [])
         if message is not None:
