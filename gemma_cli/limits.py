@@ -20,7 +20,7 @@ DRAFT_SOURCES = ("none", "ngram", "model", "mtp")
 
 def draft_tokens_ok(k: object) -> bool:
     """Is `k` a usable maximum draft length (an int in MIN_DRAFT_TOKENS..MAX_DRAFT_TOKENS)?"""
-    return isinstance(k, int) and MIN_DRAFT_TOKENS <= k <= MAX_DRAFT_TOKENS
+    return isinstance(k, int) and not isinstance(k, bool) and MIN_DRAFT_TOKENS <= k <= MAX_DRAFT_TOKENS
 
 
 def check_draft_tokens(k: object, name: str = "draft length") -> int:

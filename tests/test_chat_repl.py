@@ -262,7 +262,7 @@ def test_commands_change_what_the_next_reply_does(model: Path, env: dict[str, st
         "/set top_k 1\n", reply(4),                             # top-1 sampling is greedy
         "/set top_k 0\n/set min_p 0.999\n", reply(5),           # so is min-p near 1
         "/set min_p 0\n/set temperature 0\n/set system Be brief.\n/show system\n/set verbose on\n",
-        "/set draft none\n/show info\n", reply(6),
+        "/set draft none\n/set draft_tokens 5\n/show info\n", reply(6),
         "/set draft ngram\n/set verbose off\n",
         "/set max_tokens 24\n", *(f"message number {i} is a rather long one, to fill the context\n" for i in range(4)),
         "/exit\n", "this is never sent\n",
@@ -285,6 +285,7 @@ def test_commands_change_what_the_next_reply_does(model: Path, env: dict[str, st
     assert saved(0).system == "You are terse." and saved(6).system == "Be brief."
     assert re.search(r"architecture: +llama", out) and re.search(r"draft: +ngram, up to", out)  # /show info
     assert re.search(r"draft: +none$", out, re.M)  # /show info after /set draft none
+    assert "Set draft_tokens to 5; drafting is off" in out  # not "Set draft to none." for a length
     assert "<start_of_turn>" in out  # /show template prints the GGUF's template
     assert replies[1] == replies[2] != replies[3]  # the seed is used
     assert replies[1] != replies[0] and replies[4] == replies[0] == replies[5]  # top_k 1 and min_p 0.999 are greedy

@@ -61,7 +61,7 @@ def hub(files: dict[str, bytes]):
 def catalog(tmp_path: Path) -> Path:
     return write_catalog(tmp_path / "catalog.json", {
         "tiny:big": {"target": (REPO, "big.gguf"), "drafter": (REPO, "draft.gguf"), "draft_source": "model", "draft_tokens": 3},
-        "tiny:solo": {"target": (REPO, "big.gguf"), "draft_source": "ngram"},
+        "tiny:solo": {"target": (REPO, "big.gguf"), "draft_source": "ngram", "aliases": ["tiny:solo-q4"]},
         "g4:mtp": {"target": (REPO, "g4-target.gguf"), "drafter": (REPO, "mtp-g4-Q8_0.gguf"), "draft_tokens": 2},
         "bad:junk": {"target": (REPO, "junk.gguf")},
         "bad:gated": {"target": ("gated-org/model", "big.gguf")},
@@ -103,6 +103,24 @@ def test_pull_pair_verifies_and_repull_downloads_nothing(env, hub, files, tmp_pa
     assert pull("tiny:solo").downloaded == 0
     assert hub.served("big.gguf") == served
     assert not list((tmp_path / "models" / "blobs").glob("*.partial"))
+
+
+def test_an_alias_and_family_latest_run_the_model_pull_stored(env, hub):
+    """`run tiny:solo-q4` (an alias) pulls `tiny:solo` and then runs it (it used to pull, then say 'not pulled yet'),
+    and `tiny:latest` is the family's default tag, as Ollama reads `gemma3:latest`; each model is listed once."""
+    run = run_gemma(env, "run", "tiny:solo-q4", "ab", "-n", "4")
+    assert run.returncode == 0, run.stderr
+    assert "pulling it now" in run.stderr
+    assert run_gemma(env, "pull", "tiny:latest").returncode == 0
+    names = [m["name"] for m in json.loads(run_gemma(env, "list", "--json").stdout)]
+    assert sorted(names) == ["tiny:big", "tiny:solo"]
+    for name, canonical in (("tiny:solo-q4", "tiny:solo"), ("tiny:latest", "tiny:big"), ("tiny", "tiny:big")):
+        shown = run_gemma(env, "show", name)
+        assert shown.returncode == 0 and canonical in shown.stdout.splitlines()[0], (name, shown.stdout, shown.stderr)
+    assert sorted(m["name"] for m in json.loads(run_gemma(env, "list", "--json").stdout)) == names
+    gone = run_gemma(env, "rm", "tiny:solo", "tiny:solo", "tiny:solo-q4")  # one model, named thrice
+    assert gone.returncode == 0 and gone.stdout.count("deleted") == 1, gone.stdout
+    assert_one_line_error(run_gemma(env, "show", ""), "empty model name", code=EXIT_USAGE)
 
 
 def test_pull_mtp_pair_detects_gemma4_assistant(env, hub):
@@ -315,6 +333,24 @@ def test_disk_full_keeps_partial_and_writes_no_manifest(env, hub, files, tmp_pat
     assert run_gemma(env, "pull", "tiny:solo").returncode == 0  # space is back: resumes
     assert hub.gets("big.gguf")[-1].range == f"bytes={kept}-"
     assert hub.served("big.gguf") - before == len(files["big.gguf"]) - kept
+
+
+def test_create_on_a_full_disk_says_nothing_was_kept_and_keeps_nothing(env, files, tmp_path):
+    import resource
+
+    source = tmp_path / "local.gguf"
+    source.write_bytes(files["big.gguf"])
+    limit = len(files["big.gguf"]) // 2
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = run_gemma(env, "create", "mine", "--target", str(source), preexec=small_disk)
+    assert_one_line_error(proc, "no space left", "nothing was kept")
+    assert "resume" not in proc.stderr
+    blobs = tmp_path / "models" / "blobs"
+    assert not [p for p in blobs.iterdir() if p.stat().st_size] if blobs.exists() else True
 
 
 def test_create_from_hf_uris_and_a_pinned_revision(env, hub, files, tmp_path):

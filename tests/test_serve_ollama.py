@@ -232,7 +232,7 @@ def test_a_request_num_ctx_beyond_the_trained_context_is_capped_and_logged(serve
     body = {"model": "long", "prompt": "ab", "stream": False, "keep_alive": -1, "options": {"num_predict": 2}}
     try:
         huge = httpx.post(server.url + "/api/generate", json={**body, "options": {"num_predict": 2, "num_ctx": 1_000_000}})
-        assert huge.status_code == 200 and huge.json()["eval_count"] == 2
+        assert huge.status_code == 200 and huge.json()["eval_count"] >= 1  # sampled at Ollama's 0.8: may end at once
         entry = next(m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == "long:latest")
         assert entry["context_length"] == 8192
         assert any("long:latest: num_ctx 1000000 is more than it was trained on (8192)" in line for line in server.log), server.log[-3:]

@@ -134,6 +134,16 @@ def test_corrupted_manifest_is_reported_not_fatal(store, ggufs):
     with pytest.raises(ModelFileError, match="corrupted manifest"):
         resolve_model("bad")
 
+    # a draft length out of range (or true) is the file's fault, exit 1, not a usage error of the caller's
+    import json
+
+    good = store / "manifests" / "good" / "latest.json"
+    data = json.loads(good.read_text())
+    for field, value in (("draft_tokens", 99), ("draft_tokens", True), ("tuned", {"chat": {"draft_tokens": 0}})):
+        good.write_text(json.dumps(dict(data, **{field: value})))
+        with pytest.raises(ModelFileError, match="corrupted manifest.*draft_tokens"):
+            resolve_model("good")
+
 
 @pytest.mark.slow
 def test_default_model_resolves_offline_from_the_package(tmp_path):

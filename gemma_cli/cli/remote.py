@@ -40,10 +40,15 @@ def client(host: str | None, model: str | None = None) -> Client | None:
 
 
 def model_name(model: str | None) -> str:
-    """What to ask the server for: the name as typed, or the default model."""
+    """What to ask the server for: the name as typed (an empty one is refused as locally), or the default model."""
     from gemma_cli.registry.catalog import DEFAULT_MODEL
+    from gemma_cli.store.names import parse_name
 
-    return model or DEFAULT_MODEL
+    if model is None:
+        return DEFAULT_MODEL
+    if not model.strip():
+        parse_name(model)  # raises: an empty name
+    return model
 
 
 def list_entries(server: Client) -> list[dict[str, Any]]:

@@ -112,7 +112,10 @@ def _set(repl: ChatRepl, rest: str) -> None:
         with held_until_loaded():  # a drafter model loads here: Ctrl-C must not vanish into llama.cpp's log callback
             repl.engine.set_draft(config)
             repl.settings = replace(s, draft=draft, draft_tokens=tokens)
-        repl.say(f"Set draft to {config.source}" + ("" if config.source == "none" else f", up to {config.tokens} tokens") + ".")
+        if config.source == "none" and key == "draft_tokens":  # the length is kept for when a drafter is back on
+            repl.say(f"Set draft_tokens to {tokens}; drafting is off (/set draft auto turns it on).")
+        else:
+            repl.say(f"Set draft to {config.source}" + ("" if config.source == "none" else f", up to {config.tokens} tokens") + ".")
         return
     if key == "max_tokens":
         repl.settings = replace(s, max_tokens=limits.check_max_tokens(_int(key, value)))

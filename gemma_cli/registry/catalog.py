@@ -18,7 +18,7 @@ from typing import Any
 
 from gemma_cli.errors import GemmaError, ModelNotFoundError
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS
-from gemma_cli.store.names import ModelRef, parse_name, split_family
+from gemma_cli.store.names import DEFAULT_TAG, ModelRef, parse_name, split_family
 
 DEFAULT_MODEL = "gemma3:270m"
 
@@ -68,8 +68,18 @@ class Catalog:
         return parse_name(name, self.default_tags.get(family))
 
     def get(self, ref: ModelRef) -> CatalogEntry | None:
+        """The entry `ref` names: its own, an alias's, or for `family:latest` the family's default tag's (as Ollama
+        reads `gemma3` and `gemma3:latest` alike). A user's own model of that name is the store's to find first."""
         key = str(ref)
-        return self.entries.get(self.aliases.get(key, key))
+        key = self.aliases.get(key, key)
+        if key not in self.entries and ref.tag == DEFAULT_TAG and ref.family in self.default_tags:
+            key = f"{ref.family}:{self.default_tags[ref.family]}"
+        return self.entries.get(key)
+
+    def canonical(self, ref: ModelRef) -> ModelRef:
+        """The name `pull` stores `ref`'s entry under (an alias's or `family:latest`'s target); `ref` when not in the catalog."""
+        entry = self.get(ref)
+        return ref if entry is None else self.ref(entry.name)
 
     def lookup(self, name: str) -> CatalogEntry:
         """The entry for `name`, or ModelNotFoundError with the closest names."""
@@ -84,7 +94,7 @@ class Catalog:
 
     def suggest(self, name: str, extra: list[str] | None = None) -> str:
         """'; did you mean X, Y?' built with difflib, or a pointer to the catalog."""
-        pool = self.names() + list(extra or [])
+        pool = [n for n in dict.fromkeys(self.names() + list(extra or [])) if n != name.lower()]
         close = difflib.get_close_matches(name.lower(), pool, n=3, cutoff=0.5)
         if not close:
             family, _ = split_family(name)

@@ -24,10 +24,12 @@ def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, in
     layout = layout or Layout.default()
     catalog = load_catalog()
     refs = [catalog.ref(n) for n in names]
+    refs = [r if layout.manifest(r).exists() else catalog.canonical(r) for r in refs]  # an alias: the model pull stored
     for name, ref in zip(names, refs, strict=False):
         if not layout.manifest(ref).exists():
             have = [str(r) for r, _ in iter_manifests(layout)]
             raise ModelNotFoundError(f"model {name!r} is not in the store{catalog.suggest(name, have) if have else ''}")
+    refs = list(dict.fromkeys(refs))  # a model named twice (`rm a a`, `rm gemma3 gemma3:270m`) is removed and reported once
     freed = delete(refs, layout)
     return [(str(ref), freed) for ref in refs]
 

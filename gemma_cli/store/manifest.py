@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.errors import ModelFileError
+from gemma_cli.limits import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, draft_tokens_ok
 from gemma_cli.store.layout import digest_hex
 
 SCHEMA = 1
@@ -85,8 +86,11 @@ def parse_manifest(path: Path) -> Manifest:
         if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
             raise ValueError("tuned is invalid")
         draft_tokens = data.get("draft_tokens", 4)
-        if not isinstance(draft_tokens, int):
-            raise ValueError("draft_tokens is invalid")
+        if not draft_tokens_ok(draft_tokens):  # the file's fault (exit 1), not the user's typing (exit 2)
+            raise ValueError(f"draft_tokens {draft_tokens!r} is not in {MIN_DRAFT_TOKENS}..{MAX_DRAFT_TOKENS}")
+        for workload, entry in tuned.items():
+            if "draft_tokens" in entry and not draft_tokens_ok(entry["draft_tokens"]):
+                raise ValueError(f"tuned draft_tokens for {workload!r} is not in {MIN_DRAFT_TOKENS}..{MAX_DRAFT_TOKENS}")
         return Manifest(
             name=str(data["name"]),
             target=_layer(data["target"], "target"),
