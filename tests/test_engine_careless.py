@@ -259,6 +259,15 @@ def test_render_dialogue_keeps_every_message_on_its_line():
     assert "User: one\n two\nAssistant: x\n\nUser: q\nAssistant:" in text
 
 
+def test_render_dialogue_uses_every_system_message_and_skips_empty_ones():
+    user = {"role": "user", "content": "hi"}
+    text = render_dialogue([{"role": "system", "content": ""}, {"role": "system", "content": "Be a pirate."}, user,
+                            {"role": "assistant", "content": "arr"}, {"role": "system", "content": "Answer in French."},
+                            user])
+    assert text.startswith("Be a pirate.\nAnswer in French.\n\n")  # an API client's later system message counts too
+    assert render_dialogue([{"role": "system", "content": " "}, user]) == render_dialogue([user])  # empty: the intro
+
+
 def test_chat_with_the_real_base_model_answers_and_stops_at_the_next_turn(env, gemma3_path):
     proc = subprocess.run(gemma_cmd("chat", str(gemma3_path), "--temperature", "0", "-n", "60", "--threads", "1"),
                           env=env, cwd=ROOT, input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)

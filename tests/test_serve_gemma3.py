@@ -90,3 +90,23 @@ def test_client_mode_run_prints_what_in_process_run_prints(server):
     default = run_gemma(gemma_env(models, GEMMA_HOST=srv.host), *args[:-2], timeout=180)  # no --draft: the server's default
     assert default.returncode == 0, default.stderr
     assert json.loads(default.stdout)["draft_source"] == "ngram"
+
+
+def test_an_alias_family_latest_and_a_rounded_num_ctx_are_the_one_loaded_model(server):
+    """`gemma3:latest`, the `-q4_k_m` alias and `gemma3` are gemma3:270m, and num_ctx 4000 is the 4096 context the
+    server loads by default: switching between them reloaded the model (losing its prompt cache) and `gemma stop
+    gemma3:270m` missed a model loaded as `gemma3:latest`."""
+    srv, _ = server
+
+    def gen(name: str, **options) -> dict:
+        body = {"model": name, "prompt": "Hi", "stream": False, "options": {"num_predict": 1, **options}}
+        r = httpx.post(srv.url + "/api/generate", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    gen("gemma3:270m")  # loaded (or already loaded by an earlier test)
+    for name, options in (("gemma3:latest", {}), ("gemma3:270m-q4_k_m", {}), ("gemma3", {"num_ctx": 4000}),
+                          ("gemma3:latest", {"num_ctx": 3900}), ("gemma3:270m", {})):
+        reply = gen(name, **options)
+        assert reply["load_duration"] == 0 and reply["model"] == "gemma3:270m", (name, options, reply)
+    assert [m["name"] for m in httpx.get(srv.url + "/api/ps").json()["models"]] == ["gemma3:270m"]

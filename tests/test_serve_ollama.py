@@ -295,3 +295,14 @@ def test_a_request_whose_drafter_would_not_fit_is_refused_and_the_model_serves_o
         again = httpx.post(srv.url + "/api/generate", json={"model": "padded", "prompt": PROMPT, "stream": False,
                                                             "options": {**opts, "draft": "ngram"}}).json()
         assert again["response"] == first["response"] and again["draft_source"] == "ngram"
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"logprobs": True}, "logprobs"), ({"top_logprobs": 3}, "logprobs"), ({"tools": [{"type": "function"}]}, "tools"),
+    ({"format": "json"}, "format"), ({"images": ["aGk="]}, "images"), ({"think": True}, "thinking"),
+])
+def test_what_the_server_cannot_honour_is_a_400_on_the_ollama_api_too(server, extra, needle):
+    """docs/serve.md: refused with a reason, never silently ignored (logprobs was ignored here while /v1 refused it)."""
+    for path, body in (("/api/generate", {"prompt": "x"}), ("/api/chat", {"messages": [{"role": "user", "content": "x"}]})):
+        r = httpx.post(server.url + path, json={"model": "tiny", "stream": False, **body, **extra})
+        assert r.status_code == 400 and needle in r.json()["error"], (path, r.text)

@@ -130,7 +130,21 @@ def test_raw_sse_framing(server, solo):
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "draft_tokens": 99}, 400, "between 1 and 32"),
     ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "unknown model"),
     ({"messages": [{"role": "user", "content": "x"}]}, 400, "model is required"),
+    # what the server cannot honour is refused, not ignored (probe, session 18)
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "logprobs"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, 400, "tool_choice"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.0}, 400, "presence_penalty"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "frequency_penalty": -1}, 400, "frequency_penalty"),
+    ({"model": "tiny", "messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                                    {"role": "user", "content": "x"}]}, 400, "tool_calls"),
 ])
 def test_errors_are_json_with_status(server, body, status, needle):
     r = httpx.post(server.url + "/v1/chat/completions", json=body)
     assert r.status_code == status and needle in r.json()["error"]["message"], r.text
+
+
+def test_penalties_of_zero_and_tool_choice_none_are_accepted(server):
+    """Clients send these by default: only a real penalty, or a tool choice, is refused."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "presence_penalty": 0,
+            "frequency_penalty": 0.0, "tool_choice": "none"}
+    assert httpx.post(server.url + "/v1/chat/completions", json=body).status_code == 200

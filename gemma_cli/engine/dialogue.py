@@ -38,9 +38,14 @@ def _line(text: str) -> str:
 
 
 def render_dialogue(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-    """The transcript for `messages` (a system message replaces the intro), ending with `Assistant:` to continue."""
-    system = [m["content"] for m in messages if m.get("role") == "system"]
-    parts = [_line(system[0]) if system and system[0].strip() else INTRO, ""]
+    """The transcript for `messages`, ending with `Assistant:` to continue.
+
+    The system messages, all of them in order (an API client may add one mid-conversation), replace the intro;
+    empty ones count for nothing.
+    """
+    system = [_line(m.get("content", "")) for m in messages if m.get("role") == "system"]
+    system = [text for text in system if text]
+    parts = ["\n".join(system) if system else INTRO, ""]
     for question, answer in EXAMPLES:
         parts += [f"{USER}: {question}", f"{ASSISTANT}: {answer}", ""]
     for m in messages:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from gemma_cli.engine.adaptive import DraftController, timing_free_controller
 from gemma_cli.engine.draft_length import DraftLengthController
@@ -155,6 +155,10 @@ class Handoff:
     stop: list[str]
 
 
+class Cancelled(Exception):
+    """Raised between the chunks of a long prompt's decode when the generation was cancelled (`Generation._run`)."""
+
+
 class Generation:
     """An in-progress generation: iterate for pieces; `stats` is live; `result` at the end.
 
@@ -175,6 +179,9 @@ class Generation:
         self.history: list[int] = []  # the whole sequence: prompt, then every emitted token
         self.emitter: Emitter | None = None
         self._started = False
+        # Called between the chunks of a long prompt, after the cancel check: `gemma serve` lets the other
+        # requests on the model take their turn there (server/lanes.py). None: nothing.
+        self.between_chunks: Callable[[], None] | None = None
         self._iter = self._run()
 
     def __iter__(self) -> Iterator[Piece]:
@@ -242,10 +249,21 @@ class Generation:
         return decode_steps(self.slot.ctx, self.history, pending, eng.drafter, self.controller, self.sampler, stats, eng.clock,
                             max_new=self.max_tokens)
 
+    def _between_chunks(self) -> None:
+        """Between two chunks of a long prompt: stop if cancelled (a client that went away must not hold the
+        model for the rest of its prompt: 2,600 tokens were ~20 s on a 2-core CPU), else let others in."""
+        if self.slot.cancelled:
+            raise Cancelled
+        if self.between_chunks is not None:
+            self.between_chunks()
+            if self.slot.cancelled:
+                raise Cancelled
+
     def _run(self) -> Iterator[Piece]:
         stats, ctx = self.stats, self.slot.ctx
         self._started = True
         steps = self._start()
+        ctx.between_chunks = self._between_chunks
         emitter = self.emitter = Emitter(self.engine.target, self.stop, self.max_tokens, stats)
         reason: StopReason | None = None
         try:
@@ -258,6 +276,9 @@ class Generation:
                 except (StopIteration, ContextFullError):
                     reason = StopReason.CONTEXT
                     break
+                except Cancelled:
+                    reason = StopReason.CANCELLED
+                    break
                 if stats.target_passes == 1:
                     stats.prompt_eval_s = stats.ttft_s = time.perf_counter() - stats.started
                 stats.n_past = ctx.n_past
@@ -266,6 +287,7 @@ class Generation:
                     yield piece
                 reason = emitter.reason or (StopReason.CONTEXT if ctx.n_past + 1 >= ctx.n_ctx else None)
         finally:
+            ctx.between_chunks = None
             steps.close()
             self.slot.keep(self.history)
             stats.finished = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gemma_cli.errors import GemmaError, ModelNotFoundError
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS
 from gemma_cli.registry.catalog import in_catalog, load_catalog
+from gemma_cli.registry.resolve import stored_ref
 from gemma_cli.store.cleanup import Leftover, sweep
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import now_iso
@@ -23,8 +24,7 @@ def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, in
     """
     layout = layout or Layout.default()
     catalog = load_catalog()
-    refs = [catalog.ref(n) for n in names]
-    refs = [r if layout.manifest(r).exists() else catalog.canonical(r) for r in refs]  # an alias: the model pull stored
+    refs = [stored_ref(n, layout) for n in names]  # an alias or family:latest: the model pull stored
     for name, ref in zip(names, refs, strict=False):
         if not layout.manifest(ref).exists():
             have = [str(r) for r, _ in iter_manifests(layout)]
@@ -36,9 +36,9 @@ def remove(names: list[str], layout: Layout | None = None) -> list[tuple[str, in
 
 def verify(names: list[str] | None = None, layout: Layout | None = None) -> list[BlobReport]:
     """Re-hash every blob of the named models (all models when none are named)."""
-    catalog = load_catalog() if names else None
-    refs = [catalog.ref(n) for n in names] if catalog and names else None
-    return verify_refs(refs, layout or Layout.default())
+    layout = layout or Layout.default()
+    refs = [stored_ref(n, layout) for n in names] if names else None
+    return verify_refs(refs, layout)
 
 
 def record_tuned(name: str, workload: str, draft_tokens: int, draft_source: str | None = None) -> None:
@@ -48,7 +48,7 @@ def record_tuned(name: str, workload: str, draft_tokens: int, draft_source: str 
     entry: dict[str, object] = {"draft_tokens": draft_tokens, "at": now_iso()}
     if draft_source:
         entry["draft_source"] = draft_source
-    set_tuned(load_catalog().ref(name), workload, entry, Layout.default())
+    set_tuned(stored_ref(name), workload, entry, Layout.default())
 
 
 def sweep_leftovers(layout: Layout | None = None, *, remove: bool = True) -> list[Leftover]:

@@ -19,6 +19,7 @@ from gemma_cli.registry.pull import PullProgress, materialise_package, pull
 from gemma_cli.store import blobs
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Manifest
+from gemma_cli.store.names import ModelRef
 from gemma_cli.store.store import iter_manifests, load
 from gemma_cli.text_safety import clean_display
 
@@ -93,6 +94,20 @@ def pair_from_manifest(manifest: Manifest, layout: Layout) -> ModelPair:
     )
 
 
+def stored_ref(name: str, layout: Layout | None = None) -> ModelRef:
+    """`name` as the store keeps it: itself when a model of that name is stored, else, for an alias or
+    `family:latest`, the catalog entry's own name (the one `pull` stores it under), else itself.
+
+    One rule for every place that looks a model up (run, show, rm, and the server, which keys loaded
+    models by it: `gemma3:latest` and `gemma3:270m` must be one loaded model, not two).
+    """
+    catalog = load_catalog()
+    ref = catalog.ref(name)
+    if (layout or Layout.default()).manifest(ref).exists():
+        return ref
+    return catalog.canonical(ref)
+
+
 def resolve_model(name: str | None) -> ModelPair:
     """Resolve `name` (None: the default model) to files on disk; see the module doc."""
     if name is None:
@@ -108,14 +123,11 @@ def resolve_model(name: str | None) -> ModelPair:
         raise ModelFileError(f"not a .gguf file: {name}")
     layout = Layout.default()
     catalog = load_catalog()
-    ref = catalog.ref(name)
+    ref = stored_ref(name, layout)
     manifest = load(ref, layout)
     entry = catalog.get(ref)
-    if manifest is None and entry is not None:
-        ref = catalog.canonical(ref)  # an alias or family:latest: the entry's own name, the one pull stores
-        manifest = load(ref, layout)
-        if manifest is None and entry.package:
-            manifest = materialise_package(ref, entry, layout)
+    if manifest is None and entry is not None and entry.package:
+        manifest = materialise_package(ref, entry, layout)
     if manifest is None:
         if entry is not None:
             raise NotPulledError(f"model {ref} is not pulled yet; run `gemma pull {ref}`", ref=str(ref))

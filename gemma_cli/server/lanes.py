@@ -68,6 +68,14 @@ class TurnLock:
             else:
                 self._held = False
 
+    def pause(self) -> None:
+        """Held: let everyone waiting now take a turn, then hold it again; nothing when no one waits."""
+        with self._lock:
+            if not self._waiters:
+                return
+        self.release()
+        self.acquire()
+
     def __enter__(self) -> "TurnLock":
         self.acquire()
         return self
@@ -145,6 +153,8 @@ class LaneView:
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         generation = self.target.generate(*args, **kwargs)
+        if not self.batched:  # a long prompt is one engine step: the batch lane takes turns between its chunks
+            generation.between_chunks = self.lanes.turns.pause
         if self.batched or not self.lanes.can_move(self.draft, kwargs.get("sampling")):
             return TurnTaking(generation, self.lanes.turns)
         self._run = EngineRun(generation, self)

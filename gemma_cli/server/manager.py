@@ -114,16 +114,20 @@ class Slot:
         tokens of a 32k-context Gemma 3 270M made the server hold 19 GB for positions the model was never
         trained on. The operator's own --ctx is trusted as given.
         """
+        from gemma_cli.engine.llama import rounded_context
+
         if asked is None:
-            return server_ctx
+            return rounded_context(server_ctx)
         if self.trained_ctx is None:
             self.trained_ctx = _trained_context(self.pair.target)
         cap = max(self.trained_ctx or asked, server_ctx)
-        if asked > cap and (self.engine is None or self.asked_ctx != cap):
+        if asked > cap and (self.engine is None or self.asked_ctx != rounded_context(cap)):
             sys.stderr.write(f"gemma serve: {self.name}: num_ctx {asked} is more than it was trained on "
                              f"({self.trained_ctx}) and than --ctx ({server_ctx}); loading with {cap}\n")
             sys.stderr.flush()
-        return min(asked, cap)
+        # Rounded as the context will be: num_ctx 4000 and 4096 (or none, with --ctx 4096) are one context, and
+        # comparing the numbers as asked reloaded the model, and lost its prompt cache, at every switch.
+        return rounded_context(min(asked, cap))
 
     def load_waited(self, since: float) -> float:
         """Seconds of the latest load that a job created at `since` waited through: a request that queued

@@ -58,8 +58,13 @@ def _common(body: dict[str, Any]) -> None:
     for key in ("tools", "functions", "logit_bias", "suffix"):
         if body.get(key):
             raise APIError(400, f"{key} is not supported by this server")
-    if body.get("logprobs") or body.get("echo"):
+    if body.get("logprobs") or body.get("top_logprobs") or body.get("echo"):
         raise APIError(400, "logprobs and echo are not supported by this server")
+    if body.get("tool_choice") not in (None, "none"):
+        raise APIError(400, "tool_choice is not supported (tools are not supported yet)")
+    for key in ("frequency_penalty", "presence_penalty"):  # clients send 0 by default: only a real penalty is refused
+        if body.get(key) not in (None, 0):
+            raise APIError(400, f"{key} is not supported by this server (only 0)")
     fmt = body.get("response_format")
     if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise APIError(400, "response_format other than text is not supported yet")

@@ -71,7 +71,7 @@ _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 def model_name(body: Mapping[str, Any], *keys: str, required: bool = True) -> str | None:
     """The requested model name, validated as the CLI validates names (paths are refused)."""
-    from gemma_cli.registry.catalog import load_catalog
+    from gemma_cli.registry.resolve import stored_ref
 
     value = None
     for key in keys or ("model",):
@@ -87,7 +87,7 @@ def model_name(body: Mapping[str, Any], *keys: str, required: bool = True) -> st
     if value.endswith(".gguf") or "/" in value or "\\" in value or value.startswith((".", "~")):
         raise APIError(400, f"invalid model name {value[:80]!r}: the server loads store models only; "
                        "register a file with `gemma create NAME --target FILE`")
-    return str(load_catalog().ref(value))  # raises InvalidModelNameError (400) on bad names
+    return str(stored_ref(value))  # raises InvalidModelNameError (400) on bad names; an alias is its model's name
 
 
 def model_names(body: Mapping[str, Any]) -> list[str]:
@@ -269,6 +269,8 @@ def messages(value: Any, *, where: str = "messages") -> tuple[dict[str, str], ..
             raise APIError(400, f"{here}.role must be one of {', '.join(ROLES)}, got {role!r}")
         if m.get("images"):
             raise APIError(400, f"{here}: images are not supported by this server")
+        if m.get("tool_calls"):  # tools are refused, so is a history that claims to have used them
+            raise APIError(400, f"{here}: tool_calls are not supported yet")
         out.append({"role": role, "content": _content(m.get("content"), f"{here}.content")})
     return tuple(out)
 
@@ -301,6 +303,8 @@ def unsupported(body: Mapping[str, Any]) -> None:
         raise APIError(400, "thinking is not supported by Gemma 3 models")
     if body.get("tools"):
         raise APIError(400, "tools are not supported yet")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise APIError(400, "logprobs are not supported by this server")
     if body.get("suffix"):
         raise APIError(400, "suffix (fill-in-the-middle) is not supported")
     if body.get("template"):

@@ -19,7 +19,7 @@ from gemma_cli.engine.llama._lib import (
     supports_rpc,
     system_info,
 )
-from gemma_cli.engine.llama.context import VIEW_ROWS, Context
+from gemma_cli.engine.llama.context import VIEW_ROWS, Context, rounded_context
 from gemma_cli.engine.llama.model import Model, check_gguf_file
 from gemma_cli.engine.llama.mtp_context import MTPContext
 from gemma_cli.engine.llama.threads import choose_threads, default_threads
@@ -38,6 +38,7 @@ __all__ = [
     "choose_cpu_repack",
     "default_threads",
     "last_log_line",
+    "rounded_context",
     "libggml",
     "log_lines",
     "supports_rpc",

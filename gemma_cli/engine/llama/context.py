@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from time import perf_counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,11 @@ from gemma_cli.engine.llama.threads import default_threads
 from gemma_cli.errors import ContextFullError, EngineError
 
 CTX_STEP = 256  # llama.cpp allocates contexts in multiples of this many tokens
+
+
+def rounded_context(n_ctx: int) -> int:
+    """The context size a `Context` asked for `n_ctx` really gets: rounded up to CTX_STEP tokens."""
+    return -(-int(n_ctx) // CTX_STEP) * CTX_STEP
 VIEW_ROWS = 64  # rows a logits view spans: more than any draft verification needs
 
 
@@ -54,7 +59,7 @@ class Context:
         threads = n_threads or default_threads()
         # llama.cpp pads n_ctx up to CTX_STEP but caps n_batch at the n_ctx asked for: round first, so
         # `--ctx 8` is a 256-token context with a batch that still holds a draft.
-        n_ctx = -(-int(n_ctx) // CTX_STEP) * CTX_STEP
+        n_ctx = rounded_context(n_ctx)
         params = ll.llama_context_default_params()
         params.n_ctx = int(n_ctx)
         params.n_batch = int(n_batch)
@@ -113,6 +118,10 @@ class Context:
         self._get_logits = ll.llama_get_logits
         self._seq_rm = ll.llama_memory_seq_rm
         self._hidden: FloatRows | None = None  # see set_hidden_rows
+        # Called between the n_batch chunks of a long decode (a prompt): the running generation checks there
+        # whether it was cancelled (raising stops the decode, the chunks done stay in the KV and `n_past`), and a
+        # server lets other requests take a turn. None: nothing between chunks.
+        self.between_chunks: Callable[[], None] | None = None
 
     def decode(self, tokens: Sequence[int], n_outputs: int = 1) -> None:
         """Append `tokens` at `n_past`; the last `n_outputs` rows get logits.
@@ -153,6 +162,9 @@ class Context:
                 raise EngineError(f"llama_decode failed (code {rc}): {last_log_line() or 'no detail'}")
             self.n_past += m
             start += m
+            if start < n and self.between_chunks is not None:
+                self.last_batch_len, self.n_outputs = m, 0  # what the KV holds if the hook stops the decode here
+                self.between_chunks()
         self.last_batch_len = m
         self.n_outputs = n_outputs
 
