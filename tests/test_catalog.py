@@ -46,6 +46,8 @@ def test_unknown_names_suggest_the_closest(builtin):
         builtin.lookup("gemma4:e5b")
     with pytest.raises(ModelNotFoundError, match="gemma4:31b"):
         builtin.lookup("gemma4:31")
+    with pytest.raises(ModelNotFoundError, match=r"did you mean gemma3:270m, gemma3:270m-q4_k_m\?"):
+        builtin.lookup("gemma3:1b")  # the family's own tags, not gemma4:31b for sharing characters
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "x:../y", "x\0y", "", "  ", "a:", "..:x", "-x", "x:.", "x y",

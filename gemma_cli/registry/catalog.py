@@ -95,10 +95,10 @@ class Catalog:
     def suggest(self, name: str, extra: list[str] | None = None) -> str:
         """'; did you mean X, Y?' built with difflib, or a pointer to the catalog."""
         pool = [n for n in dict.fromkeys(self.names() + list(extra or [])) if n != name.lower()]
-        close = difflib.get_close_matches(name.lower(), pool, n=3, cutoff=0.5)
-        if not close:
-            family, _ = split_family(name)
-            close = [n for n in pool if n.startswith(family + ":")][:3]
+        family, _ = split_family(name)
+        kin = [n for n in pool if n.startswith(family + ":")]  # the family's own tags first: gemma3:1b -> gemma3:270m
+        close = difflib.get_close_matches(name.lower(), kin, n=3, cutoff=0.0) if kin else []
+        close = close or difflib.get_close_matches(name.lower(), pool, n=3, cutoff=0.5)
         if close:
             return "; did you mean " + ", ".join(close) + "?"
         return "; `gemma list --available` shows the catalog"
