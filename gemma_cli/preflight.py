@@ -13,6 +13,7 @@ Citations are to llama-cpp-python 0.3.36's vendor/llama.cpp/src.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,10 @@ def _check_generic(h: _Header) -> int:
     scaling = h.raw("rope.scaling.type")
     if scaling is not None and scaling not in ROPE_SCALING_TYPES:  # GGML_ASSERT(rope_scaling_type_train != UNSPECIFIED)
         raise _Refuse(h.key("rope.scaling.type"), scaling, f"must be one of {', '.join(ROPE_SCALING_TYPES)}")
+    for name in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
+        eps = h.raw(name)  # ggml-cpu ops: GGML_ASSERT(eps >= 0.0f) at the first decode, after the load probe passed
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf):
+            raise _Refuse(h.key(name), eps, "must be a finite number >= 0")
     return n_layer
 
 
@@ -134,8 +139,8 @@ def _check_geometry(h: _Header, n_layer: int) -> None:
     if rot > head_k or rot % 2:  # ggml_rope: n_dims <= ne0, pairs of dimensions
         raise _Refuse(h.key("rope.dimension_count"), rot, f"must be even and at most the head size ({head_k})")
     if h.arch == "llama" and not head_k == head_v == rot:  # models/llama.cpp GGML_ASSERTs in the graph
-        raise _Refuse(h.key("attention.value_length"), head_v,
-                      f"must equal key_length and rope.dimension_count ({head_k}) for llama models")
+        name, value = ("attention.value_length", head_v) if head_v != head_k else ("rope.dimension_count", rot)
+        raise _Refuse(h.key(name), value, f"must equal attention.key_length ({head_k}) for llama models")
     if h.arch in ("gemma4", "gemma4-assistant"):
         k_swa = h.uint("attention.key_length_swa", lo=1, hi=MAX_EMBD)
         v_swa = h.uint("attention.value_length_swa", lo=1, hi=MAX_EMBD)

@@ -65,6 +65,10 @@ CASES = [
     ("bos-out-of-range", "llama", {"tokenizer.ggml.bos_token_id": 100000}, {}, "bos_token_id", False),
     ("gemma3-pattern-length", "gemma3", {"{arch}.attention.sliding_window_pattern": [True]}, {}, "one boolean per layer", False),
     ("block-count-string", "llama", {"{arch}.block_count": "12"}, {}, "block_count", False),
+    # llama.cpp loads these, then aborts at the first decode (GGML_ASSERT(eps >= 0.0f) in ggml-cpu): the probe cannot see it
+    ("rms-eps-nan", "llama", {"{arch}.attention.layer_norm_rms_epsilon": float("nan")}, {}, "layer_norm_rms_epsilon", False),
+    ("rms-eps-negative", "gemma3", {"{arch}.attention.layer_norm_rms_epsilon": -1.0}, {}, "layer_norm_rms_epsilon", False),
+    ("rope-dims-zero", "llama", {"{arch}.rope.dimension_count": 0}, {}, "rope.dimension_count = 0", False),
 ]
 ABORTING = [c for c in CASES if c[5]]
 

@@ -295,3 +295,28 @@ def test_after_ctrl_c_nothing_more_of_the_step_is_printed():
     shown = ReplyRenderer(out, io.StringIO(), live=False, color=False).stream(pieces(), LiveStats(), prompt_tokens=3,
                                                                                stopped=lambda: bool(fired))
     assert shown == "Hello" and out.getvalue() == "Hello\n"
+
+
+def test_special_huge_or_copied_manifests_never_block_the_store_and_names_come_from_paths(env, ggufs, tmp_path):
+    """A FIFO named like a manifest blocked `list`, `verify` and `rm` for ever; a link to /dev/zero read until the OOM
+    killer came; JSON nested past Python's parser failed every command; a manifest copied by hand was listed under
+    the name written inside it (probe, session 18)."""
+    assert run_gemma(env, "create", "mine:v1", "--target", str(ggufs["a"])).returncode == 0
+    folder = tmp_path / "models" / "manifests" / "mine"
+    os.mkfifo(folder / "fifo.json")
+    (folder / "zero.json").symlink_to("/dev/zero")
+    (folder / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    shutil.copy(folder / "v1.json", folder / "v2.json")
+
+    listed = run_gemma(env, "list", "--json", timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    by_name = {m["name"]: m for m in json.loads(listed.stdout)}
+    assert set(by_name) == {"mine:v1", "mine:v2", "mine:fifo", "mine:zero", "mine:deep"}
+    for bad in ("mine:fifo", "mine:zero", "mine:deep"):
+        assert by_name[bad].get("error"), by_name[bad]
+    verify = run_gemma(env, "verify", timeout=30)
+    assert verify.returncode == 1 and "UNREADABLE" in verify.stdout and "Traceback" not in verify.stderr
+    assert run_gemma(env, "show", "mine:v2", timeout=30).stdout.startswith("Model         mine:v2")
+    for name in ("mine:fifo", "mine:zero", "mine:deep", "mine:v1"):
+        assert run_gemma(env, "rm", name, timeout=30).returncode == 0, name
+    assert [m["name"] for m in json.loads(run_gemma(env, "list", "--json").stdout)] == ["mine:v2"]

@@ -124,3 +124,27 @@ def file_lock(path: Path, *, shared: bool = False, blocking: bool = True) -> Ite
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+MAX_SMALL_FILE = 1 << 20  # manifests and stamps are a few hundred bytes; anything near this is not one of ours
+
+
+def read_small_file(path: Path) -> str:
+    """The text of `path`, a regular file of at most MAX_SMALL_FILE (a manifest, a stamp): the store's folders are untrusted, and a
+    FIFO named `x.json` blocked `gemma list` for ever, a link to /dev/zero read until the OOM killer came."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, then is refused
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_SMALL_FILE:
+            raise ValueError(f"{st.st_size} bytes, more than a manifest or stamp ever holds")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(MAX_SMALL_FILE + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_SMALL_FILE:
+        raise ValueError("grew past the size a manifest or stamp ever holds")
+    return data.decode("utf-8")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from gemma_cli.errors import GemmaError, IntegrityError, ModelFileError
-from gemma_cli.store.atomic import atomic_write_json, fsync_dir
+from gemma_cli.store.atomic import atomic_write_json, fsync_dir, read_small_file
 from gemma_cli.store.layout import Layout, digest_hex
 
 CHUNK = 1 << 20
@@ -62,9 +62,9 @@ def write_stamp(layout: Layout, digest: str, key: dict[str, int] | None = None) 
 
 def _stamp_ok(layout: Layout, digest: str) -> bool:
     try:
-        recorded = json.loads(layout.stamp(digest).read_text())
+        recorded = json.loads(read_small_file(layout.stamp(digest)))  # a FIFO or /dev/zero link is not a stamp
         return recorded == _stat_key(layout.blob(digest))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from gemma_cli.errors import ModelFileError
 from gemma_cli.limits import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, draft_tokens_ok
+from gemma_cli.store.atomic import read_small_file
 from gemma_cli.store.layout import digest_hex
 
 SCHEMA = 1
@@ -79,7 +80,7 @@ def _layer(data: Any, where: str) -> Layer:
 def parse_manifest(path: Path) -> Manifest:
     """Load and validate a manifest file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small_file(path))
         if not isinstance(data, dict):
             raise ValueError("not an object")
         tuned = data.get("tuned") or {}
@@ -104,5 +105,8 @@ def parse_manifest(path: Path) -> Manifest:
         )
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"cannot read manifest {path}: {exc}") from None
+    except RecursionError:
+        raise ModelFileError(f"corrupted manifest {path} (nested too deeply); remove it with `gemma rm` and pull again") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"corrupted manifest {path} ({exc}); remove it with `gemma rm` and pull again") from None
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"corrupted manifest {path} ({what}); remove it with `gemma rm` and pull again") from None

@@ -26,7 +26,16 @@ def load(ref: ModelRef, layout: Layout | None = None) -> Manifest | None:
     path = layout.manifest(ref)
     if not path.exists():
         return None
-    return parse_manifest(path)
+    return _named(parse_manifest(path), ref)
+
+
+def _named(manifest: Manifest, ref: ModelRef) -> Manifest:
+    """A manifest as the model its path names: the path is how every command finds it, so it is its name.
+
+    Why: a manifest copied by hand (`v1.json` to `v2.json`, an alias) or edited kept the `name` written
+    inside, and `gemma list` showed `mine:v1` twice, one of which `gemma rm mine:v1` could not remove.
+    """
+    return manifest if manifest.name == str(ref) else replace(manifest, name=str(ref))
 
 
 def save(manifest: Manifest, ref: ModelRef, layout: Layout | None = None) -> None:
@@ -53,7 +62,7 @@ def list_models(layout: Layout | None = None) -> list[tuple[ModelRef, Manifest |
     out: list[tuple[ModelRef, Manifest | GemmaError]] = []
     for ref, path in iter_manifests(layout):
         try:
-            out.append((ref, parse_manifest(path)))
+            out.append((ref, _named(parse_manifest(path), ref)))
         except GemmaError as exc:
             out.append((ref, exc))
     return out
