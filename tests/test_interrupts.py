@@ -72,3 +72,22 @@ def test_a_second_ctrl_c_ends_gemma_run_with_130_and_never_crashes(gemma3_path: 
         # 130, or killed by SIGINT itself (how Python reports an interrupt that reaches its very end): never a crash
         assert proc.returncode in (130, -signal.SIGINT), (attempt, proc.returncode, text[-800:])
         assert "Traceback" not in text and "double free" not in text, text[-800:]
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_during_a_long_prompt_stops_within_a_chunk(gemma3_path: Path, tmp_path: Path):
+    """A prompt is decoded in 512-token chunks and the first Ctrl-C is checked between them: a ~3,600-token
+    prompt (about 25 s on one thread of a 2-core CPU) ended 26 s after the Ctrl-C, and printed a token."""
+    env = gemma_env(tmp_path / "models")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(" ".join(f"item{i}" for i in range(900)))
+    with prompt.open("rb") as stdin:
+        proc = subprocess.Popen(gemma_cmd("run", str(gemma3_path), "-n", "20", "--temperature", "0", "--threads", "1"),
+                                env=env, cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4)  # loaded, and well into the prompt
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode(errors="replace")[-500:]
+    assert time.monotonic() - t0 < 10 and out == b""
