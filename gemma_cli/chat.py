@@ -13,6 +13,7 @@ types, roles and turn order and reports problems as one-line errors.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -164,6 +165,8 @@ class Conversation:
         """Read a file written by `save`, refusing anything malformed with a one-line reason."""
         path = Path(path).expanduser()
         try:
+            if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the chat for ever
+                raise ChatFileError(f"{path} is not a regular file; not a conversation file")
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
@@ -175,10 +178,10 @@ class Conversation:
         if len(raw) > MAX_FILE_BYTES:
             raise ChatFileError(f"{path} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not a conversation file")
         try:
-            doc = json.loads(raw.decode("utf-8"))
+            doc = json.loads(raw.decode("utf-8-sig"))  # a byte-order mark, as Windows editors save, is fine
         except UnicodeDecodeError:
             raise ChatFileError(f"{path} is not UTF-8 text; not a conversation file") from None
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or a 5,000-digit number
             where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
             raise ChatFileError(f"{path} is not valid JSON{where}") from None
         return cls.from_json(doc, source=str(path))

@@ -220,6 +220,31 @@ class _Reader:
         raise self.fail(f"unknown value type {vtype}")
 
 
+def model_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a GGUF file to read (missing, a directory, a device, a pipe, ...), or None.
+
+    Says what the path is, so `--target /dev/zero` is not "not found", and checked before opening: a FIFO
+    named x.gguf blocked `gemma doctor` for ever, and `show`/`run` called a directory "not found".
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"model file not found: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory, not a GGUF file; give the .gguf file inside it"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{path} is a device, not a GGUF file"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return f"{path} is a pipe or socket, not a GGUF file; save the model to a file first"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file"
+    return None
+
+
 def read_gguf(path: str | Path, *, strings: bool = True) -> GGUFInfo:
     """Parse a GGUF header defensively; raise ModelFileError on anything odd.
 
@@ -227,6 +252,9 @@ def read_gguf(path: str | Path, *, strings: bool = True) -> GGUFInfo:
     `SkippedArray`s: for callers that need shapes and hyperparameters only.
     """
     path = Path(path)
+    problem = model_file_problem(path)
+    if problem is not None:
+        raise ModelFileError(problem)
     try:
         size = path.stat().st_size
         fh = path.open("rb")
@@ -275,6 +303,9 @@ def read_architecture(path: str | Path, max_keys: int = 16) -> str | None:
     first `max_keys` keys (then callers fall back to `read_gguf`).
     """
     path = Path(path)
+    problem = model_file_problem(path)
+    if problem is not None:
+        raise ModelFileError(problem)
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:

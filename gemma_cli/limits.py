@@ -49,9 +49,15 @@ def check_max_tokens(n: int, name: str = "max_tokens") -> int:
     return int(check_positive(n, name))
 
 
+MAX_CTX = 1 << 24  # 16M tokens: 64 times the longest Gemma context; llama.cpp's uint32 n_ctx wrapped at 2^32
+
+
 def check_n_ctx(n: int, name: str = "context size") -> int:
-    """A context window: at least one token (llama.cpp pads it up to its own granularity)."""
-    return int(check_positive(n, name))
+    """A context window: at least one token (llama.cpp pads it up to its own granularity), at most MAX_CTX."""
+    n = int(check_positive(n, name))
+    if n > MAX_CTX:
+        raise UsageError(f"{name} must be at most {MAX_CTX:,} tokens, got {n:,}")
+    return n
 
 
 # Prompts: a text is refused before it is tokenized whole when it certainly does not fit (Engine.check_fits).

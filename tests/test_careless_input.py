@@ -358,3 +358,24 @@ def test_client_mode_against_another_program_is_one_line(env):
         ps = run_gemma(remote, "ps")  # the names a server sends are shown without their control characters
         assert ps.returncode == 0, ps.stderr
         assert "abcd" in ps.stdout.replace(" ", "") and not any(c in ps.stdout for c in "\x1b\x07\x9b"), repr(ps.stdout)
+
+
+def test_a_directory_pipe_or_link_loop_named_gguf_is_called_what_it_is_and_never_blocks(env, tmp_path):
+    """`show`/`run`/`bench` said "model file not found" for a directory or a FIFO that exists, and `gemma doctor
+    FIFO.gguf` blocked for ever opening it (probe, session 18)."""
+    folder, fifo, loop = tmp_path / "dir.gguf", tmp_path / "f.gguf", tmp_path / "l1.gguf"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    loop.symlink_to(tmp_path / "l2.gguf")
+    (tmp_path / "l2.gguf").symlink_to(loop)
+    for path, says in ((folder, "is a directory"), (fifo, "is a pipe or socket"), (loop, "Too many levels of symbolic links")):
+        for args in (("show", str(path)), ("run", str(path), "hi"), ("bench", str(path))):
+            assert_one_line_error(run_gemma(env, *args, timeout=30), says)
+    doctor = run_gemma(env, "doctor", str(fifo), timeout=30)
+    assert doctor.returncode == 1 and "is a pipe or socket" in doctor.stdout
+
+
+def test_a_context_past_what_llama_cpp_can_count_is_a_usage_error(env, tiny):
+    """--ctx 4294967296 wrapped around llama.cpp's 32-bit n_ctx to 256 behind GEMMA_SKIP_MEMORY_CHECK (probe, session 18)."""
+    proc = run_gemma(dict(env, GEMMA_SKIP_MEMORY_CHECK="1"), "run", str(tiny), "--ctx", "4294967296", "hi", "-n", "2")
+    assert_one_line_error(proc, "--ctx must be at most 16,777,216 tokens", code=EXIT_USAGE)

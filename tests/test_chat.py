@@ -80,6 +80,7 @@ MALFORMED = {
     "wrong-format": (b'{"format": "something-else", "messages": []}', "expected 'gemma-cli.chat'"),
     "future-version": (b'{"version": 99, "messages": []}', "unsupported version 99"),
     "deep-nesting": (b"[" * 100000 + b"]" * 100000, "not valid JSON"),
+    "huge-number": (b'{"format": "gemma-cli.chat", "version": 1' + b"0" * 5000 + b', "messages": []}', "not valid JSON"),
 }
 
 
@@ -101,6 +102,17 @@ def test_missing_file_and_directory_are_clear_errors(tmp_path: Path) -> None:
         Conversation.load(tmp_path / "nope.json")
     with pytest.raises(ChatFileError, match="is a directory"):
         Conversation.load(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "pipe.json")  # opening it to read would wait for a writer for ever
+    with pytest.raises(ChatFileError, match="is not a regular file"):
+        Conversation.load(tmp_path / "pipe.json")
+
+
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"format": "gemma-cli.chat", "version": 1, "messages": []}')
+    assert Conversation.load(path).turns == []
 
 
 def test_fit_drops_oldest_exchanges_but_keeps_the_system_prompt(engine) -> None:

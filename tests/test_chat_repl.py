@@ -333,3 +333,23 @@ def test_typed_escape_sequences_are_text_not_a_prompt_toolkit_crash(model: Path,
     session = child.logfile_read.getvalue()
     assert "Traceback" not in session and "Exception" not in session and "Press ENTER" not in session, session[-2000:]
     assert bye(child) == 0
+
+
+@pytest.mark.parametrize("history", ["/dev/zero", "big"])
+def test_a_history_that_is_a_device_or_huge_is_not_used_and_the_chat_works(model: Path, env: dict[str, str],
+                                                                          tmp_path: Path, history: str) -> None:
+    """prompt_toolkit reads the whole history file: GEMMA_HISTORY=/dev/zero grew to gigabytes and froze the chat
+    (probe, session 18). Now one line says why the history is not saved, and the chat goes on."""
+    from gemma_cli.cli.chat_input import MAX_HISTORY_BYTES
+
+    if history == "big":
+        path = tmp_path / "big-history"
+        with path.open("wb") as f:
+            f.truncate(MAX_HISTORY_BYTES + 1)  # sparse: no disk used
+        history = str(path)
+    child = spawn(model, dict(env, GEMMA_HISTORY=history), "--max-tokens", "3")
+    assert "history is not saved" in child.logfile_read.getvalue()
+    ask(child, "hello")
+    assert bye(child) == 0
+    if history != "/dev/zero":
+        assert Path(history).stat().st_size == MAX_HISTORY_BYTES + 1  # left as it was: never truncated or rewritten

@@ -198,8 +198,12 @@ def test_parse_host_and_duration():
     assert parse_host(":8000") == ("127.0.0.1", 8000)
     assert parse_host("http://localhost:9/") == ("localhost", 9)
     assert parse_host("[::1]:7") == ("::1", 7)
+    assert parse_host("::1") == ("::1", DEFAULT_PORT)
     for bad in ("host:port", "h:70000", "[::1"):
         with pytest.raises(UsageError):
+            parse_host(bad)
+    for bad in ("::1:11436", "1:2:3", ":::"):  # were a ValueError, reported as a bug in gemma-cli (probe, session 18)
+        with pytest.raises(UsageError, match=r"in brackets, e\.g\. \[::1\]:11436"):
             parse_host(bad)
     assert parse_duration("5m") == 300 and parse_duration("1h30m") == 5400 and parse_duration("250ms") == 0.25
     assert parse_duration(0) == 0 and parse_duration("0") == 0 and parse_duration(42) == 42

@@ -7,6 +7,8 @@ paste, Alt-Enter for a newline); plain lines otherwise, so
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO, Callable, Protocol, TextIO
@@ -70,6 +72,9 @@ class PlainReader:
         return text
 
 
+MAX_HISTORY_BYTES = 64 << 20  # years of typing; a larger "history" is not one
+
+
 class TerminalReader:
     """prompt_toolkit prompt with a persistent history file."""
 
@@ -82,11 +87,17 @@ class TerminalReader:
         history: History
         try:
             history_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(history_path, "a", encoding="utf-8"):
-                pass
+            with open(history_path, "a", encoding="utf-8") as f:
+                st = os.fstat(f.fileno())
+            # prompt_toolkit reads the whole file: /dev/zero as GEMMA_HISTORY grew to gigabytes and froze the chat
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(0, "not a regular file")
+            if st.st_size > MAX_HISTORY_BYTES:
+                raise OSError(0, f"{st.st_size >> 20} MiB, more than the {MAX_HISTORY_BYTES >> 20} MiB a history is read up to; "
+                                 "move it aside to start a new one")
             history = FileHistory(str(history_path))
         except OSError as exc:
-            warn(f"history is not saved: cannot write {history_path} ({exc.strerror or exc})")
+            warn(f"history is not saved: cannot use {history_path} ({exc.strerror or exc})")
             history = InMemoryHistory()
 
         kb = KeyBindings()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gemma_cli.compat import check_pair, draft_source_for
 from gemma_cli.errors import ModelFileError, UsageError
-from gemma_cli.gguf_meta import GGUFInfo, read_gguf
+from gemma_cli.gguf_meta import GGUFInfo, model_file_problem, read_gguf
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, NGRAM_DRAFT_TOKENS
 from gemma_cli.preflight import check_header
 from gemma_cli.registry.catalog import FileSpec, load_catalog
@@ -39,34 +39,10 @@ def _source(src: str, layout: Layout, progress: PullProgress, label: str) -> tup
         layer, _ = fetch_layer(parse_hf_uri(src), layout, progress, label)
         return read_gguf(layout.blob(layer.digest)), layer.digest, layer.source
     path = Path(src).expanduser()
-    problem = not_a_model_file(path)
+    problem = model_file_problem(path)
     if problem:
         raise ModelFileError(problem)
     return read_gguf(path), "", str(path.resolve())
-
-
-def not_a_model_file(path: Path) -> str | None:
-    """Why `path` cannot be a GGUF to copy (missing, a directory, a device, ...), or None.
-
-    Says what the path is, so `--target /dev/zero` is not reported as "not found".
-    """
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return f"model file not found: {path}"
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    if stat.S_ISDIR(mode):
-        return f"{path} is a directory, not a GGUF file; give the .gguf file inside it"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return f"{path} is a device, not a GGUF file"
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return f"{path} is a pipe or socket, not a GGUF file; save the model to a file first"
-    if not stat.S_ISREG(mode):
-        return f"{path} is not a regular file"
-    return None
 
 
 def create(name: str, target: str, draft: str | None = None, *, draft_tokens: int | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from gemma_cli.errors import DownloadError, GemmaError, ModelFileError, ModelNotFoundError
+from gemma_cli.gguf_meta import model_file_problem
 from gemma_cli.pair import NGRAM_DRAFT_TOKENS, ModelPair
 from gemma_cli.registry.catalog import DEFAULT_MODEL, load_catalog
 from gemma_cli.registry.pull import PullProgress, materialise_package, pull
@@ -118,7 +119,9 @@ def resolve_model(name: str | None) -> ModelPair:
             # the file's name is shown in banners and summaries: a name is bytes anyone could choose, ESC included
             return ModelPair(name=clean_display(path.name, limit=None), target=path, draft_source="ngram",
                              draft_tokens=NGRAM_DRAFT_TOKENS)
-        if path.suffix == ".gguf" or not path.exists():
+        if path.suffix == ".gguf":
+            raise ModelFileError(model_file_problem(path) or f"cannot read {name}")  # a directory, a pipe: say so
+        if not path.exists():
             raise ModelFileError(f"model file not found: {name}")
         raise ModelFileError(f"not a .gguf file: {name}")
     layout = Layout.default()

@@ -87,6 +87,11 @@ def parse_host(value: str | None) -> tuple[str, int]:
         host, port_text = text.split(":")
     elif text.count(":") > 1:
         host = text  # a bare IPv6 address
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise UsageError(f"invalid address {value!r}: an IPv6 address with a port is written in brackets, "
+                             "e.g. [::1]:11436") from None
     host = host or DEFAULT_HOST
     if not port_text:
         return host, DEFAULT_PORT
