@@ -353,3 +353,16 @@ def test_a_history_that_is_a_device_or_huge_is_not_used_and_the_chat_works(model
     assert bye(child) == 0
     if history != "/dev/zero":
         assert Path(history).stat().st_size == MAX_HISTORY_BYTES + 1  # left as it was: never truncated or rewritten
+
+
+def test_clear_is_a_fresh_start_for_the_kv_cache_too(model: Path, env: dict[str, str]) -> None:
+    """After /clear the same question is evaluated whole, as the first time: with the old prompt cached it was one
+    token, whose pass rounds differently from the prompt's own, and greedy chat answered otherwise (probe, session 18)."""
+    child = spawn(model, env, "--max-tokens", "3", "--temperature", "0")
+    command(child, "/set verbose on", "Set verbose on.")
+    ask(child, "hello there")
+    command(child, "/clear", "Cleared the conversation.")
+    ask(child, "hello there")
+    assert bye(child) == 0
+    cached = re.findall(r"prompt eval count: +\d+ token\(s\) \((\d+) cached\)", child.logfile_read.getvalue())
+    assert cached == ["0", "0"], cached

@@ -55,6 +55,11 @@ def run_command(repl: ChatRepl, line: str) -> bool:
         _show(repl, rest)
     elif name == "/clear":
         repl.conv.clear()
+        reset = getattr(repl.engine, "reset", None)  # a local engine: forget its KV cache too (client mode has none)
+        if callable(reset):
+            # A fresh start: with the old prompt cached, the same question evaluated as one token instead of in the
+            # prompt's own pass, which rounds differently, and at a near-tie greedy chat answered otherwise.
+            reset()
         repl.say("Cleared the conversation." + (" The system prompt stays." if repl.conv.system else ""))
     elif name in ("/save", "/save!"):
         saved = repl.conv.save(_path_arg(rest, name), model=repl.pair.name, overwrite=name == "/save!")
