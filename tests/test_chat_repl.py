@@ -366,3 +366,14 @@ def test_clear_is_a_fresh_start_for_the_kv_cache_too(model: Path, env: dict[str,
     assert bye(child) == 0
     cached = re.findall(r"prompt eval count: +\d+ token\(s\) \((\d+) cached\)", child.logfile_read.getvalue())
     assert cached == ["0", "0"], cached
+
+
+def test_a_dumb_terminal_gets_no_live_line_and_no_colour(model: Path, env: dict[str, str]) -> None:
+    """TERM=dumb (Emacs shell-mode): the live status line's scroll region and cursor moves, and colours, showed as
+    garbage there (probe, session 18)."""
+    child = spawn(model, dict(env, TERM="dumb"), "--max-tokens", "3")
+    ask(child, "hello there")
+    assert bye(child) == 0
+    shown = child.logfile_read.getvalue()
+    for code in ("\x1b[1;", "r\x1b[", "\x1b[2m", "\x1b[31m", "\x1b[36m"):  # scroll region, dim, red, cyan
+        assert code not in shown, (code, shown[-400:])

@@ -23,9 +23,14 @@ def quiet_stdout() -> None:
         pass
 
 
+def dumb_terminal() -> bool:
+    """TERM=dumb (Emacs shell-mode, some CI logs): escape sequences show as garbage there, so none are written."""
+    return os.environ.get("TERM", "") == "dumb"
+
+
 def use_color(stream=None) -> bool:
     stream = stream or sys.stdout
-    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+    return not os.environ.get("NO_COLOR") and not dumb_terminal() and hasattr(stream, "isatty") and stream.isatty()
 
 
 def stderr_console() -> Console:

@@ -45,7 +45,7 @@ def chat(
     """
     from gemma_cli.chat import Conversation
     from gemma_cli.cli.chat_input import make_reader
-    from gemma_cli.cli.output import use_color
+    from gemma_cli.cli.output import dumb_terminal, use_color
     from gemma_cli.cli.repl import ChatRepl, ChatSettings
     from gemma_cli.engine import SamplingParams
 
@@ -103,7 +103,7 @@ def chat(
             out=sys.stdout,
             err=sys.stderr,
             color=color,
-            live=terminal and sys.stderr.isatty(),
+            live=terminal and sys.stderr.isatty() and not dumb_terminal(),  # the live line moves the cursor
         )
         repl.run()
     finally:
