@@ -316,6 +316,7 @@ def test_special_huge_or_copied_manifests_never_block_the_store_and_names_come_f
         assert by_name[bad].get("error"), by_name[bad]
     verify = run_gemma(env, "verify", timeout=30)
     assert verify.returncode == 1 and "UNREADABLE" in verify.stdout and "Traceback" not in verify.stderr
+    assert "3 of 3 manifests failed verification" in verify.stderr and "2 more above" in verify.stderr  # not 'blobs'
     assert run_gemma(env, "show", "mine:v2", timeout=30).stdout.startswith("Model         mine:v2")
     for name in ("mine:fifo", "mine:zero", "mine:deep", "mine:v1"):
         assert run_gemma(env, "rm", name, timeout=30).returncode == 0, name

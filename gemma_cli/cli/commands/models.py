@@ -248,7 +248,12 @@ def verify_cmd(
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]
+        manifests = sum(r.role == "manifest" for r in reports)  # an unreadable manifest is a row of its own, not a blob
+        counts = [f"{n} of {total} {what}" for n, total, what in (
+            (sum(r.role != "manifest" for r in bad), len(reports) - manifests, "blobs"),
+            (sum(r.role == "manifest" for r in bad), manifests, "manifests")) if n]
+        more = f", and {len(bad) - 1} more above" if len(bad) > 1 else ""
         raise IntegrityError(
-            f"{len(bad)} of {len(reports)} blobs failed verification ({first.model} {first.role}: {first.status}); "
+            f"{' and '.join(counts)} failed verification ({first.model} {first.role}: {first.status}{more}); "
             + repair_hint(first)
         )
