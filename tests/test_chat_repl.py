@@ -375,5 +375,5 @@ def test_a_dumb_terminal_gets_no_live_line_and_no_colour(model: Path, env: dict[
     ask(child, "hello there")
     assert bye(child) == 0
     shown = child.logfile_read.getvalue()
-    for code in ("\x1b[1;", "r\x1b[", "\x1b[2m", "\x1b[31m", "\x1b[36m"):  # scroll region, dim, red, cyan
+    for code in ("\x1b[1;", "r\x1b[", "\x1b[2m", "\x1b[31m", "\x1b[36m", "\x1b[2K"):  # scroll region, dim, red, cyan, erase
         assert code not in shown, (code, shown[-400:])

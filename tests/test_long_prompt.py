@@ -85,3 +85,13 @@ def test_pause_hands_the_turn_to_every_waiter_then_takes_it_back():
     turns.acquire()
     turns.pause()  # no one waits: returns at once, still held
     turns.release()
+
+
+def test_a_cancel_made_before_the_generation_starts_decodes_nothing(engine):
+    """Taking the slot clears its cancel flag: a request cancelled while it waited (the model loading, another
+    request's turn) then decoded its whole prompt before the cancel was seen again (review, session 18)."""
+    engine.reset()
+    gen = engine.generate(_prompt(engine), max_tokens=8)
+    gen.cancel()
+    assert gen.text() == "" and gen.result.stop_reason is StopReason.CANCELLED
+    assert engine.ctx.n_past == 0

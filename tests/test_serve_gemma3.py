@@ -110,3 +110,10 @@ def test_an_alias_family_latest_and_a_rounded_num_ctx_are_the_one_loaded_model(s
         reply = gen(name, **options)
         assert reply["load_duration"] == 0 and reply["model"] == "gemma3:270m", (name, options, reply)
     assert [m["name"] for m in httpx.get(srv.url + "/api/ps").json()["models"]] == ["gemma3:270m"]
+    stopped = run_gemma(gemma_env(srv_models(server), GEMMA_HOST=srv.host), "stop", "gemma3:latest", timeout=60)
+    assert stopped.returncode == 0, stopped.stderr  # the name it was asked by, not only the one it is loaded as
+    assert httpx.get(srv.url + "/api/ps").json()["models"] == []
+
+
+def srv_models(server) -> Path:
+    return server[1]

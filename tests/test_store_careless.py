@@ -123,6 +123,11 @@ def test_create_refuses_catalog_names_and_pull_restores_a_hijacked_one(ggufs, tm
     assert_one_line_error(refused, "cat:one is a catalog model's name", "choose another name, e.g. my-cat:one", code=EXIT_USAGE)
     refused_default = run_gemma(gemma_env(tmp_path / "m2"), "create", "gemma3:270m", "--target", str(ggufs["b"]))
     assert_one_line_error(refused_default, "gemma3:270m is a catalog model's name", code=EXIT_USAGE)
+    # family:latest reads as the family's default tag only when no model of that name is stored: it stays yours to make
+    own = gemma_env(tmp_path / "m3")
+    assert run_gemma(own, "create", "gemma3:latest", "--target", str(ggufs["b"])).returncode == 0
+    assert run_gemma(own, "show", "gemma3:latest").stdout.startswith("Model         gemma3:latest")
+    assert run_gemma(own, "show", "gemma3").stdout.startswith("Model         gemma3:270m")
 
     assert run_gemma(env, "pull", "cat:one").returncode == 0
     # an older gemma-cli let `create` write over the catalog name: simulate that manifest
@@ -316,7 +321,7 @@ def test_special_huge_or_copied_manifests_never_block_the_store_and_names_come_f
         assert by_name[bad].get("error"), by_name[bad]
     verify = run_gemma(env, "verify", timeout=30)
     assert verify.returncode == 1 and "UNREADABLE" in verify.stdout and "Traceback" not in verify.stderr
-    assert "3 of 3 manifests failed verification" in verify.stderr and "2 more above" in verify.stderr  # not 'blobs'
+    assert "3 of 5 manifests failed verification" in verify.stderr and "2 more above" in verify.stderr  # not 'blobs'
     assert run_gemma(env, "show", "mine:v2", timeout=30).stdout.startswith("Model         mine:v2")
     for name in ("mine:fifo", "mine:zero", "mine:deep", "mine:v1"):
         assert run_gemma(env, "rm", name, timeout=30).returncode == 0, name

@@ -68,7 +68,9 @@ _register(app)
 
 def _error_line(message: str) -> None:
     """The one stderr line every failure ends with (a hint rides on it: see GemmaError.line)."""
-    prefix = "Error: " if os.environ.get("NO_COLOR") or not sys.stderr.isatty() else "\x1b[31mError:\x1b[0m "
+    from gemma_cli.cli.output import use_color
+
+    prefix = "\x1b[31mError:\x1b[0m " if use_color(sys.stderr) else "Error: "
     sys.stderr.write(prefix + clean_display(message, 2000) + "\n")  # messages quote file metadata
     sys.stderr.flush()
 

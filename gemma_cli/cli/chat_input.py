@@ -75,6 +75,10 @@ class PlainReader:
 MAX_HISTORY_BYTES = 64 << 20  # years of typing; a larger "history" is not one
 
 
+class _NoHistory(Exception):
+    """GEMMA_HISTORY is /dev/null: history is off, as asked."""
+
+
 class TerminalReader:
     """prompt_toolkit prompt with a persistent history file."""
 
@@ -86,16 +90,23 @@ class TerminalReader:
 
         history: History
         try:
+            if os.path.realpath(history_path) == os.devnull:  # the usual way to turn history off: say nothing
+                raise _NoHistory
+            # prompt_toolkit reads the whole file: /dev/zero as GEMMA_HISTORY grew to gigabytes and froze the chat,
+            # and opening a FIFO would wait for a reader for ever; so look before opening
+            if history_path.exists() and not stat.S_ISREG(history_path.stat().st_mode):
+                raise OSError(0, "not a regular file")
             history_path.parent.mkdir(parents=True, exist_ok=True)
             with open(history_path, "a", encoding="utf-8") as f:
                 st = os.fstat(f.fileno())
-            # prompt_toolkit reads the whole file: /dev/zero as GEMMA_HISTORY grew to gigabytes and froze the chat
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # replaced between the look and the open
                 raise OSError(0, "not a regular file")
             if st.st_size > MAX_HISTORY_BYTES:
                 raise OSError(0, f"{st.st_size >> 20} MiB, more than the {MAX_HISTORY_BYTES >> 20} MiB a history is read up to; "
                                  "move it aside to start a new one")
             history = FileHistory(str(history_path))
+        except _NoHistory:
+            history = InMemoryHistory()
         except OSError as exc:
             warn(f"history is not saved: cannot use {history_path} ({exc.strerror or exc})")
             history = InMemoryHistory()

@@ -182,6 +182,7 @@ class Generation:
         # Called between the chunks of a long prompt, after the cancel check: `gemma serve` lets the other
         # requests on the model take their turn there (server/lanes.py). None: nothing.
         self.between_chunks: Callable[[], None] | None = None
+        self._cancel_asked = False
         self._iter = self._run()
 
     def __iter__(self) -> Iterator[Piece]:
@@ -191,6 +192,8 @@ class Generation:
         return next(self._iter)
 
     def cancel(self) -> None:
+        """Stop after the current step (or chunk of a long prompt); before the first step, at once."""
+        self._cancel_asked = True  # taking the slot clears its flag: a cancel made before that is re-applied then
         self.slot.cancel()
 
     def text(self) -> str:
@@ -263,10 +266,12 @@ class Generation:
         stats, ctx = self.stats, self.slot.ctx
         self._started = True
         steps = self._start()
-        ctx.between_chunks = self._between_chunks
+        if self._cancel_asked:  # cancelled while it waited (a model load, another request's turn): never decode
+            self.slot.cancel()
         emitter = self.emitter = Emitter(self.engine.target, self.stop, self.max_tokens, stats)
         reason: StopReason | None = None
         try:
+            ctx.between_chunks = self._between_chunks
             while reason is None:
                 if self.slot.cancelled:
                     reason = StopReason.CANCELLED

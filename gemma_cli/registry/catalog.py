@@ -67,12 +67,13 @@ class Catalog:
         family, _ = split_family(name)
         return parse_name(name, self.default_tags.get(family))
 
-    def get(self, ref: ModelRef) -> CatalogEntry | None:
+    def get(self, ref: ModelRef, *, follow_latest: bool = True) -> CatalogEntry | None:
         """The entry `ref` names: its own, an alias's, or for `family:latest` the family's default tag's (as Ollama
-        reads `gemma3` and `gemma3:latest` alike). A user's own model of that name is the store's to find first."""
+        reads `gemma3` and `gemma3:latest` alike). A user's own model of that name is the store's to find first, so
+        what asks about a stored model's own name (create, repair hints, show) passes `follow_latest=False`."""
         key = str(ref)
         key = self.aliases.get(key, key)
-        if key not in self.entries and ref.tag == DEFAULT_TAG and ref.family in self.default_tags:
+        if follow_latest and key not in self.entries and ref.tag == DEFAULT_TAG and ref.family in self.default_tags:
             key = f"{ref.family}:{self.default_tags[ref.family]}"
         return self.entries.get(key)
 
@@ -165,10 +166,14 @@ def load_catalog() -> Catalog:
     return _load(os.environ.get("GEMMA_CATALOG") or "<builtin>")
 
 
-def in_catalog(name: str) -> bool:
-    """Can `gemma pull` fetch `name`? False for custom names, bad names and an unreadable catalog."""
+def in_catalog(name: str, *, follow_latest: bool = True) -> bool:
+    """Can `gemma pull` fetch `name`? False for custom names, bad names and an unreadable catalog.
+
+    `follow_latest=False`: only the catalog's own names and aliases, not `family:latest` (a stored model of that
+    name is the user's own, which pull would not repair).
+    """
     try:
         catalog = load_catalog()
-        return catalog.get(catalog.ref(name)) is not None
+        return catalog.get(catalog.ref(name), follow_latest=follow_latest) is not None
     except GemmaError:
         return False

@@ -52,7 +52,7 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
     layout = layout or Layout.default()
     catalog = load_catalog()
     ref = catalog.ref(name)
-    if catalog.get(ref) is not None:
+    if catalog.get(ref, follow_latest=False) is not None:  # family:latest stays a name of your own, found first
         raise UsageError(
             f"{ref} is a catalog model's name and `gemma pull` owns it; choose another name, e.g. my-{ref.family}:{ref.tag}"
         )

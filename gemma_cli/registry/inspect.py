@@ -67,7 +67,7 @@ def describe(pair: ModelPair) -> dict[str, Any]:
     except GemmaError:  # a path, not a store name
         manifest = None
     else:
-        entry = catalog.get(ref)
+        entry = catalog.get(ref, follow_latest=False)  # a model of your own named gemma3:latest has no catalog advice
         if entry is not None and entry.draft_advice:
             out["draft_advice"] = entry.draft_advice
     if manifest is not None:

@@ -59,7 +59,7 @@ def sweep_leftovers(layout: Layout | None = None, *, remove: bool = True) -> lis
 def repair_hint(report: BlobReport) -> str:
     """What fixes a bad blob: pull a catalog model again, re-create a custom one from its source."""
     if report.role == "manifest":  # unreadable: the store cannot say where it came from, the catalog can
-        if in_catalog(report.model):
+        if in_catalog(report.model, follow_latest=False):
             return f"run `gemma pull {report.model}` to repair"
         return f"`gemma rm {report.model}`, then re-create it with `gemma create {report.model} --target FILE.gguf`"
     if report.catalog:

@@ -150,11 +150,13 @@ class LaneView:
         self.batched = batched
         self.cancelled = False
         self._run: EngineRun | None = None
+        self._generation: Any = None
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         generation = self.target.generate(*args, **kwargs)
         if not self.batched:  # a long prompt is one engine step: the batch lane takes turns between its chunks
             generation.between_chunks = self.lanes.turns.pause
+            self._generation = generation  # a cancel goes to it: one made before it starts must hold (Generation.cancel)
         if self.batched or not self.lanes.can_move(self.draft, kwargs.get("sampling")):
             return TurnTaking(generation, self.lanes.turns)
         self._run = EngineRun(generation, self)
@@ -164,6 +166,8 @@ class LaneView:
         self.cancelled = True
         if self._run is not None:
             self._run.cancel()
+        elif self._generation is not None:
+            self._generation.cancel()
         else:
             self.target.cancel()
 

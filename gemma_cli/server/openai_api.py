@@ -60,7 +60,7 @@ def _common(body: dict[str, Any]) -> None:
             raise APIError(400, f"{key} is not supported by this server")
     if body.get("logprobs") or body.get("top_logprobs") or body.get("echo"):
         raise APIError(400, "logprobs and echo are not supported by this server")
-    if body.get("tool_choice") not in (None, "none"):
+    if body.get("tool_choice") not in (None, "none", "auto"):  # "auto" without tools (refused above) means none
         raise APIError(400, "tool_choice is not supported (tools are not supported yet)")
     for key in ("frequency_penalty", "presence_penalty"):  # clients send 0 by default: only a real penalty is refused
         if body.get(key) not in (None, 0):

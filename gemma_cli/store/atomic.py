@@ -132,7 +132,10 @@ MAX_SMALL_FILE = 1 << 20  # manifests and stamps are a few hundred bytes; anythi
 def read_small_file(path: Path) -> str:
     """The text of `path`, a regular file of at most MAX_SMALL_FILE (a manifest, a stamp): the store's folders are untrusted, and a
     FIFO named `x.json` blocked `gemma list` for ever, a link to /dev/zero read until the OOM killer came."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, then is refused
+    if not stat.S_ISREG(os.stat(path).st_mode):  # look first: opening some devices acts, a tty could become ours
+        raise ValueError("not a regular file")
+    # then open without blocking (a FIFO swapped in meanwhile opens at once, and fstat refuses it)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

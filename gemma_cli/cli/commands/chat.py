@@ -89,7 +89,7 @@ def chat(
         )
         if engine.is_base_model:
             banner += "\n" + base_model_note(pair.name)
-        if terminal:
+        if terminal and not dumb_terminal():
             sys.stderr.write("\x1b[2K")
         sys.stderr.write(banner + "\n")
         sys.stderr.flush()

@@ -248,10 +248,11 @@ def verify_cmd(
     bad = [r for r in reports if r.status != "ok"]
     if bad:
         first = bad[0]
-        manifests = sum(r.role == "manifest" for r in reports)  # an unreadable manifest is a row of its own, not a blob
+        # an unreadable manifest is a row of its own (role "manifest"), not a blob; every model has one manifest
+        blobs = [r for r in reports if r.role != "manifest"]
         counts = [f"{n} of {total} {what}" for n, total, what in (
-            (sum(r.role != "manifest" for r in bad), len(reports) - manifests, "blobs"),
-            (sum(r.role == "manifest" for r in bad), manifests, "manifests")) if n]
+            (sum(r.role != "manifest" for r in bad), len(blobs), "blobs"),
+            (sum(r.role == "manifest" for r in bad), len({r.model for r in reports}), "manifests")) if n]
         more = f", and {len(bad) - 1} more above" if len(bad) > 1 else ""
         raise IntegrityError(
             f"{' and '.join(counts)} failed verification ({first.model} {first.role}: {first.status}{more}); "

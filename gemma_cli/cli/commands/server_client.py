@@ -62,8 +62,12 @@ def stop_cmd(
     from gemma_cli.errors import ModelNotFoundError
     from gemma_cli.registry.catalog import load_catalog
 
-    name = str(load_catalog().ref(model))  # the CLI's name validation, one line on a bad name
+    catalog = load_catalog()
+    ref = catalog.ref(model)  # the CLI's name validation, one line on a bad name
     client = Client.from_env(host, timeout=30)
-    if name not in {m.get("name") for m in client.ps()}:
-        raise ModelNotFoundError(f"model {name} is not loaded on the server (`gemma ps` lists what is)")
+    loaded = {m.get("name") for m in client.ps()}
+    # the server loads an alias or family:latest as its catalog entry's own name (registry.resolve.stored_ref)
+    name = next((n for n in (str(ref), str(catalog.canonical(ref))) if n in loaded), None)
+    if name is None:
+        raise ModelNotFoundError(f"model {ref} is not loaded on the server (`gemma ps` lists what is)")
     client.stop(name)
