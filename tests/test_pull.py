@@ -335,6 +335,42 @@ def test_disk_full_keeps_partial_and_writes_no_manifest(env, hub, files, tmp_pat
     assert hub.served("big.gguf") - before == len(files["big.gguf"]) - kept
 
 
+def test_a_file_that_changes_during_the_download_ends_in_one_line_not_a_loop(env, hub, files, monkeypatch):
+    """The Hub's file replaced by a smaller one between the HEAD and the GET: the body ended short, the resume got a
+    416, the partial was dropped and the whole file fetched again, for ever (4.7 GB in 30 s for a 3.3 MB model;
+    probe, session 18), as every full GET brought bytes and reset the stall count."""
+    from hub_server import _Handler
+
+    smaller = files["draft.gguf"]
+    assert len(smaller) < len(files["big.gguf"])
+    serve = _Handler._serve
+
+    def swap_after_head(self, head: bool) -> None:
+        serve(self, head)
+        if head:
+            self.state.files[(REPO, "big.gguf")] = smaller
+
+    monkeypatch.setattr(_Handler, "_serve", swap_after_head)
+    proc = run_gemma(env, "pull", "tiny:solo", timeout=60)
+    assert_one_line_error(proc, "changed on the server during the download", "run the command again")
+    assert len(hub.gets("big.gguf")) < 20
+
+
+def test_a_refused_hf_pair_names_its_files_and_keeps_none_of_its_downloads(env, hub, tmp_path):
+    """The refusal named blob hashes (`drafter sha256-3f6c… cannot draft for sha256-c2f6…`) and left both downloads
+    in the store, listed nowhere (probe, session 18)."""
+    proc = run_gemma(env, "create", "mine", "--target", f"hf://{REPO}/big.gguf", "--draft", f"hf://{REPO}/g4-target.gguf")
+    assert_one_line_error(proc, "drafter g4-target.gguf cannot draft for big.gguf")
+    blobs = tmp_path / "models" / "blobs"
+    assert not list(blobs.glob("sha256-*")), list(blobs.iterdir())
+    # a blob that was there before (another model's) is never taken out
+    assert run_gemma(env, "pull", "tiny:solo").returncode == 0
+    kept = sorted(p.name for p in blobs.glob("sha256-*") if p.suffix != ".partial")
+    proc = run_gemma(env, "create", "mine", "--target", f"hf://{REPO}/big.gguf", "--draft", f"hf://{REPO}/g4-target.gguf")
+    assert proc.returncode == 1
+    assert sorted(p.name for p in blobs.glob("sha256-*") if p.suffix != ".partial") == kept
+
+
 def test_create_on_a_full_disk_says_nothing_was_kept_and_keeps_nothing(env, files, tmp_path):
     import resource
 

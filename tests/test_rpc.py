@@ -97,6 +97,9 @@ def test_split_arithmetic():
         parse_tensor_split("1,1", 2)
     with pytest.raises(UsageError, match="give the workers"):
         parse_tensor_split("0,0,1", 2)
+    for bad in ("nan,1", "inf,1", "1e39,1", "-1,1"):  # nan and inf were 'a bug in gemma-cli', 1e39 a failed load (probe)
+        with pytest.raises(UsageError, match="numbers from 0 to 1e6"):
+            parse_tensor_split(bad, 1)
     assert layers_on_workers(26, [1, 1, 1]) == 18  # 27 layers (26 + output), two thirds remote
     assert layers_on_workers(26, [1, 0]) == 27
     assert layers_on_workers(2, [1, 1000]) == 1  # the workers get at least one layer

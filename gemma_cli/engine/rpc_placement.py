@@ -53,8 +53,9 @@ def parse_tensor_split(spec: str | None, n_workers: int) -> list[float] | None:
         raise UsageError(
             f"--tensor-split needs {n_workers + 1} values: one per --rpc worker in order, then this machine (0 = nothing here)"
         )
-    if any(v < 0 for v in values) or not any(values[:-1]):
-        raise UsageError("--tensor-split values must be >= 0 and give the workers something")
+    # llama.cpp takes 32-bit floats: nan and inf (and 1e39, inf there) were a crash report or a failed load
+    if not all(0 <= v <= 1e6 for v in values) or not any(values[:-1]):
+        raise UsageError("--tensor-split values must be numbers from 0 to 1e6 (shares, e.g. 2,1,1) and give the workers something")
     return values
 
 

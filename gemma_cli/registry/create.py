@@ -7,10 +7,11 @@ content-addressed blobs, and the manifest is written last.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from gemma_cli.compat import check_pair, draft_source_for
-from gemma_cli.errors import ModelFileError, UsageError
+from gemma_cli.errors import IncompatibleModelsError, ModelFileError, UsageError
 from gemma_cli.gguf_meta import GGUFInfo, model_file_problem, read_gguf
 from gemma_cli.pair import MAX_DRAFT_TOKENS, MIN_DRAFT_TOKENS, NGRAM_DRAFT_TOKENS
 from gemma_cli.preflight import check_header
@@ -20,7 +21,8 @@ from gemma_cli.store import blobs
 from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Layer, Manifest, now_iso
-from gemma_cli.store.store import load, save
+from gemma_cli.store.names import ModelRef
+from gemma_cli.store.store import drop_unreferenced, load, save
 
 
 def parse_hf_uri(uri: str) -> FileSpec:
@@ -33,11 +35,20 @@ def parse_hf_uri(uri: str) -> FileSpec:
     return FileSpec("/".join(parts[:2]), "/".join(parts[2:]), revision or "main")
 
 
-def _source(src: str, layout: Layout, progress: PullProgress, label: str) -> tuple[GGUFInfo, str, str]:
-    """(header, digest, provenance) for a local path or hf:// URI, the file placed in the store."""
+def _source(src: str, layout: Layout, progress: PullProgress, label: str,
+            fetched: list[str] | None = None) -> tuple[GGUFInfo, str, str]:
+    """(header, digest, provenance) for a local path or hf:// URI, the file placed in the store.
+
+    A download this call made is added to `fetched`, so a refused pair can take it back out of the store. The
+    header is named by the URI's file name, not the blob's hash, so a refusal says which file it means.
+    """
     if src.startswith("hf://"):
-        layer, _ = fetch_layer(parse_hf_uri(src), layout, progress, label)
-        return read_gguf(layout.blob(layer.digest)), layer.digest, layer.source
+        spec = parse_hf_uri(src)
+        layer, got = fetch_layer(spec, layout, progress, label)
+        if got and fetched is not None:
+            fetched.append(layer.digest)
+        info = read_gguf(layout.blob(layer.digest))
+        return replace(info, path=Path(spec.file.split("/")[-1])), layer.digest, layer.source
     path = Path(src).expanduser()
     problem = model_file_problem(path)
     if problem:
@@ -59,31 +70,43 @@ def create(name: str, target: str, draft: str | None = None, *, draft_tokens: in
     draft = draft or "ngram"
     if draft_tokens is not None and not MIN_DRAFT_TOKENS <= draft_tokens <= MAX_DRAFT_TOKENS:
         raise UsageError(f"draft length must be between {MIN_DRAFT_TOKENS} and {MAX_DRAFT_TOKENS}, got {draft_tokens}")
-    with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
-        t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target")
-        check_header(t_info)  # before copying: a file llama.cpp would abort on is refused now
-        d_info = d_digest = d_src = None
-        if draft not in ("ngram", "none"):
-            d_info, d_digest, d_src = _source(draft, layout, progress, f"{ref} drafter")
-            check_header(d_info)
-            check_pair(t_info, d_info)
-        t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
-        d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None
-        old = load(ref, layout)
-        source = draft_source_for(d_layer.architecture if d_layer else None, draft)
-        manifest = Manifest(
-            name=str(ref),
-            target=t_layer,
-            drafter=d_layer,
-            draft_source=source,
-            draft_tokens=draft_tokens or (NGRAM_DRAFT_TOKENS if source in ("ngram", "none") else 4),
-            quantization=t_info.quantization,
-            tuned=dict(old.tuned) if old and old.target == t_layer else {},
-            created=now_iso(),
-            catalog=False,
-        )
-        save(manifest, ref, layout)
-        return manifest
+    fetched: list[str] = []
+    try:
+        with file_lock(layout.store_lock, shared=True), file_lock(layout.model_lock(ref)):
+            return _create(ref, target, draft, draft_tokens, layout, progress, fetched)
+    except (UsageError, ModelFileError, IncompatibleModelsError):  # refused: a download of its own is not kept
+        if fetched:
+            drop_unreferenced(layout, fetched)
+        raise
+
+
+def _create(ref: ModelRef, target: str, draft: str, draft_tokens: int | None, layout: Layout, progress: PullProgress,
+            fetched: list[str]) -> Manifest:
+    """`create` under the store's shared lock and the model's lock."""
+    t_info, t_digest, t_src = _source(target, layout, progress, f"{ref} target", fetched)
+    check_header(t_info)  # before copying: a file llama.cpp would abort on is refused now
+    d_info = d_digest = d_src = None
+    if draft not in ("ngram", "none"):
+        d_info, d_digest, d_src = _source(draft, layout, progress, f"{ref} drafter", fetched)
+        check_header(d_info)
+        check_pair(t_info, d_info)
+    t_layer = _store(t_info, t_digest, t_src, layout, progress, f"{ref} target")
+    d_layer = _store(d_info, d_digest, d_src, layout, progress, f"{ref} drafter") if d_info else None
+    old = load(ref, layout)
+    source = draft_source_for(d_layer.architecture if d_layer else None, draft)
+    manifest = Manifest(
+        name=str(ref),
+        target=t_layer,
+        drafter=d_layer,
+        draft_source=source,
+        draft_tokens=draft_tokens or (NGRAM_DRAFT_TOKENS if source in ("ngram", "none") else 4),
+        quantization=t_info.quantization,
+        tuned=dict(old.tuned) if old and old.target == t_layer else {},
+        created=now_iso(),
+        catalog=False,
+    )
+    save(manifest, ref, layout)
+    return manifest
 
 
 def _store(info: GGUFInfo, digest: str, src: str, layout: Layout, progress: PullProgress, label: str) -> Layer:

@@ -208,6 +208,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
     stall_s = config.stall_timeout()
     stalled = 0
     silent = 0  # consecutive attempts that stalled without a byte
+    restarts = 0  # times the server refused our partial as a prefix: never reset, as bytes arriving between proves nothing
     while True:
         have = partial.stat().st_size if partial.exists() else 0
         if remote.size is not None and have == remote.size:
@@ -223,9 +224,14 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
             with get_session().stream("GET", remote.url, headers=req, follow_redirects=True, timeout=httpx2.Timeout(30.0, read=stall_s)) as resp:
                 if resp.status_code == 416:  # our partial is not a prefix of anything it has: start over
                     partial.unlink(missing_ok=True)
-                    stalled += 1
-                    if stalled > MAX_STALLED_ATTEMPTS:
-                        raise DownloadError(f"the server refused every byte range for {remote.repo}/{remote.filename}")
+                    restarts += 1
+                    # A body that ends short of the announced size, then a 416 for the rest: the file changed on the
+                    # Hub after we asked its size, or a mirror announces a size it does not serve. Counted apart
+                    # from stalls (each full GET brings bytes, which reset those), or it downloads the file for ever.
+                    if restarts > MAX_STALLED_ATTEMPTS:
+                        raise DownloadError(
+                            f"{remote.repo}/{remote.filename} changed on the server during the download, or the server "
+                            f"announces a size ({remote.size} bytes) it does not serve; run the command again")
                     continue
                 if resp.status_code >= 400:
                     resp.read()

@@ -86,8 +86,8 @@ def collect_garbage(layout: Layout) -> tuple[int, int]:
     return len(removed), sum(removed.values())
 
 
-def _collect(layout: Layout) -> dict[str, int]:
-    """Delete unreferenced blobs; returns {hex digest: bytes freed}."""
+def _collect(layout: Layout, only: set[str] | None = None) -> dict[str, int]:
+    """Delete unreferenced blobs (of `only`, hex digests, when given); returns {hex digest: bytes freed}."""
     removed: dict[str, int] = {}
     with file_lock(layout.store_lock, blocking=False) as got:
         if not got or not layout.blobs.is_dir():
@@ -95,10 +95,16 @@ def _collect(layout: Layout) -> dict[str, int]:
         keep = referenced_digests(layout)
         for path in layout.blobs.glob("sha256-*"):
             hexpart = path.name[len("sha256-"):]
-            if path.suffix == ".partial" or len(hexpart) != 64 or hexpart in keep:
+            if path.suffix == ".partial" or len(hexpart) != 64 or hexpart in keep or (only is not None and hexpart not in only):
                 continue
             removed[hexpart] = blobs.remove_blob(layout, "sha256:" + hexpart)
     return removed
+
+
+def drop_unreferenced(layout: Layout, digests: list[str]) -> int:
+    """Delete those of `digests` no manifest references (a refused `create`'s downloads); returns bytes freed.
+    Skipped, like `collect_garbage`, while a pull holds the store lock: the next `rm` collects them."""
+    return sum(_collect(layout, {digest_hex(d) for d in digests}).values())
 
 
 def delete(refs: list[ModelRef], layout: Layout) -> int:

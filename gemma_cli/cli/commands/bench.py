@@ -144,6 +144,9 @@ def bench(
     sampling = SamplingParams(temperature, top_k, top_p)
     if sampling.greedy and (top_k, top_p) != (opt.DEFAULT_TOP_K, opt.DEFAULT_TOP_P):
         raise UsageError("--top-k and --top-p shape sampling, and bench runs greedy by default; add --temperature, e.g. -t 1")
+    if draft == "none":  # plain against plain: its "speedup" would be noise between two identical runs
+        raise UsageError("bench compares drafting with plain decoding; --draft none leaves nothing to compare "
+                         "(use auto, ngram, model or mtp)")
     lengths = parse_lengths(draft_tokens)
     workloads = resolve_workloads(workload)  # bad files fail before the model loads
     pair = opt.resolve(model)
