@@ -371,6 +371,34 @@ def test_a_refused_hf_pair_names_its_files_and_keeps_none_of_its_downloads(env, 
     assert sorted(p.name for p in blobs.glob("sha256-*") if p.suffix != ".partial") == kept
 
 
+def test_a_busy_hub_is_waited_out_as_its_retry_after_asks_a_few_times(env, hub, files, monkeypatch):
+    """One 429 (or a 503 on the HEAD) ended the pull at once (probe, session 18); now it waits as Retry-After says, a
+    bounded number of times, then says the Hub is busy."""
+    from hub_server import _Handler
+
+    serve, answered = _Handler._serve, {"HEAD": 0, "GET": 0}
+
+    def busy(self, head: bool, *, times: int) -> None:
+        kind = "HEAD" if head else "GET"
+        if answered[kind] < times:
+            answered[kind] += 1
+            self.send_response(503 if head else 429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        serve(self, head)
+
+    monkeypatch.setattr(_Handler, "_serve", lambda self, head: busy(self, head, times=2))
+    assert run_gemma(env, "pull", "tiny:solo", timeout=60).returncode == 0
+    assert answered == {"HEAD": 2, "GET": 2}
+    answered.update(HEAD=0, GET=0)
+    monkeypatch.setattr(_Handler, "_serve", lambda self, head: busy(self, head, times=1000))
+    proc = run_gemma(env, "pull", "tiny:big", timeout=60)
+    assert_one_line_error(proc, "HTTP 503", "try again later")
+    assert answered["HEAD"] == 4  # the first try and three waits
+
+
 def test_create_on_a_full_disk_says_nothing_was_kept_and_keeps_nothing(env, files, tmp_path):
     import resource
 

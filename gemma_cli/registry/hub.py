@@ -136,7 +136,8 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
             )
         if status == 404:
             return NotOnHubError(f"file {filename} not found in {repo} on {base} (HTTP 404)")
-        return DownloadError(f"the Hub answered HTTP {status} for {what}; try again later")
+        busy = " (too many requests)" if status == 429 else ""
+        return DownloadError(f"the Hub answered HTTP {status}{busy} for {what}; try again later")
     import httpx2
 
     if isinstance(exc, httpx2.TooManyRedirects):
@@ -155,18 +156,51 @@ def hub_error(exc: BaseException, repo: str, filename: str) -> GemmaError | None
     return None
 
 
+MAX_BUSY_WAITS = 3  # answers of "too many requests" / "unavailable" waited out per request before giving up
+MAX_BUSY_WAIT_S = 30.0  # the longest Retry-After honoured; past it, the user had better come back later
+
+
+def waited_out_busy(exc: BaseException, waits: int) -> bool:
+    """For a 429 or 503 answer: sleep as its Retry-After asks (2 s without one, at most MAX_BUSY_WAIT_S) and say
+    so, up to MAX_BUSY_WAITS times; False for anything else, or when that many waits did not help.
+
+    Why: the Hub rate-limits, and one 429 (even on the resume of a large file) ended the pull at once.
+    """
+    import time
+
+    from huggingface_hub import errors as hf
+
+    response = getattr(exc, "response", None) if isinstance(exc, hf.HfHubHTTPError) else None
+    if response is None or response.status_code not in (429, 503) or waits >= MAX_BUSY_WAITS:
+        return False
+    try:
+        wait = float(response.headers.get("Retry-After", "2"))
+    except ValueError:  # an HTTP date, or garbage: a short wait
+        wait = 2.0
+    if not 0 <= wait <= MAX_BUSY_WAIT_S:
+        return False
+    time.sleep(wait)
+    return True
+
+
 def file_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
     """Resolve a repository file to its commit, LFS sha256, size and download URL."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
-    try:
-        meta = get_hf_file_metadata(url, endpoint=endpoint())  # fail fast: no silent 30 s of retries
-    except Exception as exc:
-        mapped = hub_error(exc, repo, filename)
-        if mapped is None:
-            raise
-        raise mapped from None
+    waits = 0
+    while True:
+        try:
+            meta = get_hf_file_metadata(url, endpoint=endpoint())  # fail fast: no silent 30 s of retries
+            break
+        except Exception as exc:
+            if waited_out_busy(exc, waits):
+                waits += 1
+                continue
+            mapped = hub_error(exc, repo, filename)
+            if mapped is None:
+                raise
+            raise mapped from None
     etag = (meta.etag or "").lower()
     return RemoteFile(
         repo=repo,
@@ -209,6 +243,7 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
     stalled = 0
     silent = 0  # consecutive attempts that stalled without a byte
     restarts = 0  # times the server refused our partial as a prefix: never reset, as bytes arriving between proves nothing
+    busy = 0  # 429/503 answers waited out (waited_out_busy)
     while True:
         have = partial.stat().st_size if partial.exists() else 0
         if remote.size is not None and have == remote.size:
@@ -257,6 +292,9 @@ def download(remote: RemoteFile, partial: Path, progress: Progress | None = None
                         if left == 0:  # the sha256 check then decides whether those bytes were the file
                             break
         except OSError as exc:
+            if waited_out_busy(exc, busy):  # a 429/503 (huggingface_hub's HTTP errors are OSErrors)
+                busy += 1
+                continue
             if isinstance(exc, (ConnectionError, TimeoutError)):
                 raise hub_error(exc, remote.repo, remote.filename) or DownloadError(str(exc)) from None
             if exc.errno is None:  # not the file system's: an HTTP error (requests' HTTPError is an OSError)
