@@ -352,3 +352,10 @@ def test_an_os_error_from_the_environment_is_one_line_not_a_bug(tmp_path: Path) 
     proc = run_gemma(gemma_env(Path("/proc/self/no-such-store")), "pull", "gemma3:270m")
     line = assert_one_line_error(proc, "/proc/self/no-such-store", "no such file")
     assert "bug" not in line
+
+
+def test_disk_amounts_below_a_gib_read_in_mib() -> None:
+    """A 300 KB volume read "0.0 GiB free of 0.0 GiB" (probe, session 18)."""
+    from gemma_cli.doctor.storage import _amount
+
+    assert _amount(300 << 10) == "0.3 MiB" and _amount(5 << 30) == "5.0 GiB" and _amount(0) == "0.0 MiB"

@@ -75,10 +75,15 @@ def check_disk(root: Path) -> Check:
     except OSError as exc:
         return Check("disk", WARN, f"free space unknown for {base} ({exc.strerror})")
     details = {"path": str(base), "free_bytes": usage.free, "total_bytes": usage.total}
-    summary = f"{usage.free / GIB:.1f} GiB free of {usage.total / GIB:.1f} GiB on {base}"
+    summary = f"{_amount(usage.free)} free of {_amount(usage.total)} on {base}"
     if usage.free < LOW_DISK_BYTES:
         return Check("disk", WARN, summary, "Gemma models need 0.3-10 GiB each; free some space or point GEMMA_MODELS elsewhere", details)
     return Check("disk", OK, summary, None, details)
+
+
+def _amount(n: int) -> str:
+    """GiB to one decimal, or MiB below one GiB: a small volume read "0.0 GiB free of 0.0 GiB"."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / (1 << 20):.1f} MiB"
 
 
 def _with_leftovers(check: Check, root: Path) -> Check:
