@@ -53,6 +53,7 @@ def test_a_cancel_between_chunks_stops_the_prompt_and_keeps_what_was_decoded(eng
     assert gen.text() == "" and gen.result.stop_reason is StopReason.CANCELLED
     assert calls == [N_BATCH, 2 * N_BATCH]  # called between chunks, and nothing decoded after the cancel
     assert engine.ctx.n_past == 2 * N_BATCH and engine.ctx.between_chunks is None
+    assert gen.result.stats.prompt_evaluated == 2 * N_BATCH  # what it evaluated, not the whole prompt
 
     # the chunks decoded stay as a cached prefix: the same prompt again evaluates only the rest, to the same text
     again = engine.generate(prompt, max_tokens=8)

@@ -281,7 +281,8 @@ class Generation:
                 except (StopIteration, ContextFullError):
                     reason = StopReason.CONTEXT
                     break
-                except Cancelled:
+                except Cancelled:  # between two chunks of the prompt: count what was evaluated, not all of it
+                    stats.prompt_evaluated = max(ctx.n_past - (len(self.prompt_tokens) - stats.prompt_evaluated), 0)
                     reason = StopReason.CANCELLED
                     break
                 if stats.target_passes == 1:
