@@ -44,6 +44,7 @@ class HubState:
     get_status: dict[str, int] = field(default_factory=dict)  # file -> an error status for GET (HEAD answers fine)
     redirect_loop: set[str] = field(default_factory=set)  # files whose GET redirects to itself, forever
     throttle: float = 0.0  # seconds to sleep per 4 KiB chunk
+    not_lfs: set[str] = field(default_factory=set)  # files served as regular git files: a git-sha1 ETag, no X-Linked-*
     bytes_served: dict[str, int] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
@@ -117,9 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self.send_response(206 if start else 200)
         self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("X-Linked-Etag", f'"{sha}"')
-        self.send_header("X-Linked-Size", str(len(data)))
-        self.send_header("ETag", f'"{sha}"')
+        if file in st.not_lfs:
+            self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        else:
+            self.send_header("X-Linked-Etag", f'"{sha}"')
+            self.send_header("X-Linked-Size", str(len(data)))
+            self.send_header("ETag", f'"{sha}"')
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         extra = st.extra_bytes.get(file, 0) if not head else 0

@@ -399,6 +399,20 @@ def test_a_busy_hub_is_waited_out_as_its_retry_after_asks_a_few_times(env, hub, 
     assert answered["HEAD"] == 4  # the first try and three waits
 
 
+def test_a_file_without_a_sha256_is_not_downloaded_again_at_the_same_commit(env, hub, files):
+    """A file the Hub serves without an LFS sha256 (a regular git file, or a mirror that leaves the header out) was
+    downloaded again by every pull (probe, session 18); the stored copy of the same commit is that file."""
+    hub.state.not_lfs.add("big.gguf")
+    first = run_gemma(env, "pull", "tiny:solo")
+    assert first.returncode == 0 and "downloaded" in first.stdout, first.stdout
+    served = hub.served("big.gguf")
+    again = run_gemma(env, "pull", "tiny:solo")
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout
+    assert hub.served("big.gguf") == served
+    assert run_gemma(env, "pull", "tiny:big").returncode == 0  # another model sharing the file fetches only its drafter
+    assert hub.served("big.gguf") == served
+
+
 def test_create_on_a_full_disk_says_nothing_was_kept_and_keeps_nothing(env, files, tmp_path):
     import resource
 

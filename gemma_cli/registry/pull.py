@@ -21,7 +21,7 @@ from gemma_cli.store.atomic import file_lock
 from gemma_cli.store.layout import Layout
 from gemma_cli.store.manifest import Layer, Manifest, now_iso
 from gemma_cli.store.names import ModelRef
-from gemma_cli.store.store import load, save
+from gemma_cli.store.store import list_models, load, save
 
 
 class PullProgress(Protocol):
@@ -85,6 +85,10 @@ def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: s
                 return _layer(digest, remote, layout), 0
             if status != "missing":
                 blobs.remove_blob(layout, digest)  # corrupt or truncated: fetch again
+        else:
+            stored = _stored_copy(remote, layout)
+            if stored is not None:
+                return _layer(stored, remote, layout), 0
         partial = layout.partial(remote.key)
         have = partial.stat().st_size if partial.exists() else 0
         progress.start(label, remote.size, have)
@@ -99,6 +103,25 @@ def fetch_layer(spec: FileSpec, layout: Layout, progress: PullProgress, label: s
         digest = "sha256:" + actual
         blobs.commit(layout, partial, digest)
         return _layer(digest, remote, layout), max(got, 0)
+
+
+def _stored_copy(remote: hub.RemoteFile, layout: Layout) -> str | None:
+    """The digest of a blob a stored model fetched from the same file at the same commit, for a file the Hub names no
+    sha256 for (not in LFS, or a mirror that leaves the header out); None when there is none, or no commit pins it.
+
+    Why: without a sha256 to look the blob up by, every pull downloaded such a file again (probe, session 18). A
+    commit fixes a file's bytes, so the copy a manifest records for `hf://repo/file@commit` is that file.
+    """
+    if not remote.commit:
+        return None
+    for _, manifest in list_models(layout):
+        if not isinstance(manifest, Manifest):
+            continue
+        for layer in manifest.layers:
+            if (layer.source == remote.source and (remote.size is None or layer.size == remote.size)
+                    and blobs.blob_status(layout, layer.digest, layer.size) == "ok"):
+                return layer.digest
+    return None
 
 
 def _layer(digest: str, remote: hub.RemoteFile, layout: Layout) -> Layer:
