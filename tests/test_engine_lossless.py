@@ -95,7 +95,10 @@ def gemma3_plain_refs(gemma3_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 4, 8])  # one row, a typical draft, and past the exact rows (docs/batching.md)
+# A typical draft, and past the exact rows (docs/batching.md). k=1 (2-row passes) was dropped in session 18 for
+# the suite's time: passes of up to 7 rows are bit-identical to one-row passes (test_engine.py's exact-rows test),
+# and with fixed k=4 the n-gram drafter proposes shorter drafts where its matches are shorter.
+@pytest.mark.parametrize("k", [4, 8])
 def test_greedy_lossless_gemma3_ngram(gemma3_path, gemma3_plain_refs, k):
     plain, refs = gemma3_plain_refs
     spec = Engine(gemma3_path, DraftConfig(source="ngram", tokens=k, adaptive=False), EngineConfig(n_ctx=1024, n_threads=2))
