@@ -368,9 +368,10 @@ def test_a_directory_pipe_or_link_loop_named_gguf_is_called_what_it_is_and_never
     os.mkfifo(fifo)
     loop.symlink_to(tmp_path / "l2.gguf")
     (tmp_path / "l2.gguf").symlink_to(loop)
-    for path, says in ((folder, "is a directory"), (fifo, "is a pipe or socket"), (loop, "Too many levels of symbolic links")):
-        for args in (("show", str(path)), ("run", str(path), "hi"), ("bench", str(path))):
-            assert_one_line_error(run_gemma(env, *args, timeout=30), says)
+    # one command each (they share resolve_model's check): the suite's time
+    for args, says in ((("show", str(folder)), "is a directory"), (("run", str(fifo), "hi"), "is a pipe or socket"),
+                       (("bench", str(loop)), "Too many levels of symbolic links")):
+        assert_one_line_error(run_gemma(env, *args, timeout=30), says)
     doctor = run_gemma(env, "doctor", str(fifo), timeout=30)
     assert doctor.returncode == 1 and "is a pipe or socket" in doctor.stdout
 
