@@ -245,6 +245,13 @@ def model_file_problem(path: Path) -> str | None:
     return None
 
 
+def check_model_file(path: Path) -> None:
+    """Raise ModelFileError saying what `path` is when it cannot be a GGUF file to read (`model_file_problem`)."""
+    problem = model_file_problem(path)
+    if problem is not None:
+        raise ModelFileError(problem)
+
+
 def read_gguf(path: str | Path, *, strings: bool = True) -> GGUFInfo:
     """Parse a GGUF header defensively; raise ModelFileError on anything odd.
 
@@ -252,9 +259,7 @@ def read_gguf(path: str | Path, *, strings: bool = True) -> GGUFInfo:
     `SkippedArray`s: for callers that need shapes and hyperparameters only.
     """
     path = Path(path)
-    problem = model_file_problem(path)
-    if problem is not None:
-        raise ModelFileError(problem)
+    check_model_file(path)
     try:
         size = path.stat().st_size
         fh = path.open("rb")
@@ -303,9 +308,7 @@ def read_architecture(path: str | Path, max_keys: int = 16) -> str | None:
     first `max_keys` keys (then callers fall back to `read_gguf`).
     """
     path = Path(path)
-    problem = model_file_problem(path)
-    if problem is not None:
-        raise ModelFileError(problem)
+    check_model_file(path)
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:

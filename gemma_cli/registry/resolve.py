@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from gemma_cli.errors import DownloadError, GemmaError, ModelFileError, ModelNotFoundError
-from gemma_cli.gguf_meta import model_file_problem
+from gemma_cli.gguf_meta import check_model_file
 from gemma_cli.pair import NGRAM_DRAFT_TOKENS, ModelPair
 from gemma_cli.registry.catalog import DEFAULT_MODEL, load_catalog
 from gemma_cli.registry.pull import PullProgress, materialise_package, pull
@@ -115,12 +115,11 @@ def resolve_model(name: str | None) -> ModelPair:
         name = DEFAULT_MODEL
     if _looks_like_path(name):
         path = Path(name).expanduser()
-        if path.suffix == ".gguf" and path.is_file():
+        if path.suffix == ".gguf":
+            check_model_file(path)  # a directory, a pipe, a link loop: says so
             # the file's name is shown in banners and summaries: a name is bytes anyone could choose, ESC included
             return ModelPair(name=clean_display(path.name, limit=None), target=path, draft_source="ngram",
                              draft_tokens=NGRAM_DRAFT_TOKENS)
-        if path.suffix == ".gguf":
-            raise ModelFileError(model_file_problem(path) or f"cannot read {name}")  # a directory, a pipe: say so
         if not path.exists():
             raise ModelFileError(f"model file not found: {name}")
         raise ModelFileError(f"not a .gguf file: {name}")

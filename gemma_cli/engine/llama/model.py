@@ -14,7 +14,7 @@ from typing import Sequence
 
 from gemma_cli.engine.llama._lib import choose_cpu_repack, forget_log, last_log_line, lib
 from gemma_cli.errors import EngineError, ModelFileError
-from gemma_cli.gguf_meta import model_file_problem
+from gemma_cli.gguf_meta import check_model_file
 from gemma_cli.load_guard import guard_load
 
 _GGUF_MAGIC = b"GGUF"
@@ -23,9 +23,7 @@ VOCAB_SPM = 1  # llama_vocab_type: SentencePiece
 
 def check_gguf_file(path: Path) -> None:
     """Refuse what llama.cpp would fail on anyway, with a message naming the file."""
-    problem = model_file_problem(path)
-    if problem is not None:
-        raise ModelFileError(problem)
+    check_model_file(path)
     with path.open("rb") as fh:
         head = fh.read(24)
     if len(head) < 4 or head[:4] != _GGUF_MAGIC:
